@@ -1,0 +1,54 @@
+"""wove_h2grpc: a pure-asyncio gRPC transport for Wove on ``h2`` (no grpcio).
+
+The public names of ``API.md`` are exported here. The server, Wove executor and
+worker are imported lazily so that ``import wove_h2grpc`` stays cheap.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ._version import __version__
+from .errors import GrpcError
+from .status import StatusCode
+
+if TYPE_CHECKING:
+    from .channel import Channel
+    from .executor import H2GrpcExecutor, install, uninstall
+    from .server import Server, ServicerContext
+
+__all__ = [
+    "Channel",
+    "GrpcError",
+    "H2GrpcExecutor",
+    "Server",
+    "ServicerContext",
+    "StatusCode",
+    "__version__",
+    "install",
+    "uninstall",
+]
+
+_LAZY = {
+    "Channel": "channel",
+    "Server": "server",
+    "ServicerContext": "server",
+    "H2GrpcExecutor": "executor",
+    "install": "executor",
+    "uninstall": "executor",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _LAZY.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'wove_h2grpc' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f".{module_name}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
