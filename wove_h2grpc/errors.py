@@ -6,7 +6,7 @@ from typing import Tuple, Union
 
 from .status import StatusCode
 
-__all__ = ["GrpcError", "MetadataValue", "Metadata"]
+__all__ = ["GrpcError", "Metadata", "MetadataValue"]
 
 MetadataValue = Union[str, bytes]
 Metadata = Tuple[Tuple[str, MetadataValue], ...]

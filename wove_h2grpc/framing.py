@@ -15,14 +15,14 @@ from .errors import GrpcError
 from .status import StatusCode
 
 __all__ = [
+    "ACCEPT_ENCODING",
+    "SUPPORTED_ENCODINGS",
     "MessageDecoder",
-    "encode_message_prefix",
+    "decompress",
     "encode_message",
+    "encode_message_prefix",
     "gzip_compress",
     "gzip_decompress",
-    "decompress",
-    "SUPPORTED_ENCODINGS",
-    "ACCEPT_ENCODING",
 ]
 
 SUPPORTED_ENCODINGS = ("identity", "gzip")
@@ -166,7 +166,12 @@ def gzip_decompress(payload: bytes, max_length: int = -1, *, direction: str = "R
         else:
             out = decomp.decompress(payload, max_length + 1)
             if len(out) > max_length or decomp.unconsumed_tail:
-                raise too_large(f"{direction} decompressed", len(out), max_length)
+                # Inflation stopped at the limit: the true size is unknown, only "more".
+                raise GrpcError(
+                    StatusCode.RESOURCE_EXHAUSTED,
+                    f"{direction} message larger than max after gzip decompression "
+                    f"(more than {max_length} bytes vs. {max_length})",
+                )
         out += decomp.flush()
     except zlib.error as exc:
         raise GrpcError(StatusCode.INTERNAL, f"failed to decompress gzip message: {exc}") from None

@@ -17,14 +17,14 @@ from typing import Any, Iterable, List, Mapping, Tuple, Union
 from .errors import Metadata, MetadataValue
 
 __all__ = [
-    "normalize_metadata",
-    "encode_metadata",
+    "MetadataLike",
+    "decode_grpc_message",
     "decode_metadata",
     "encode_grpc_message",
-    "decode_grpc_message",
     "encode_grpc_timeout",
+    "encode_metadata",
+    "normalize_metadata",
     "parse_grpc_timeout",
-    "MetadataLike",
 ]
 
 MetadataLike = Union[Mapping[str, Any], Iterable[Tuple[str, Any]], None]
@@ -114,6 +114,9 @@ def normalize_metadata(metadata: MetadataLike) -> Metadata:
         items = metadata
     out: List[Tuple[str, MetadataValue]] = []
     for item in items:
+        if isinstance(item, (str, bytes)):
+            # A 2-character string would otherwise unpack as a (key, value) pair.
+            raise TypeError(f"metadata entries must be (key, value) pairs, got {item!r}")
         try:
             key, value = item
         except (TypeError, ValueError):
@@ -194,7 +197,7 @@ def decode_grpc_message(value: bytes) -> str:
 _TIMEOUT_UNITS = (("n", 1e9), ("u", 1e6), ("m", 1e3), ("S", 1.0), ("M", 1 / 60), ("H", 1 / 3600))
 _UNIT_SECONDS = {"n": 1e-9, "u": 1e-6, "m": 1e-3, "S": 1.0, "M": 60.0, "H": 3600.0}
 _MAX_TIMEOUT_VALUE = 99_999_999
-_TIMEOUT_RE = re.compile(r"(\d{1,8})([HMSmun])\Z")
+_TIMEOUT_RE = re.compile(r"([0-9]{1,8})([HMSmun])\Z")  # ASCII digits only
 
 
 def encode_grpc_timeout(seconds: float) -> str:
@@ -204,8 +207,13 @@ def encode_grpc_timeout(seconds: float) -> str:
     """
     if seconds != seconds or seconds < 0:
         raise ValueError(f"timeout must be a non-negative number of seconds, got {seconds!r}")
+    if seconds == math.inf:
+        return f"{_MAX_TIMEOUT_VALUE}H"
     for unit, per_second in _TIMEOUT_UNITS:
         value = math.ceil(seconds * per_second)
+        # The product can round down (0.1 * 1e9); bump so the parsed value is never shorter.
+        if value * _UNIT_SECONDS[unit] < seconds:
+            value += 1
         if value <= _MAX_TIMEOUT_VALUE:
             return f"{value}{unit}"
     return f"{_MAX_TIMEOUT_VALUE}H"

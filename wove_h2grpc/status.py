@@ -10,9 +10,9 @@ import enum
 
 __all__ = [
     "StatusCode",
-    "status_from_http",
-    "status_from_h2_error",
     "parse_grpc_status",
+    "status_from_h2_error",
+    "status_from_http",
 ]
 
 
@@ -97,7 +97,8 @@ def parse_grpc_status(value: str) -> StatusCode:
 
     Codes outside 0-16 become UNKNOWN, as grpcio does for unknown codes.
     """
-    if not value or not value.isdigit() or len(value) > 10:
+    # ASCII digits only: str.isdigit() also accepts '²' and other scripts' digits.
+    if not value or len(value) > 10 or not value.isascii() or not value.isdigit():
         raise ValueError(f"grpc-status is not a decimal status code: {value!r}")
     code = int(value)
     try:

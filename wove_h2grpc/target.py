@@ -40,8 +40,13 @@ def _is_ip(host: str) -> bool:
     return True
 
 
+def _is_ascii_digits(text: str) -> bool:
+    # str.isdigit() alone also accepts '²' and fullwidth or other scripts' digits.
+    return text.isascii() and text.isdigit()
+
+
 def _check_port(text: str, target: str) -> int:
-    if not text.isdigit():
+    if not _is_ascii_digits(text):
         raise ValueError(f"invalid port {text!r} in target {target!r}")
     port = int(text)
     if not 0 < port < 65536:
@@ -94,7 +99,9 @@ def _parse_list(body: str, default_port: int, target: str, family: int) -> List[
         try:
             ip = ipaddress.ip_address(host)
         except ValueError:
-            raise ValueError(f"{host!r} is not an IPv{family} address in target {target!r}") from None
+            raise ValueError(
+                f"{host!r} is not an IPv{family} address in target {target!r}"
+            ) from None
         if ip.version != family:
             raise ValueError(f"{host!r} is not an IPv{family} address in target {target!r}")
         out.append((host, port))
@@ -130,14 +137,10 @@ def parse_target(target: str, *, secure: bool = False) -> Target:
         return Target("unix", path=path, authority="localhost", original=target)
     if text.startswith("ipv4:"):
         addrs = _parse_list(text[5:], default_port, target, 4)
-        return Target(
-            "tcp", tuple(addrs), authority=_authority(*addrs[0]), original=target
-        )
+        return Target("tcp", tuple(addrs), authority=_authority(*addrs[0]), original=target)
     if text.startswith("ipv6:"):
         addrs = _parse_list(text[5:], default_port, target, 6)
-        return Target(
-            "tcp", tuple(addrs), authority=_authority(*addrs[0]), original=target
-        )
+        return Target("tcp", tuple(addrs), authority=_authority(*addrs[0]), original=target)
     if text.startswith("dns:"):
         rest = text[4:]
         if rest.startswith("//"):
@@ -174,8 +177,10 @@ def parse_bind_address(address: str) -> Target:
         host, sep, port_text = text.rpartition(":")
         if not sep or not host:
             raise ValueError(f"bind address {address!r} must be host:port")
-    if not port_text.isdigit() or int(port_text) > 65535:
+    if not _is_ascii_digits(port_text) or int(port_text) > 65535:
         raise ValueError(f"invalid port {port_text!r} in bind address {address!r}")
     port = int(port_text)
     host_opt: Optional[str] = host
-    return Target("tcp", ((host_opt or "", port),), authority=_authority(host, port), original=address)
+    return Target(
+        "tcp", ((host_opt or "", port),), authority=_authority(host, port), original=address
+    )
