@@ -11,7 +11,7 @@ from typing import Any
 import h2.config
 import h2.connection
 
-__all__ = ["make_h2_connection", "H2_VERSION"]
+__all__ = ["H2_VERSION", "GrpcH2Connection", "make_h2_connection"]
 
 try:
     from importlib.metadata import version as _version
@@ -35,6 +35,29 @@ class _NullLogger:
 
 _NULL_LOGGER = _NullLogger()
 
+_OPEN_STATES = (
+    h2.connection.ConnectionState.CLIENT_OPEN,
+    h2.connection.ConnectionState.SERVER_OPEN,
+)
+
+
+class GrpcH2Connection(h2.connection.H2Connection):
+    """``H2Connection`` that keeps draining streams after receiving GOAWAY.
+
+    RFC 9113 section 6.8: streams at or below a GOAWAY's last-stream-id may still
+    complete. h2 moves its connection state machine to CLOSED on any received GOAWAY,
+    after which every further frame (the rest of those responses) is a ProtocolError,
+    failing calls the server is finishing (grpclib's behaviour). We restore the open
+    state; the caller refuses to open new streams on a connection that got GOAWAY.
+    """
+
+    def _receive_goaway_frame(self, frame: Any) -> Any:
+        previous = self.state_machine.state
+        result = super()._receive_goaway_frame(frame)
+        if previous in _OPEN_STATES:
+            self.state_machine.state = previous
+        return result
+
 
 def make_h2_connection(*, client_side: bool) -> h2.connection.H2Connection:
     """A fresh ``H2Connection`` configured for gRPC: bytes headers, no per-header validation.
@@ -49,6 +72,6 @@ def make_h2_connection(*, client_side: bool) -> h2.connection.H2Connection:
         normalize_outbound_headers=False,
         validate_inbound_headers=False,
         normalize_inbound_headers=False,
-        logger=_NULL_LOGGER,
+        logger=_NULL_LOGGER,  # type: ignore[arg-type]  # duck-typed logger
     )
-    return h2.connection.H2Connection(config=config)
+    return GrpcH2Connection(config=config)

@@ -1,0 +1,700 @@
+"""One client HTTP/2 connection on asyncio around ``h2``: streams, flow control, PING, GOAWAY.
+
+The connection is an ``asyncio.Protocol``: bytes in -> h2 events -> call outcomes, and all
+writes go through one ``_flush`` per event-loop turn. It knows nothing about targets,
+reconnects or retries; it tells the channel, per call, whether the server provably never
+processed the stream (then the channel may retry it, gRFC A6).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections import deque
+from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple
+
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
+import h2.settings
+
+from ._h2compat import make_h2_connection
+from .errors import GrpcError, Metadata
+from .framing import MessageDecoder, decompress
+from .metadata import decode_grpc_message, decode_metadata
+from .status import (
+    StatusCode,
+    h2_error_name,
+    parse_grpc_status,
+    status_from_h2_error,
+    status_from_http,
+)
+
+__all__ = ["Call", "ClientConnection", "ConnectionSettings", "RetryCall"]
+
+logger = logging.getLogger(__name__)
+
+_ErrorCodes = h2.errors.ErrorCodes
+_SettingCodes = h2.settings.SettingCodes
+
+# Receive side: large windows so a multi-megabyte response streams without waiting for
+# WINDOW_UPDATE round trips (RFC 9113 section 6.9.2); h2 re-opens them as data is consumed.
+STREAM_WINDOW = 16 * 1024 * 1024
+CONNECTION_WINDOW = 64 * 1024 * 1024
+MAX_FRAME_SIZE = 1024 * 1024
+MAX_HEADER_LIST_SIZE = 64 * 1024
+
+
+class RetryCall(Exception):
+    """Internal: the call never reached the server's application and may be sent again.
+
+    ``sent`` is False when no byte of the call left the client (queued, never opened);
+    True when the server refused the stream before processing it (REFUSED_STREAM, or a
+    GOAWAY whose last-stream-id is below the stream).
+    """
+
+    def __init__(self, reason: str, *, sent: bool) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.sent = sent
+
+
+class ConnectionSettings:
+    """Per-connection knobs the channel decides (kept out of the hot path's arguments)."""
+
+    __slots__ = ("keepalive_time", "keepalive_timeout", "max_receive_message_length", "peer")
+
+    def __init__(
+        self,
+        *,
+        max_receive_message_length: int,
+        keepalive_time: Optional[float],
+        keepalive_timeout: float,
+        peer: str,
+    ) -> None:
+        self.max_receive_message_length = max_receive_message_length
+        self.keepalive_time = keepalive_time
+        self.keepalive_timeout = keepalive_timeout
+        self.peer = peer
+
+
+class Call:
+    """One unary call on the wire: request bytes out, one response message or an error in."""
+
+    __slots__ = (
+        "conn",
+        "deadline",
+        "decoder",
+        "encoding",
+        "future",
+        "headers",
+        "http_status",
+        "message",
+        "method",
+        "out",
+        "out_pos",
+        "request_headers",
+        "sent_end",
+        "stream_id",
+        "timer",
+        "trailers",
+    )
+
+    def __init__(
+        self,
+        future: asyncio.Future[bytes],
+        request_headers: List[Tuple[bytes, bytes]],
+        out: bytes,
+        deadline: Optional[float],
+        method: str,
+    ) -> None:
+        self.future = future
+        self.request_headers = request_headers
+        self.out: Any = out  # prefix + message (bytes) or a memoryview as it drains
+        self.out_pos = 0
+        self.deadline = deadline
+        self.method = method
+        self.stream_id = 0
+        self.conn: Optional[ClientConnection] = None
+        self.decoder: Optional[MessageDecoder] = None
+        self.headers: Optional[List[Tuple[bytes, bytes]]] = None
+        self.trailers: Optional[List[Tuple[bytes, bytes]]] = None
+        self.http_status = 0
+        self.encoding: Optional[str] = None
+        self.message: Optional[bytes] = None
+        self.sent_end = False
+        self.timer: Optional[asyncio.TimerHandle] = None
+
+
+def _header(headers: Sequence[Tuple[bytes, bytes]], name: bytes) -> Optional[bytes]:
+    for key, value in headers:
+        if key == name:
+            return value
+    return None
+
+
+class ClientConnection(asyncio.Protocol):
+    """An HTTP/2 client connection multiplexing unary gRPC calls.
+
+    Lifecycle: ``connection_made`` sends the preface; ``ready`` resolves when the server's
+    SETTINGS arrive; ``usable`` turns False on GOAWAY or a fatal error (the first fatal
+    error sticks and fails every call on it); calls beyond the server's
+    MAX_CONCURRENT_STREAMS wait in a queue instead of failing.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, settings: ConnectionSettings) -> None:
+        self._loop = loop
+        self._settings = settings
+        self._h2: h2.connection.H2Connection = make_h2_connection(client_side=True)
+        self._transport: Optional[asyncio.Transport] = None
+        self._streams: Dict[int, Call] = {}
+        self._queue: Deque[Call] = deque()
+        self._blocked: Dict[int, Call] = {}  # streams waiting for send window
+        self._flush_scheduled = False
+        self._max_streams = 100  # until the server's SETTINGS say otherwise (RFC 9113 6.5.2)
+        self._goaway_last_id: Optional[int] = None
+        self._error: Optional[GrpcError] = None
+        self.ready: asyncio.Future[None] = loop.create_future()
+        self.closed: asyncio.Future[None] = loop.create_future()
+        self.pid = os.getpid()
+        self._last_read = time.monotonic()
+        self._ping_timer: Optional[asyncio.TimerHandle] = None
+        self._ping_deadline: Optional[asyncio.TimerHandle] = None
+        self._keepalive_time = settings.keepalive_time
+        self.on_idle: Optional[Callable[[ClientConnection], None]] = None
+        self._dispatch: Dict[type, Callable[[Any], None]] = {
+            h2.events.ResponseReceived: self._on_response,
+            h2.events.DataReceived: self._on_data,
+            h2.events.TrailersReceived: self._on_trailers,
+            h2.events.StreamEnded: self._on_stream_ended,
+            h2.events.StreamReset: self._on_stream_reset,
+            h2.events.WindowUpdated: self._on_window_updated,
+            h2.events.RemoteSettingsChanged: self._on_remote_settings,
+            h2.events.ConnectionTerminated: self._on_goaway,
+            h2.events.PingAckReceived: self._on_ping_ack,
+        }
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def usable(self) -> bool:
+        """True while new calls may be started here (no GOAWAY, no fatal error)."""
+        return self._error is None and self._goaway_last_id is None
+
+    @property
+    def active_calls(self) -> int:
+        """Calls open or queued on this connection."""
+        return len(self._streams) + len(self._queue)
+
+    @property
+    def error(self) -> Optional[GrpcError]:
+        """The sticky fatal error, if the connection failed."""
+        return self._error
+
+    # ------------------------------------------------------------ asyncio side
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+        h2c = self._h2
+        h2c.initiate_connection()
+        h2c.update_settings(
+            {
+                _SettingCodes.ENABLE_PUSH: 0,
+                _SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
+                _SettingCodes.MAX_FRAME_SIZE: MAX_FRAME_SIZE,
+                _SettingCodes.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST_SIZE,
+            }
+        )
+        h2c.increment_flow_control_window(CONNECTION_WINDOW - 65535)
+        self._flush()
+
+    def data_received(self, data: bytes) -> None:
+        self._last_read = time.monotonic()
+        try:
+            events = self._h2.receive_data(data)
+        except h2.exceptions.ProtocolError as exc:
+            # h2 has queued a GOAWAY; send it, then fail everything on this connection.
+            self._flush()
+            self._fail(
+                GrpcError(
+                    StatusCode.UNAVAILABLE,
+                    f"HTTP/2 protocol error from {self._settings.peer}: {exc}",
+                )
+            )
+            return
+        dispatch = self._dispatch
+        for event in events:
+            handler = dispatch.get(type(event))
+            if handler is not None:
+                handler(event)
+        self._flush()
+
+    def connection_lost(self, exc: Optional[Exception]) -> None:
+        reason = f": {exc}" if exc else ""
+        self._fail(
+            GrpcError(
+                StatusCode.UNAVAILABLE,
+                f"connection to {self._settings.peer} lost{reason}",
+            ),
+            close=False,
+        )
+        self._transport = None
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def eof_received(self) -> Optional[bool]:
+        return False  # close the transport; connection_lost fails what is left
+
+    def _flush(self) -> None:
+        """Write whatever h2 has queued, in one write (the only place that writes)."""
+        self._flush_scheduled = False
+        data = self._h2.data_to_send()
+        if data and self._transport is not None:
+            self._transport.write(data)
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    # -------------------------------------------------------------- calls out
+
+    def start(self, call: Call) -> None:
+        """Open a stream for ``call`` now, or queue it until the server allows another."""
+        call.conn = self
+        if call.deadline is not None:
+            call.timer = self._loop.call_at(call.deadline, self._on_deadline, call)
+        if self._error is not None:
+            # Never sent: the channel may dispatch it elsewhere.
+            call.future.set_exception(RetryCall(self._error.details(), sent=False))
+            return
+        if len(self._streams) < self._max_streams and not self._queue:
+            self._open(call)
+            self._schedule_flush()
+        else:
+            self._queue.append(call)
+
+    def _open(self, call: Call) -> None:
+        h2c = self._h2
+        stream_id = h2c.get_next_available_stream_id()
+        call.stream_id = stream_id
+        self._streams[stream_id] = call
+        h2c.send_headers(stream_id, call.request_headers)
+        self._send_body(call)
+
+    def _send_body(self, call: Call) -> None:
+        """Send as much of the request as the windows allow (RFC 9113 section 5.2)."""
+        h2c = self._h2
+        sid = call.stream_id
+        out = call.out
+        total = len(out)
+        pos = call.out_pos
+        while pos < total:
+            window = h2c.local_flow_control_window(sid)
+            if window <= 0:
+                break
+            size = min(total - pos, window, h2c.max_outbound_frame_size)
+            end = pos + size
+            if pos == 0 and end == total:
+                h2c.send_data(sid, out, end_stream=True)
+            else:
+                h2c.send_data(sid, memoryview(out)[pos:end], end_stream=end == total)
+            pos = end
+        call.out_pos = pos
+        if pos >= total:
+            if total == 0:
+                h2c.end_stream(sid)
+            call.sent_end = True
+            call.out = b""
+            self._blocked.pop(sid, None)
+        else:
+            self._blocked[sid] = call
+
+    def pending_futures(self) -> List[asyncio.Future[bytes]]:
+        """Futures of the calls open or queued here (for a graceful close)."""
+        calls = [*self._streams.values(), *self._queue]
+        return [c.future for c in calls if not c.future.done()]
+
+    def goaway_and_drain(self) -> None:
+        """Stop taking calls here; close once the open ones finish (address went away)."""
+        if self._goaway_last_id is None:
+            self._goaway_last_id = self._h2.highest_outbound_stream_id or 0
+        if not self._streams and not self._queue:
+            self.close()
+
+    def cancel(self, call: Call, code: int = _ErrorCodes.CANCEL) -> None:
+        """Reset ``call``'s stream (or drop it from the queue); the caller already gave up."""
+        if call.timer is not None:
+            call.timer.cancel()
+            call.timer = None
+        sid = call.stream_id
+        if sid and self._streams.get(sid) is call:
+            self._forget(sid)
+            if self._error is None and self._transport is not None:
+                # The stream may already be closed on the wire: nothing to reset then.
+                with contextlib.suppress(h2.exceptions.H2Error):
+                    self._h2.reset_stream(sid, code)
+                self._flush()
+            self._drain_queue()
+        elif not sid:
+            with contextlib.suppress(ValueError):
+                self._queue.remove(call)
+
+    def _forget(self, stream_id: int) -> None:
+        self._streams.pop(stream_id, None)
+        self._blocked.pop(stream_id, None)
+        if not self._streams and not self._queue and self.on_idle is not None:
+            self.on_idle(self)
+
+    def _drain_queue(self) -> None:
+        queue = self._queue
+        opened = False
+        while queue and len(self._streams) < self._max_streams and self.usable:
+            call = queue.popleft()
+            if call.future.done():
+                continue
+            self._open(call)
+            opened = True
+        if opened:
+            self._schedule_flush()
+
+    def _on_deadline(self, call: Call) -> None:
+        call.timer = None
+        if call.future.done():
+            return
+        self.cancel(call)
+        call.future.set_exception(
+            GrpcError(StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded", initial_metadata=())
+        )
+
+    # ----------------------------------------------------------------- events
+
+    def _on_response(self, event: Any) -> None:
+        call = self._streams.get(event.stream_id)
+        if call is None:
+            return
+        headers = event.headers
+        call.headers = headers
+        status = _header(headers, b":status")
+        try:
+            call.http_status = int(status) if status is not None else 0
+        except ValueError:
+            call.http_status = 0
+        encoding = _header(headers, b"grpc-encoding")
+        call.encoding = encoding.decode("ascii", "replace") if encoding is not None else None
+        call.decoder = MessageDecoder(self._settings.max_receive_message_length)
+
+    def _on_data(self, event: Any) -> None:
+        sid = event.stream_id
+        self._h2.acknowledge_received_data(event.flow_controlled_length, sid)
+        call = self._streams.get(sid)
+        if call is None or call.future.done():
+            return
+        decoder = call.decoder
+        if decoder is None:  # DATA before HEADERS is a protocol error h2 already rejects
+            return
+        try:
+            messages = decoder.feed(event.data)
+            for compressed, payload in messages:
+                if call.message is not None:
+                    raise GrpcError(
+                        StatusCode.INTERNAL,
+                        f"server sent more than one response message for unary {call.method}",
+                    )
+                call.message = decompress(
+                    compressed,
+                    payload,
+                    call.encoding,
+                    self._settings.max_receive_message_length,
+                )
+        except GrpcError as exc:
+            self._abort_call(call, exc)
+
+    def _on_trailers(self, event: Any) -> None:
+        call = self._streams.get(event.stream_id)
+        if call is not None:
+            call.trailers = event.headers
+
+    def _on_stream_ended(self, event: Any) -> None:
+        sid = event.stream_id
+        call = self._streams.get(sid)
+        if call is None:
+            return
+        if call.timer is not None:
+            call.timer.cancel()
+            call.timer = None
+        self._forget(sid)
+        if not call.future.done():
+            outcome = self._outcome(call)
+            if isinstance(outcome, bytes):
+                call.future.set_result(outcome)
+            else:
+                call.future.set_exception(outcome)
+        self._drain_queue()
+
+    def _outcome(self, call: Call) -> bytes | GrpcError:
+        """Decide the call's result from headers, trailers and message (PROTOCOL-HTTP2)."""
+        headers = call.headers or []
+        trailers = call.trailers
+        # Trailers-Only: the status is in the only HEADERS frame.
+        status_block = trailers if trailers is not None else headers
+        raw_status = _header(status_block, b"grpc-status")
+        http_status = call.http_status
+        if raw_status is None:
+            if http_status != 200:
+                code = status_from_http(http_status)
+                return self._error_for(
+                    call,
+                    code,
+                    f"HTTP status {http_status} without grpc-status from {self._settings.peer}"
+                    f" (mapped to {code.name})",
+                )
+            content_type = _header(headers, b"content-type") or b""
+            if not content_type.startswith(b"application/grpc"):
+                return self._error_for(
+                    call,
+                    StatusCode.UNKNOWN,
+                    f"response is not gRPC: content-type {content_type.decode('latin-1')!r}",
+                )
+            if trailers is None:
+                return self._error_for(
+                    call,
+                    StatusCode.INTERNAL,
+                    "server closed the stream without trailers (grpc-status missing)",
+                )
+            return self._error_for(
+                call, StatusCode.INTERNAL, "trailers arrived without grpc-status"
+            )
+        try:
+            code = parse_grpc_status(raw_status.decode("ascii", "replace"))
+        except ValueError as exc:
+            return self._error_for(call, StatusCode.INTERNAL, str(exc))
+        if code is not StatusCode.OK:
+            raw_message = _header(status_block, b"grpc-message")
+            details = decode_grpc_message(raw_message) if raw_message is not None else ""
+            return self._error_for(call, code, details)
+        decoder = call.decoder
+        if decoder is not None:
+            incomplete = decoder.incomplete_error()
+            if incomplete is not None:
+                return self._error_for(call, incomplete.code(), incomplete.details())
+        if call.message is None:
+            return self._error_for(
+                call,
+                StatusCode.INTERNAL,
+                f"server sent OK but no response message for unary {call.method}",
+            )
+        return call.message
+
+    def _error_for(self, call: Call, code: StatusCode, details: str) -> GrpcError:
+        initial: Metadata = (
+            decode_metadata(call.headers)
+            if call.trailers is not None and call.headers is not None
+            else ()
+        )
+        if call.trailers is not None:
+            trailing = decode_metadata(call.trailers)
+        elif call.headers is not None:
+            trailing = decode_metadata(call.headers)  # Trailers-Only
+        else:
+            trailing = ()
+        return GrpcError(
+            code,
+            details,
+            initial_metadata=initial,
+            trailing_metadata=trailing,
+            debug_error_string=(
+                f"{code.name} from {self._settings.peer} stream {call.stream_id} "
+                f"({call.method}): {details}"
+            ),
+        )
+
+    def _abort_call(self, call: Call, error: GrpcError) -> None:
+        """Fail one call locally and reset its stream (e.g. an oversized message)."""
+        self.cancel(call)
+        if not call.future.done():
+            call.future.set_exception(self._error_for(call, error.code(), error.details()))
+
+    def _on_stream_reset(self, event: Any) -> None:
+        sid = event.stream_id
+        call = self._streams.get(sid)
+        if call is None:
+            return
+        if call.timer is not None:
+            call.timer.cancel()
+            call.timer = None
+        self._forget(sid)
+        code = int(event.error_code)
+        if not call.future.done():
+            name = h2_error_name(code)
+            if code == _ErrorCodes.REFUSED_STREAM and call.headers is None:
+                call.future.set_exception(
+                    RetryCall(
+                        f"stream refused by {self._settings.peer} (RST_STREAM REFUSED_STREAM)",
+                        sent=True,
+                    )
+                )
+            else:
+                status = status_from_h2_error(code)
+                call.future.set_exception(
+                    self._error_for(call, status, f"stream reset by server (RST_STREAM {name})")
+                )
+        self._drain_queue()
+
+    def _on_window_updated(self, event: Any) -> None:
+        if not self._blocked:
+            return
+        sid = event.stream_id
+        if sid:
+            call = self._blocked.get(sid)
+            if call is not None:
+                self._send_body(call)
+        else:
+            for call in list(self._blocked.values()):
+                self._send_body(call)
+
+    def _on_remote_settings(self, event: Any) -> None:
+        changed = event.changed_settings.get(_SettingCodes.MAX_CONCURRENT_STREAMS)
+        if changed is not None:
+            self._max_streams = changed.new_value
+        if not self.ready.done():
+            self.ready.set_result(None)
+            self._arm_keepalive()
+        if changed is not None:
+            self._drain_queue()
+        if _SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings and self._blocked:
+            for call in list(self._blocked.values()):
+                self._send_body(call)
+
+    def _on_goaway(self, event: Any) -> None:
+        """GOAWAY: streams at or below last-stream-id finish; the rest never ran (RFC 9113 6.8)."""
+        last_id = event.last_stream_id if event.last_stream_id is not None else 0
+        code = int(event.error_code)
+        debug = bytes(event.additional_data or b"")
+        self._goaway_last_id = last_id
+        calm = code == _ErrorCodes.ENHANCE_YOUR_CALM and debug == b"too_many_pings"
+        if calm and self._keepalive_time is not None:
+            # As grpcio does: the server finds our PINGs too frequent; back off for good.
+            self._keepalive_time *= 2
+            logger.warning(
+                "server %s sent GOAWAY too_many_pings; keepalive_time doubled to %.1fs",
+                self._settings.peer,
+                self._keepalive_time,
+            )
+        reason = f"GOAWAY {h2_error_name(code)} from {self._settings.peer}"
+        if debug:
+            reason += f" ({debug[:200].decode('utf-8', 'replace')})"
+        for sid, call in list(self._streams.items()):
+            if sid > last_id:
+                if call.timer is not None:
+                    call.timer.cancel()
+                    call.timer = None
+                self._forget(sid)
+                if not call.future.done():
+                    call.future.set_exception(
+                        RetryCall(
+                            f"{reason}: stream {sid} above last-stream-id {last_id}", sent=True
+                        )
+                    )
+        queue = self._queue
+        while queue:
+            call = queue.popleft()
+            if not call.future.done():
+                call.future.set_exception(RetryCall(reason, sent=False))
+        if not self._streams:
+            self.close()
+        elif code != _ErrorCodes.NO_ERROR:
+            # A GOAWAY with an error ends the connection (h2 closes it): streams at or
+            # below last-stream-id may have run, so they fail instead of retrying.
+            self._fail(GrpcError(status_from_h2_error(code), reason))
+
+    # -------------------------------------------------------------- keepalive
+
+    def _arm_keepalive(self) -> None:
+        if self._keepalive_time is not None and self._error is None:
+            self._ping_timer = self._loop.call_later(self._keepalive_time, self._keepalive_check)
+
+    def _keepalive_check(self) -> None:
+        """PING after keepalive_time without reads while calls are in flight (gRFC A8)."""
+        self._ping_timer = None
+        if self._error is not None or self._keepalive_time is None:
+            return
+        idle = time.monotonic() - self._last_read
+        if self._streams and idle >= self._keepalive_time and self._ping_deadline is None:
+            try:
+                self._h2.ping(b"wovekalv")
+            except h2.exceptions.H2Error:
+                return
+            self._flush()
+            self._ping_deadline = self._loop.call_later(
+                self._settings.keepalive_timeout, self._keepalive_expired
+            )
+            self._ping_timer = self._loop.call_later(self._keepalive_time, self._keepalive_check)
+        else:
+            wait = max(self._keepalive_time - idle, 0.01) if self._streams else self._keepalive_time
+            self._ping_timer = self._loop.call_later(wait, self._keepalive_check)
+
+    def _keepalive_expired(self) -> None:
+        self._ping_deadline = None
+        self._fail(
+            GrpcError(
+                StatusCode.UNAVAILABLE,
+                f"keepalive PING to {self._settings.peer} not acknowledged within "
+                f"{self._settings.keepalive_timeout}s; connection dropped",
+            )
+        )
+
+    def _on_ping_ack(self, event: Any) -> None:
+        if self._ping_deadline is not None:
+            self._ping_deadline.cancel()
+            self._ping_deadline = None
+
+    # --------------------------------------------------------------- teardown
+
+    def _fail(self, error: GrpcError, *, close: bool = True) -> None:
+        """Make ``error`` the connection's sticky error and end every call on it."""
+        if self._error is None:
+            self._error = error
+        error = self._error
+        for timer in (self._ping_timer, self._ping_deadline):
+            if timer is not None:
+                timer.cancel()
+        self._ping_timer = self._ping_deadline = None
+        if not self.ready.done():
+            self.ready.set_exception(error)
+            self.ready.exception()  # retrieved: the dialer reports it
+        streams = list(self._streams.values())
+        self._streams.clear()
+        self._blocked.clear()
+        for call in streams:
+            if call.timer is not None:
+                call.timer.cancel()
+                call.timer = None
+            if not call.future.done():
+                call.future.set_exception(self._error_for(call, error.code(), error.details()))
+        queue = self._queue
+        while queue:
+            call = queue.popleft()
+            if not call.future.done():
+                call.future.set_exception(RetryCall(error.details(), sent=False))
+        if close and self._transport is not None:
+            self._transport.close()
+        if self.on_idle is not None:
+            self.on_idle(self)
+
+    def close(self, error_code: int = _ErrorCodes.NO_ERROR) -> None:
+        """Send GOAWAY and close the transport; calls still open fail as CANCELLED."""
+        if self._transport is not None and self._error is None:
+            with contextlib.suppress(h2.exceptions.H2Error):
+                self._h2.close_connection(error_code)
+            self._flush()
+        self._fail(GrpcError(StatusCode.CANCELLED, "connection closed by the client"))
+
+    def abandon(self) -> None:
+        """Forget the connection without touching its socket (used in a forked child)."""
+        self._transport = None
+        self._error = GrpcError(StatusCode.UNAVAILABLE, "connection belongs to the parent process")

@@ -1,0 +1,173 @@
+"""Open one HTTP/2 connection: TCP, unix or TLS (ALPN h2), bounded by connect_timeout.
+
+This is the single boundary where ``OSError``, ``ssl.SSLError`` and timeouts from
+connecting become ``GrpcError(UNAVAILABLE)`` with a message a person can act on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import ssl
+import tempfile
+from typing import Callable, List, Optional, Tuple, Union
+
+from .errors import GrpcError
+from .status import StatusCode
+from .target import Target
+
+__all__ = ["build_ssl_context", "dial", "resolve"]
+
+Pem = Union[bytes, str]
+
+
+def _pem_bytes(value: Pem, name: str) -> bytes:
+    if isinstance(value, str):
+        return value.encode("ascii")
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value)
+    raise TypeError(f"{name} must be PEM bytes or str, not {type(value).__name__}")
+
+
+def build_ssl_context(
+    *,
+    root_certificates: Optional[Pem] = None,
+    private_key: Optional[Pem] = None,
+    certificate_chain: Optional[Pem] = None,
+) -> ssl.SSLContext:
+    """A client SSLContext: verification on, ALPN ``h2``, optional client key/chain (mTLS).
+
+    ``root_certificates=None`` trusts the system store. Raises ValueError for PEM that
+    does not load, naming which argument was wrong.
+    """
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    if root_certificates is not None:
+        cadata = _pem_bytes(root_certificates, "root_certificates").decode("ascii", "replace")
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        try:
+            context.load_verify_locations(cadata=cadata)
+        except (ssl.SSLError, ValueError) as exc:
+            raise ValueError(f"root_certificates is not valid PEM: {exc}") from None
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if (private_key is None) != (certificate_chain is None):
+        raise ValueError("private_key and certificate_chain must be given together (mutual TLS)")
+    if private_key is not None and certificate_chain is not None:
+        key = _pem_bytes(private_key, "private_key")
+        chain = _pem_bytes(certificate_chain, "certificate_chain")
+        # ssl only loads certificates from files: write both to a private temp dir briefly.
+        with tempfile.TemporaryDirectory(prefix="wove-h2grpc-") as tmp:
+            key_path = os.path.join(tmp, "key.pem")
+            chain_path = os.path.join(tmp, "chain.pem")
+            fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(key)
+            with open(chain_path, "wb") as fh:
+                fh.write(chain)
+            try:
+                context.load_cert_chain(chain_path, key_path)
+            except ssl.SSLError as exc:
+                raise ValueError(
+                    f"private_key / certificate_chain could not be loaded: {exc}"
+                ) from None
+    context.set_alpn_protocols(["h2"])
+    return context
+
+
+async def resolve(target: Target) -> List[Tuple[str, int]]:
+    """Every TCP address a target stands for (DNS names resolved with getaddrinfo)."""
+    if not target.needs_resolution:
+        return list(target.addresses)
+    loop = asyncio.get_running_loop()
+    out: List[Tuple[str, int]] = []
+    for host, port in target.addresses:
+        try:
+            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except OSError as exc:
+            raise GrpcError(
+                StatusCode.UNAVAILABLE, f"DNS resolution failed for {host}:{port}: {exc}"
+            ) from None
+        for _family, _type, _proto, _name, sockaddr in infos:
+            addr = (str(sockaddr[0]), int(sockaddr[1]))
+            if addr not in out:
+                out.append(addr)
+    return out
+
+
+def _describe_ssl_error(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS certificate verification failed: {exc.verify_message or exc}"
+    return f"TLS handshake failed: {exc}"
+
+
+async def dial(
+    target: Target,
+    address: Optional[Tuple[str, int]],
+    protocol_factory: Callable[[], asyncio.Protocol],
+    *,
+    ssl_context: Optional[ssl.SSLContext],
+    server_hostname: Optional[str],
+    timeout: float,
+) -> Tuple[asyncio.Transport, asyncio.Protocol]:
+    """Connect to one address (or the unix path) and check ALPN; UNAVAILABLE on failure.
+
+    The caller bounds the HTTP/2 preface with the rest of ``timeout``.
+    """
+    loop = asyncio.get_running_loop()
+    where = target.path.lstrip("\0") if target.kind != "tcp" else _fmt(address)
+    hostname = server_hostname
+    if ssl_context is not None and hostname is None:
+        hostname = target.host if target.kind == "tcp" else "localhost"
+    try:
+        if target.kind == "tcp":
+            if address is None:
+                raise ValueError("TCP dial needs an address")
+            coro = loop.create_connection(
+                protocol_factory,
+                address[0],
+                address[1],
+                ssl=ssl_context,
+                server_hostname=hostname if ssl_context is not None else None,
+            )
+        else:
+            coro = loop.create_unix_connection(
+                protocol_factory,
+                target.path,
+                ssl=ssl_context,
+                server_hostname=hostname if ssl_context is not None else None,
+            )
+        transport, protocol = await asyncio.wait_for(coro, timeout)
+    except asyncio.TimeoutError:
+        raise GrpcError(
+            StatusCode.UNAVAILABLE,
+            f"failed to connect to {where}: timed out after {timeout:g}s (connect_timeout)",
+        ) from None
+    except ssl.SSLError as exc:
+        raise GrpcError(
+            StatusCode.UNAVAILABLE, f"failed to connect to {where}: {_describe_ssl_error(exc)}"
+        ) from None
+    except OSError as exc:
+        raise GrpcError(StatusCode.UNAVAILABLE, f"failed to connect to {where}: {exc}") from None
+    if ssl_context is not None:
+        ssl_object = transport.get_extra_info("ssl_object")
+        selected = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
+        if selected != "h2":
+            transport.close()
+            raise GrpcError(
+                StatusCode.UNAVAILABLE,
+                f"failed to connect to {where}: the server did not select HTTP/2 via ALPN "
+                f"(selected {selected!r}); is it a gRPC server?",
+            )
+    sock = transport.get_extra_info("socket")
+    if sock is not None and target.kind == "tcp":
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return transport, protocol
+
+
+def _fmt(address: Optional[Tuple[str, int]]) -> str:
+    if address is None:
+        return "?"
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
