@@ -1,0 +1,438 @@
+"""Benchmark wove_h2grpc against grpc.aio and grpclib: ``python -m benchmarks [--quick]``.
+
+Servers run as separate processes; every client runs in its own process per measurement
+(so CPU time and peak RSS belong to that client), interleaved round by round, and the
+median of the rounds is reported. See docs/benchmarks.md for what each figure means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as _dt
+import importlib.util
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+if __package__ in (None, ""):  # run as ``python benchmarks/run.py``
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks import _env, report
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_DIR = BENCH_DIR.parent
+RESULTS_DIR = BENCH_DIR / "results"
+DOCS_FILE = REPO_DIR / "docs" / "benchmarks.md"
+ECHO_METHOD = "/bench.Echo/Echo"
+
+CLIENTS = ("wove_h2grpc", "grpc.aio", "grpclib")
+SERVERS = {"grpcio": "grpcio-echo", "h2": "h2-echo"}
+SERVER_TITLES = {"grpcio": "grpcio aio echo server", "h2": "wove_h2grpc.Server echo server"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Scenario:
+    """One client workload: a payload size, a call pattern and how many calls to time."""
+
+    key: str
+    title: str
+    kind: str  # sequential | concurrent | burst
+    size: int
+    calls: int
+    quick_calls: int
+    warmup: int
+    concurrency: int = 64
+
+
+SCENARIOS = (
+    Scenario("seq_100b", "100 B sequential", "sequential", 100, 3000, 60, 200),
+    Scenario("conc64_100b", "100 B, 64 in flight", "concurrent", 100, 10000, 256, 640),
+    Scenario("seq_64kib", "64 KiB sequential", "sequential", 64 * 1024, 1000, 20, 50),
+    Scenario("seq_1mib", "1 MiB sequential", "sequential", 1024 * 1024, 150, 6, 10),
+    Scenario("burst_10k", "10,000-call burst (100 B)", "burst", 100, 10000, 500, 640),
+)
+PROFILE_SCENARIOS = ("seq_100b", "conc64_100b", "seq_1mib")
+
+WOVE_CASES = (("grpcio", "json"), ("h2", "json"), ("h2", "msgpack"))
+WOVE_SIZES = (("small", 100), ("1mib", 1024 * 1024))
+
+
+def log(message: str) -> None:
+    """Progress goes to stderr so stdout carries only the table."""
+    sys.stderr.write(message + "\n")
+    sys.stderr.flush()
+
+
+def child_env() -> Dict[str, str]:
+    """Environment of every child: the repo importable, no output buffering surprises."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_DIR), env.get("PYTHONPATH", "")) if p)
+    env.setdefault("WOVE_H2GRPC_BENCH_SECRET", "bench-secret")
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+class ServerProcess:
+    """A benchmark server in its own process; ``port`` is known once it printed READY."""
+
+    def __init__(self, kind: str, timeout: float = 30.0) -> None:
+        self.kind = kind
+        self.lines: List[str] = []
+        self.proc = subprocess.Popen(
+            [sys.executable, str(BENCH_DIR / "_servers.py"), kind],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=child_env(),
+            cwd=str(REPO_DIR),
+        )
+        ready = threading.Event()
+        box: List[str] = []
+
+        def pump() -> None:
+            assert self.proc.stdout is not None
+            for line in self.proc.stdout:
+                self.lines.append(line.rstrip("\n"))
+                if not ready.is_set() and line.startswith("READY"):
+                    box.append(line.split()[1])
+                    ready.set()
+            ready.set()
+
+        threading.Thread(target=pump, daemon=True).start()
+        if not ready.wait(timeout) or not box:
+            self.stop()
+            tail = "\n".join(self.lines[-15:])
+            raise RuntimeError(f"server {kind} did not start:\n{tail}")
+        self.port = int(box[0])
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after 10 s."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+
+def run_child(script: str, spec: Dict[str, Any], timeout: float) -> Dict[str, Any]:
+    """Run one measurement process; its last stdout line is the JSON result."""
+    started = time.perf_counter()
+    try:
+        proc = subprocess.run(
+            [sys.executable, str(BENCH_DIR / script), json.dumps(spec)],
+            capture_output=True,
+            text=True,
+            env=child_env(),
+            cwd=str(REPO_DIR),
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s"}
+    if proc.returncode != 0 or not proc.stdout.strip():
+        lines = (proc.stderr or "").strip().splitlines()
+        return {"error": lines[-1] if lines else f"exit status {proc.returncode}"}
+    result: Dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["process_s"] = time.perf_counter() - started
+    return result
+
+
+def median_of(runs: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
+    """Median of every numeric figure over the successful runs (errors reported if none)."""
+    ok = [r for r in runs if "error" not in r]
+    if not ok:
+        return {"error": runs[0]["error"] if runs else "no runs"}
+    out: Dict[str, Any] = {"rounds_ok": len(ok)}
+    for key, value in ok[0].items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[key] = statistics.median(r[key] for r in ok)
+        elif key == "latency_quantiles_us":
+            out[key] = [statistics.median(r[key][i] for r in ok) for i in range(len(value))]
+    if len(ok) < len(runs):
+        out["errors"] = [r["error"] for r in runs if "error" in r]
+    return out
+
+
+def available_clients(requested: Sequence[str]) -> Dict[str, Optional[str]]:
+    """Each requested client -> ``None`` if usable, else the reason it is skipped."""
+    needs = {"wove_h2grpc": "wove_h2grpc.channel", "grpc.aio": "grpc", "grpclib": "grpclib"}
+    out: Dict[str, Optional[str]] = {}
+    for client in requested:
+        module = needs[client]
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ModuleNotFoundError:
+            found = False
+        out[client] = None if found else f"{module} is not importable"
+    return out
+
+
+def server_available(server: str) -> Optional[str]:
+    """``None`` if the server kind can run, else why not."""
+    module = {"grpcio": "grpc", "h2": "wove_h2grpc.server"}[server]
+    if importlib.util.find_spec(module) is None:
+        return f"{module} is not importable"
+    return None
+
+
+def bench_clients(
+    args: argparse.Namespace, clients: Sequence[str], skipped: List[str]
+) -> Dict[str, Any]:
+    """Every scenario, every client, every round, against each selected server."""
+    servers = ["grpcio", "h2"] if args.server == "both" else [args.server]
+    scenarios = [s for s in SCENARIOS if not args.scenarios or s.key in args.scenarios]
+    out: Dict[str, Any] = {}
+    for server in servers:
+        reason = server_available(server)
+        if reason:
+            skipped.append(f"server {server}: {reason}")
+            log(f"skip server {server}: {reason}")
+            continue
+        proc = ServerProcess(SERVERS[server])
+        log(f"server {server} ({SERVERS[server]}) on port {proc.port}")
+        runs: Dict[str, Dict[str, List[Dict[str, Any]]]] = {
+            s.key: {c: [] for c in clients} for s in scenarios
+        }
+        try:
+            for round_no in range(args.rounds):
+                for scenario in scenarios:
+                    for client in clients:
+                        spec = {
+                            "client": client,
+                            "port": proc.port,
+                            "method": ECHO_METHOD,
+                            "scenario": scenario.kind,
+                            "size": scenario.size,
+                            "calls": scenario.quick_calls if args.quick else scenario.calls,
+                            "warmup": min(scenario.warmup, 64) if args.quick else scenario.warmup,
+                            "concurrency": scenario.concurrency,
+                        }
+                        result = run_child("_client.py", spec, timeout=60 if args.quick else 600)
+                        runs[scenario.key][client].append(result)
+                        log(
+                            f"  [{server} r{round_no + 1}] {scenario.key:12} {client:12} "
+                            + report.one_line(result)
+                        )
+        finally:
+            proc.stop()
+        out[server] = {
+            "title": SERVER_TITLES[server],
+            "scenarios": {
+                s.key: {
+                    "title": s.title,
+                    "size": s.size,
+                    "kind": s.kind,
+                    "calls": s.quick_calls if args.quick else s.calls,
+                    "clients": {
+                        c: {"median": median_of(runs[s.key][c]), "rounds": runs[s.key][c]}
+                        for c in clients
+                    },
+                }
+                for s in scenarios
+            },
+        }
+    return out
+
+
+def bench_wove(args: argparse.Namespace, skipped: List[str]) -> Dict[str, Any]:
+    """Wove level: mapped tasks through executor="grpc" over each transport and codec."""
+    missing = [
+        m
+        for m in ("wove_h2grpc.executor", "wove_h2grpc.worker", "wove_h2grpc.server")
+        if importlib.util.find_spec(m) is None
+    ]
+    if missing:
+        reason = "Wove level skipped: " + ", ".join(missing) + " not importable yet"
+        skipped.append(reason)
+        log(reason)
+        return {}
+    servers = ["grpcio", "h2"] if args.server == "both" else [args.server]
+    tasks = 24 if args.quick else args.wove_tasks
+    out: Dict[str, Any] = {}
+    for server in servers:
+        if server_available(server):
+            continue
+        proc = ServerProcess(f"{server}-worker")
+        log(f"worker server {server} on port {proc.port}")
+        runs: Dict[str, Dict[str, List[Dict[str, Any]]]] = {
+            size_key: {f"{t}/{c}": [] for t, c in WOVE_CASES} for size_key, _ in WOVE_SIZES
+        }
+        try:
+            for round_no in range(args.rounds):
+                for size_key, size in WOVE_SIZES:
+                    for transport, codec in WOVE_CASES:
+                        spec = {
+                            "port": proc.port,
+                            "transport": transport,
+                            "codec": codec,
+                            "size": size,
+                            "tasks": tasks,
+                        }
+                        result = run_child(
+                            "_wove_client.py", spec, timeout=60 if args.quick else 900
+                        )
+                        runs[size_key][f"{transport}/{codec}"].append(result)
+                        log(
+                            f"  [{server}-worker r{round_no + 1}] {size_key:6} "
+                            f"{transport}/{codec:8} " + report.one_line(result)
+                        )
+        finally:
+            proc.stop()
+        out[server] = {
+            "tasks": tasks,
+            "sizes": {
+                size_key: {
+                    case: {"median": median_of(r), "rounds": r} for case, r in per_case.items()
+                }
+                for size_key, per_case in runs.items()
+            },
+        }
+    return out
+
+
+def profile_h2(args: argparse.Namespace, out_dir: Path) -> Dict[str, Any]:
+    """cProfile our client at 100 B sequential, 64 in flight and 1 MiB (grpcio server)."""
+    proc = ServerProcess(SERVERS["grpcio"])
+    summaries: Dict[str, Any] = {}
+    try:
+        for scenario in SCENARIOS:
+            if scenario.key not in PROFILE_SCENARIOS:
+                continue
+            prefix = out_dir / f"profile-wove_h2grpc-{scenario.key}"
+            spec = {
+                "client": "wove_h2grpc",
+                "port": proc.port,
+                "method": ECHO_METHOD,
+                "scenario": scenario.kind,
+                "size": scenario.size,
+                "calls": scenario.quick_calls if args.quick else scenario.calls,
+                "warmup": scenario.warmup,
+                "concurrency": scenario.concurrency,
+                "profile": str(prefix),
+            }
+            result = run_child("_client.py", spec, timeout=600)
+            summaries[scenario.key] = {
+                "result": result,
+                "prof": str(prefix) + ".prof",
+                "text": str(prefix) + ".txt",
+            }
+            log(f"profile {scenario.key}: {prefix}.txt")
+    finally:
+        proc.stop()
+    return summaries
+
+
+def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny counts, 1 round: proves the harness works (< 60 s)",
+    )
+    parser.add_argument("--rounds", type=int, default=None, help="rounds (default 3; quick 1)")
+    parser.add_argument("--server", choices=("grpcio", "h2", "both"), default="both")
+    parser.add_argument(
+        "--clients",
+        default=",".join(CLIENTS),
+        help="comma-separated subset of " + ", ".join(CLIENTS),
+    )
+    parser.add_argument(
+        "--scenarios",
+        default="",
+        help="comma-separated subset of " + ", ".join(s.key for s in SCENARIOS),
+    )
+    parser.add_argument("--wove-tasks", type=int, default=1000)
+    parser.add_argument(
+        "--import-repeats",
+        type=int,
+        default=None,
+        help="fresh interpreters per import figure (default 7; quick 2)",
+    )
+    parser.add_argument(
+        "--skip", default="", help="comma-separated sections to skip: clients, imports, wove"
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="also cProfile our client (writes .prof and top-20 text)",
+    )
+    parser.add_argument(
+        "--no-docs",
+        action="store_true",
+        help="do not rewrite docs/benchmarks.md (quick mode never does)",
+    )
+    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
+    args = parser.parse_args(argv)
+    args.rounds = args.rounds or (1 if args.quick else 3)
+    args.import_repeats = args.import_repeats or (2 if args.quick else 7)
+    args.clients = [c.strip() for c in args.clients.split(",") if c.strip()]
+    for client in args.clients:
+        if client not in CLIENTS:
+            parser.error(f"unknown client {client!r}")
+    args.scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    args.skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    return args
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the selected sections, print the Markdown table, write JSON (and docs)."""
+    args = parse_args(argv)
+    started = time.perf_counter()
+    skipped: List[str] = []
+    availability = available_clients(args.clients)
+    clients = [c for c, reason in availability.items() if reason is None]
+    for client, reason in availability.items():
+        if reason:
+            skipped.append(f"client {client}: {reason}")
+            log(f"skip client {client}: {reason}")
+
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    results: Dict[str, Any] = {
+        "timestamp": stamp,
+        "quick": args.quick,
+        "rounds": args.rounds,
+        "machine": _env.describe_machine(),
+        "clients": clients,
+        "skipped": skipped,
+    }
+    if "clients" not in args.skip and clients:
+        results["servers"] = bench_clients(args, clients, skipped)
+    if "imports" not in args.skip:
+        log("import cost and installed size")
+        # Import cost needs only the package, not a working client, so every requested
+        # client is measured here.
+        results["imports"] = _env.import_cost(args.clients, args.import_repeats, child_env())
+        results["sizes"] = {c: _env.installed_size(c) for c in args.clients}
+    if "wove" not in args.skip:
+        results["wove"] = bench_wove(args, skipped)
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    if args.profile and "wove_h2grpc" in clients:
+        results["profiles"] = profile_h2(args, args.results_dir)
+    results["elapsed_s"] = time.perf_counter() - started
+
+    suffix = "-quick" if args.quick else ""
+    json_path = args.results_dir / f"{stamp}{suffix}.json"
+    json_path.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+    table = report.render(results)
+    sys.stdout.write(table + "\n")
+    log(f"raw results: {json_path}")
+    if not args.quick and not args.no_docs:
+        plot = report.plot_latency(results, REPO_DIR / "docs" / "benchmarks-latency.png")
+        report.update_docs(DOCS_FILE, table, plot_name=plot)
+        log(f"updated {DOCS_FILE}")
+    log(f"done in {results['elapsed_s']:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
