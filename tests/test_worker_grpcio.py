@@ -1,0 +1,164 @@
+"""Interop (d): our h2 transport -> WorkerService.grpcio_handler() on a grpcio server.
+
+The grpcio server runs in a helper process (tests/grpcio_worker_host.py under
+grpcio_python()); this process only speaks h2, through our Channel and through stock Wove
+with ``H2GrpcExecutor`` (``transport="h2"``). TLS and signed security throughout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from typing import Any, Dict, Iterator, List
+
+import cloudpickle
+import pytest
+from _support import Certs, HelperProcess, grpcio_python, start_helper
+from wove.security import NetworkExecutorSecurity
+
+from wove_h2grpc import Channel, GrpcError, StatusCode
+from wove_h2grpc.worker import DEFAULT_METHOD
+from wove_h2grpc.wove_codec import decode_events, encode_command
+
+SECRET = "interop-d-secret"
+
+# The helper process cannot import this test module: send its functions by value.
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+def cube(x: int) -> int:
+    return x * x * x
+
+
+async def slow(seconds: float) -> str:
+    await asyncio.sleep(seconds)
+    return "done"
+
+
+class Refused(Exception):
+    pass
+
+
+def refuse(reason: str) -> None:
+    raise Refused(reason)
+
+
+@pytest.fixture(scope="module")
+def grpcio_worker(certs: Certs) -> Iterator[HelperProcess]:
+    helper = start_helper(
+        "grpcio_worker_host.py",
+        [
+            "--tls-cert",
+            certs.server_cert_file,
+            "--tls-key",
+            certs.server_key_file,
+            "--security",
+            "env:WOVE_TEST_WORKER_SECRET",
+        ],
+        python=grpcio_python(),
+        env={"WOVE_TEST_WORKER_SECRET": SECRET},
+    )
+    yield helper
+    helper.stop()
+
+
+def _channel(helper: HelperProcess, certs: Certs) -> Channel:
+    return Channel(
+        f"localhost:{helper.port}", secure=True, root_certificates=certs.ca_pem, timeout=20.0
+    )
+
+
+def _frame(func: Any, args: Dict[str, Any], run_id: str) -> Dict[str, Any]:
+    return {"type": "run_task", "run_id": run_id, "task_id": "t", "callable": func, "args": args}
+
+
+async def _send(
+    channel: Channel, frame: Dict[str, Any], codec: str = "json", secret: str = SECRET
+) -> bytes:
+    body = encode_command(frame, codec)
+    security = NetworkExecutorSecurity(mode="signed", secret=secret)
+    metadata = security.metadata_for(transport="grpc", target=DEFAULT_METHOD, body=body)
+    rpc = channel.unary_unary(DEFAULT_METHOD)
+    return await asyncio.wait_for(rpc(body, metadata=metadata), 30)
+
+
+@pytest.mark.parametrize("codec", ["json", "msgpack"])
+async def test_channel_runs_a_signed_task_over_tls(
+    grpcio_worker: HelperProcess, certs: Certs, codec: str
+) -> None:
+    async with _channel(grpcio_worker, certs) as channel:
+        events = decode_events(await _send(channel, _frame(cube, {"x": 3}, "c1"), codec))
+    assert [e["type"] for e in events] == ["task_started", "task_result"]
+    assert events[1]["result"] == 27
+
+
+async def test_task_error_travels_back(grpcio_worker: HelperProcess, certs: Certs) -> None:
+    async with _channel(grpcio_worker, certs) as channel:
+        events = decode_events(await _send(channel, _frame(refuse, {"reason": "no"}, "e1")))
+    assert events[1]["type"] == "task_error"
+    assert events[1]["error"]["kind"] == "Refused"
+    assert events[1]["error"]["source"] == "task"
+    assert str(events[1]["exception"]) == "no"
+
+
+async def test_wrong_secret_is_unauthenticated(grpcio_worker: HelperProcess, certs: Certs) -> None:
+    async with _channel(grpcio_worker, certs) as channel:
+        with pytest.raises(GrpcError) as info:
+            await _send(channel, _frame(cube, {"x": 1}, "w1"), secret="not the secret")
+    assert info.value.code() == StatusCode.UNAUTHENTICATED
+    assert "signature" in info.value.details()
+
+
+async def test_garbage_is_invalid_argument(grpcio_worker: HelperProcess, certs: Certs) -> None:
+    body = b"\x01garbage"
+    security = NetworkExecutorSecurity(mode="signed", secret=SECRET)
+    metadata = security.metadata_for(transport="grpc", target=DEFAULT_METHOD, body=body)
+    async with _channel(grpcio_worker, certs) as channel:
+        with pytest.raises(GrpcError) as info:
+            await channel.unary_unary(DEFAULT_METHOD)(body, metadata=metadata, timeout=20)
+    assert info.value.code() == StatusCode.INVALID_ARGUMENT
+
+
+async def test_cancel_task_over_the_wire(grpcio_worker: HelperProcess, certs: Certs) -> None:
+    async with _channel(grpcio_worker, certs) as channel:
+        run = asyncio.ensure_future(_send(channel, _frame(slow, {"seconds": 30}, "slow-1")))
+        await asyncio.sleep(0.5)
+        cancel = {"type": "cancel_task", "run_id": "slow-1", "task_id": "t"}
+        assert decode_events(await _send(channel, cancel)) == ()
+        events = decode_events(await asyncio.wait_for(run, 10))
+    assert [e["type"] for e in events] == ["task_started", "task_cancelled"]
+
+
+async def test_stock_wove_over_h2_against_grpcio_worker(
+    grpcio_worker: HelperProcess, certs: Certs
+) -> None:
+    import wove
+
+    from wove_h2grpc import H2GrpcExecutor
+
+    wove.config(
+        environments={
+            "interop_d": {
+                "executor": H2GrpcExecutor(),
+                "executor_config": {
+                    "target": f"localhost:{grpcio_worker.port}",
+                    "transport": "h2",
+                    "secure": True,
+                    "root_certificates": certs.ca_pem,
+                    "security": {"type": "signed", "secret": SECRET},
+                    "timeout": 30.0,
+                },
+            }
+        }
+    )
+
+    async def weave() -> List[int]:
+        async with wove.weave(environment="interop_d") as w:
+
+            @w.do(range(12))
+            def cubes(item: int) -> int:
+                return item * item * item
+
+        return list(w.result.cubes)
+
+    assert await asyncio.wait_for(weave(), 60) == [i**3 for i in range(12)]
