@@ -12,6 +12,11 @@ Prints ``READY <port>`` when serving. Never imported by the pytest process.
     python tests/wove_grpcio_worker.py [--bind 127.0.0.1] [--port 0] [--secret-env VAR]
         [--tls-cert F --tls-key F [--client-ca F]] [--executions FILE]
         [--max-pending N (0 = grpcio's default)] [--method /pkg.Svc/M]
+        [--respond MODE (see RESPOND_MODES)]
+
+``--executions`` lines: ``run <run_id>`` when a task starts executing, ``cancel <run_id>``
+when a ``cancel_task`` arrives for a running task, ``cancelled <run_id>`` when a running
+task was cancelled (by ``cancel_task`` or because the client reset the call).
 """
 
 from __future__ import annotations
@@ -73,11 +78,43 @@ def encode(events: List[Dict[str, Any]], codec: str) -> bytes:
     return json.dumps(body, separators=(",", ":")).encode("utf-8")
 
 
+# --respond modes: how run_task is answered (tests of the executor's response handling).
+RESPOND_MODES = (
+    "events",  # {"events": [task_started, terminal]} (default)
+    "list",  # [task_started, terminal]
+    "single",  # terminal (one event object)
+    "empty",  # b""
+    "garbage",  # bytes that are neither JSON nor msgpack
+    "text",  # UTF-8 text that is not JSON
+    "notdict",  # [1, 2]
+    "noterminal",  # {"events": [task_started]}
+    "twice",  # {"events": [task_started, terminal, task_cancelled]}
+    "echo",  # task_result whose result is {"metadata": [...], "body": request bytes}
+)
+
+
+def encode_shape(events: List[Dict[str, Any]], codec: str, shape: str) -> bytes:
+    """The other two response shapes Wove accepts: a bare list, or one event object."""
+    body = encode(events, codec)
+    value = msgpack.unpackb(body, raw=False) if codec == "msgpack" else json.loads(body)
+    value = value["events"] if shape == "list" else value["events"][0]
+    if codec == "msgpack":
+        return msgpack.packb(value, use_bin_type=True)
+    return json.dumps(value, separators=(",", ":")).encode("utf-8")
+
+
 class Worker:
-    def __init__(self, security: NetworkExecutorSecurity, method: str, executions: Optional[str]):
+    def __init__(
+        self,
+        security: NetworkExecutorSecurity,
+        method: str,
+        executions: Optional[str],
+        respond: str = "events",
+    ):
         self.security = security
         self.method = method
         self.executions = executions
+        self.respond = respond
         self.lock = threading.Lock()
         self.running: Dict[str, asyncio.Task[Any]] = {}
         self.cancel_requested: set = set()
@@ -115,6 +152,21 @@ class Worker:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unsupported frame {kind!r}")
         run_id = str(frame["run_id"])
         started = {"type": "task_started", **ids}
+        mode = self.respond
+        if mode == "echo":
+            echo = {
+                "metadata": [(k, v) for k, v in (context.invocation_metadata() or ())],
+                "body": request,
+            }
+            return encode([started, {"type": "task_result", **ids, "result": echo}], codec)
+        if mode == "empty":
+            return b""
+        if mode == "garbage":
+            return b"\xff\x00\x13 not a frame"
+        if mode == "text":
+            return b"Internal Server Error"
+        if mode == "notdict":
+            return b"[1,2]"
         task = asyncio.ensure_future(self.execute(frame))
         self.running[run_id] = task
         try:
@@ -129,6 +181,14 @@ class Worker:
         finally:
             self.running.pop(run_id, None)
             self.cancel_requested.discard(run_id)
+        if mode == "list":
+            return encode_shape([started, terminal], codec, "list")
+        if mode == "single":
+            return encode_shape([terminal], codec, "single")
+        if mode == "noterminal":
+            return encode([started], codec)
+        if mode == "twice":
+            return encode([started, terminal, {"type": "task_cancelled", **ids}], codec)
         return encode([started, terminal], codec)
 
     async def execute(self, frame: Dict[str, Any]) -> Dict[str, Any]:
@@ -146,6 +206,7 @@ class Worker:
                 if asyncio.iscoroutine(result):
                     result = await result
         except asyncio.CancelledError:
+            self.record("cancelled", str(frame["run_id"]))
             return {"type": "task_cancelled", **ids}
         except Exception as exc:
             return {
@@ -162,7 +223,7 @@ async def serve(args: argparse.Namespace) -> None:
         security = NetworkExecutorSecurity.from_config(f"env:{args.secret_env}")
     else:
         security = NetworkExecutorSecurity()
-    worker = Worker(security, args.method, args.executions)
+    worker = Worker(security, args.method, args.executions, args.respond)
     options: List[Tuple[str, Any]] = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
     if args.max_pending > 0:
         options.append(("grpc.server.max_pending_requests", args.max_pending))
@@ -217,6 +278,7 @@ def main() -> None:
     parser.add_argument("--client-ca", default="")
     parser.add_argument("--executions", default="")
     parser.add_argument("--max-pending", type=int, default=100_000)
+    parser.add_argument("--respond", choices=RESPOND_MODES, default="events")
     args = parser.parse_args()
     try:
         asyncio.run(serve(args))
