@@ -1,0 +1,440 @@
+"""The ``wove-h2grpc`` command (also ``python -m wove_h2grpc``).
+
+``serve`` runs a Wove worker service (:class:`~wove_h2grpc.worker.WorkerService` on our
+pure-asyncio :class:`~wove_h2grpc.server.Server`); ``demo`` starts such a service on loopback
+and runs a sample weave whose tasks travel to it over ``transport="h2"``, so a new user sees
+the whole path work with one command. Errors are one line on stderr and a non-zero exit;
+logging goes to stderr (``--log-level``); results and the ready line go to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ipaddress
+import json
+import logging
+import secrets
+import signal
+import ssl
+import sys
+import time
+from typing import Any, Callable, List, NoReturn, Optional, Sequence, Tuple
+
+from ._version import __version__
+from .target import parse_bind_address
+
+__all__ = ["main"]
+
+logger = logging.getLogger(__name__)
+
+PROG = "wove-h2grpc"
+_EXIT_ERROR = 1
+_EXIT_USAGE = 2
+
+
+class CliError(Exception):
+    """A user-facing error: printed as one line on stderr, exit status 1."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with usage errors on one line (``prog: error: ... (see --help)``)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(_EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=PROG,
+        description="Wove worker service and demo on a pure-asyncio gRPC transport (h2).",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--log-level",
+        default="warning",
+        choices=["debug", "info", "warning", "error"],
+        help="logging threshold; logs go to stderr (default: warning)",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    serve = commands.add_parser(
+        "serve",
+        help="run a Wove worker service",
+        description=(
+            "Run a Wove worker service (the grpc executor's method) on a pure-asyncio gRPC "
+            "server. A bind address other than loopback or a unix socket requires TLS "
+            "(--tls-cert/--tls-key) and --security, unless --insecure is given. Without "
+            "--security the worker runs unsigned requests. SIGTERM or SIGINT stops it "
+            "gracefully. Prints 'serving ... on HOST:PORT ...' on stdout once ready."
+        ),
+    )
+    serve.add_argument(
+        "--bind",
+        required=True,
+        metavar="HOST:PORT",
+        help="address to listen on: HOST:PORT, [IPv6]:PORT or unix:/path (port 0 = any free)",
+    )
+    serve.add_argument("--tls-cert", metavar="FILE", help="PEM certificate chain (enables TLS)")
+    serve.add_argument("--tls-key", metavar="FILE", help="PEM private key for --tls-cert")
+    serve.add_argument(
+        "--client-ca",
+        metavar="FILE",
+        help="PEM CA bundle: require client certificates signed by it (mutual TLS)",
+    )
+    serve.add_argument(
+        "--security",
+        metavar="SPEC",
+        help=(
+            "request authentication, as Wove's executor_config.security: env:VARIABLE "
+            "(HMAC-signed with the secret in that variable), or a JSON object such as "
+            '\'{"type": "bearer", "token_env": "TOKEN"}\''
+        ),
+    )
+    serve.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow a non-loopback bind without TLS and/or --security (development only)",
+    )
+    serve.add_argument(
+        "--method",
+        default=None,
+        metavar="PATH",
+        help="gRPC method path (default: /wove.network_executor.WorkerService/Send)",
+    )
+    serve.add_argument(
+        "--grace",
+        type=_non_negative_float,
+        default=10.0,
+        metavar="SECONDS",
+        help="on SIGTERM/SIGINT, let in-flight tasks finish this long (default: 10)",
+    )
+    serve.add_argument(
+        "--max-receive-message-length",
+        type=_positive_int,
+        default=64 * 1024 * 1024,
+        metavar="BYTES",
+        help="largest request accepted (default: 64 MiB)",
+    )
+    serve.add_argument(
+        "--max-concurrent-streams",
+        type=_positive_int,
+        default=1000,
+        metavar="N",
+        help="concurrent calls per connection advertised to clients (default: 1000)",
+    )
+
+    demo = commands.add_parser(
+        "demo",
+        help="run a sample weave over h2 against a loopback worker",
+        description=(
+            "Start a loopback worker service with a random shared secret, run a weave whose "
+            "mapped tasks travel to it over transport='h2' (signed requests), print the "
+            "results and the timing, and exit 0 when the results are right."
+        ),
+    )
+    demo.add_argument(
+        "--tasks",
+        type=_positive_int,
+        default=20,
+        metavar="N",
+        help="number of mapped tasks (default: 20)",
+    )
+    demo.add_argument(
+        "--codec",
+        choices=["json", "msgpack"],
+        default="json",
+        help="wire codec of the Wove frames (default: json, Wove's own format)",
+    )
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be positive")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be zero or more")
+    return value
+
+
+def _out(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+# -- serve -------------------------------------------------------------------------------
+
+
+def _is_local_bind(address: str) -> bool:
+    """True for loopback addresses and unix sockets: reachable only from this machine."""
+    target = parse_bind_address(address)
+    if target.kind != "tcp":
+        return True
+    host = target.host.strip("[]")
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _parse_security(spec: Optional[str]) -> Any:
+    """``--security`` value -> a NetworkExecutorSecurity, or None for unsigned requests."""
+    if spec is None:
+        return None
+    from wove.security import NetworkExecutorSecurity
+
+    config: Any = spec
+    if spec.lstrip().startswith("{"):
+        try:
+            config = json.loads(spec)
+        except ValueError as exc:
+            raise CliError(f"--security: invalid JSON: {exc}") from None
+    try:
+        security = NetworkExecutorSecurity.from_config(config)
+    except (ValueError, TypeError, RuntimeError) as exc:
+        raise CliError(f"--security: {exc}") from None
+    return None if security.mode == "none" else security
+
+
+def _server_ssl_context(
+    cert: Optional[str], key: Optional[str], client_ca: Optional[str]
+) -> Optional[ssl.SSLContext]:
+    if not cert and not key:
+        if client_ca:
+            raise CliError("--client-ca needs TLS: give --tls-cert and --tls-key too")
+        return None
+    if not cert or not key:
+        raise CliError("--tls-cert and --tls-key must be given together")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    # gRPC over HTTP/2 requires TLS 1.2 or newer and ALPN "h2" (RFC 9113 section 9.2).
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_alpn_protocols(["h2"])
+    try:
+        context.load_cert_chain(cert, key)
+        if client_ca:
+            context.load_verify_locations(cafile=client_ca)
+            context.verify_mode = ssl.CERT_REQUIRED
+    except (OSError, ssl.SSLError) as exc:
+        raise CliError(f"cannot load TLS files: {exc}") from None
+    return context
+
+
+def _display_address(bind: str, port: int) -> str:
+    target = parse_bind_address(bind)
+    if target.kind != "tcp":
+        return bind
+    host = target.host
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _install_stop_handlers(loop: asyncio.AbstractEventLoop, stop: Callable[[], None]) -> None:
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, stop)
+        except (NotImplementedError, RuntimeError):
+            # No add_signal_handler (Windows): a plain handler hops onto the loop.
+            signal.signal(sig, lambda _signo, _frame: loop.call_soon_threadsafe(stop))
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    from .worker import DEFAULT_METHOD, WorkerService
+
+    try:
+        local = _is_local_bind(args.bind)
+    except ValueError as exc:
+        raise CliError(f"--bind: {exc}") from None
+    ssl_context = _server_ssl_context(args.tls_cert, args.tls_key, args.client_ca)
+    security = _parse_security(args.security)
+    if not local and not args.insecure:
+        missing = [
+            what
+            for what, ok in (("TLS (--tls-cert/--tls-key)", ssl_context), ("--security", security))
+            if ok is None
+        ]
+        if missing:
+            raise CliError(
+                f"refusing to serve on non-loopback address {args.bind} without "
+                f"{' and '.join(missing)}; pass --insecure for development"
+            )
+    method = args.method or DEFAULT_METHOD
+    try:
+        service = WorkerService(security, method=method, allow_unsigned=security is None)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    if security is None:
+        logger.warning(
+            "running unsigned requests: anyone who can connect to %s can run code here",
+            args.bind,
+        )
+
+    from .server import Server
+
+    server = Server(
+        max_receive_message_length=args.max_receive_message_length,
+        max_concurrent_streams=args.max_concurrent_streams,
+    )
+    service.attach(server)
+    try:
+        port = await server.start(args.bind, ssl_context=ssl_context)
+    except OSError as exc:
+        raise CliError(f"cannot listen on {args.bind}: {exc}") from None
+
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    _install_stop_handlers(loop, stopping.set)
+    tls = "plaintext" if ssl_context is None else ("mTLS" if args.client_ca else "TLS")
+    _out(
+        f"{PROG}: serving {method} on {_display_address(args.bind, port)} "
+        f"({tls}, security: {service.security_mode})"
+    )
+    try:
+        await stopping.wait()
+        logger.info("stopping: in-flight tasks get %.1f s", args.grace)
+        await server.stop(grace=args.grace)
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(server.wait_closed(), timeout=args.grace + 5.0)
+    _out(f"{PROG}: stopped")
+    return 0
+
+
+# -- demo --------------------------------------------------------------------------------
+
+
+def _demo_square(item: int) -> int:
+    """A sync demo task: runs in a worker thread on the worker side."""
+    return item * item
+
+
+async def _demo_total(squares: List[int]) -> int:
+    """An async demo task: runs on the worker's event loop."""
+    await asyncio.sleep(0)
+    return sum(squares)
+
+
+async def _run_demo_weave(environment: str, count: int) -> Tuple[List[int], int]:
+    import wove
+
+    async with wove.weave(environment=environment) as w:
+
+        @w.do(range(count))
+        def square(item: int) -> int:
+            return _demo_square(item)
+
+        @w.do
+        async def total(square: List[int]) -> int:
+            return await _demo_total(square)
+
+    return list(w.result.square), int(w.result.total)
+
+
+async def _demo(args: argparse.Namespace) -> int:
+    import wove
+    from wove.security import NetworkExecutorSecurity
+
+    from .executor import H2GrpcExecutor
+    from .server import Server
+    from .worker import WorkerService
+
+    secret = secrets.token_hex(32)
+    service = WorkerService(NetworkExecutorSecurity(mode="signed", secret=secret))
+    calls = 0
+
+    async def counting_handler(request: bytes, context: Any) -> bytes:
+        nonlocal calls
+        calls += 1
+        return await service.server_handler(request, context)
+
+    server = Server({service.method: counting_handler})
+    port = await server.start("127.0.0.1:0")
+    environment = "wove_h2grpc_demo"
+    try:
+        wove.config(
+            environments={
+                environment: {
+                    "executor": H2GrpcExecutor(),
+                    "executor_config": {
+                        "target": f"127.0.0.1:{port}",
+                        "transport": "h2",
+                        "security": {"type": "signed", "secret": secret},
+                        "codec": args.codec,
+                        "timeout": 60.0,
+                    },
+                }
+            }
+        )
+        _out(
+            f"worker service on 127.0.0.1:{port} (signed requests, random secret); "
+            f"running {args.tasks} mapped tasks over h2 ({args.codec})"
+        )
+        started = time.perf_counter()
+        squares, total = await _run_demo_weave(environment, args.tasks)
+        elapsed = time.perf_counter() - started
+    finally:
+        await server.stop(grace=1.0)
+
+    expected = [i * i for i in range(args.tasks)]
+    shown = ", ".join(str(v) for v in squares[:10]) + (", ..." if len(squares) > 10 else "")
+    _out(f"square: [{shown}] ({len(squares)} results)")
+    _out(f"total: {total} (expected {sum(expected)})")
+    tasks_run = args.tasks + 1
+    _out(
+        f"timing: {tasks_run} tasks in {elapsed * 1000:.1f} ms over h2 "
+        f"({tasks_run / elapsed:.0f} tasks/s, {calls} gRPC calls served, codec {args.codec})"
+    )
+    if squares != expected or total != sum(expected):
+        raise CliError("demo results are wrong")
+    if calls < tasks_run:
+        raise CliError(f"expected at least {tasks_run} gRPC calls, the worker served {calls}")
+    _out("demo OK")
+    return 0
+
+
+# -- entry point -------------------------------------------------------------------------
+
+
+def _configure_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(getattr(logging, level.upper()))
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the ``wove-h2grpc`` command line; returns the process exit status."""
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return _EXIT_USAGE
+    _configure_logging(args.log_level)
+    runner = _serve if args.command == "serve" else _demo
+    try:
+        return asyncio.run(runner(args))
+    except CliError as exc:
+        sys.stderr.write(f"{PROG} {args.command}: error: {exc}\n")
+        return _EXIT_ERROR
+    except KeyboardInterrupt:
+        sys.stderr.write(f"{PROG} {args.command}: interrupted\n")
+        return 130
+    except Exception as exc:
+        logger.debug("unexpected failure", exc_info=True)
+        message = str(exc).splitlines()[0] if str(exc) else ""
+        sys.stderr.write(f"{PROG} {args.command}: error: {type(exc).__name__}: {message}\n")
+        return _EXIT_ERROR
