@@ -103,6 +103,9 @@ async def size(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
 async def gzip(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
     COUNTS["Gzip"] += 1
     context.set_compression(grpc.Compression.Gzip)
+    # grpc.aio alone does not act on set_compression (grpc/grpc#34690); this internal
+    # metadata key is what grpc core reads to compress the response.
+    await context.send_initial_metadata([("grpc-internal-encoding-request", "gzip")])
     return request
 
 
