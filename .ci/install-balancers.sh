@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Install Debian's nginx and HAProxy for the load-balancer tests (issue 8).
+#
+# Only the binaries are needed: the tests run each balancer as a foreground process on
+# loopback with its own prefix and config (see .ci/balancers.md). The Debian packages try to
+# start system services on install; in containers policy-rc.d refuses that, and we stop
+# nothing we did not start. Idempotent: does nothing when both are already installed.
+set -euo pipefail
+
+need=()
+command -v nginx >/dev/null 2>&1 || need+=(nginx)
+command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
+
+if [ "${#need[@]}" -gt 0 ]; then
+    if [ "$(id -u)" -ne 0 ]; then
+        SUDO=sudo
+    else
+        SUDO=
+    fi
+    echo "install-balancers: apt-get install ${need[*]}"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+        "${need[@]}" >/dev/null
+fi
+
+echo "install-balancers: $(nginx -v 2>&1); $(haproxy -v 2>&1 | head -n 1)"
