@@ -1,0 +1,371 @@
+"""The ``wove-h2grpc`` command: serve (starts, answers, refuses unsafe binds, stops on
+SIGTERM), demo (exits 0 with correct results), --help everywhere, one-line errors."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Sequence
+
+import cloudpickle
+import pytest
+from _support import REPO_DIR, Certs
+from wove.security import NetworkExecutorSecurity
+
+from wove_h2grpc import Channel, GrpcError, StatusCode
+from wove_h2grpc.cli import _is_local_bind, main
+from wove_h2grpc.worker import DEFAULT_METHOD
+from wove_h2grpc.wove_codec import decode_events, encode_command
+
+SECRET = "cli-test-secret"
+
+# The serve process cannot import this test module: send its functions by value.
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+def _slow_task(seconds: float) -> str:
+    time.sleep(seconds)
+    return f"finished after {seconds} s"
+
+
+SERVING = re.compile(r"serving \S+ on (\S+):(\d+) ")
+
+
+class CliProcess:
+    """``python -m wove_h2grpc ARGS`` with its stdout collected line by line."""
+
+    def __init__(self, args: Sequence[str], env: Optional[Dict[str, str]] = None) -> None:
+        full_env = dict(os.environ)
+        full_env["PYTHONUNBUFFERED"] = "1"
+        full_env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(REPO_DIR), full_env.get("PYTHONPATH", "")) if p
+        )
+        full_env.update(env or {})
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "wove_h2grpc", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=full_env,
+        )
+        self.lines: List[str] = []
+        self.stderr_lines: List[str] = []
+        self._threads = [
+            threading.Thread(target=self._pump, args=(self.proc.stdout, self.lines), daemon=True),
+            threading.Thread(
+                target=self._pump, args=(self.proc.stderr, self.stderr_lines), daemon=True
+            ),
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    @staticmethod
+    def _pump(stream: Optional[object], sink: List[str]) -> None:
+        assert stream is not None
+        for line in stream:  # type: ignore[attr-defined]
+            sink.append(line.rstrip("\n"))
+
+    def wait_for_port(self, timeout: float = 30.0) -> int:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in list(self.lines):
+                match = SERVING.search(line)
+                if match:
+                    return int(match.group(2))
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        self.kill()
+        raise AssertionError(
+            f"serve did not become ready (exit {self.proc.returncode}); "
+            f"stdout {self.lines[-10:]}, stderr {self.stderr_lines[-10:]}"
+        )
+
+    def wait(self, timeout: float) -> int:
+        code = self.proc.wait(timeout=timeout)
+        for thread in self._threads:
+            thread.join(timeout=5)
+        return code
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def processes() -> Iterator[List[CliProcess]]:
+    started: List[CliProcess] = []
+    yield started
+    for process in started:
+        process.kill()
+
+
+def _run_cli(args: Sequence[str], timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_DIR), env.get("PYTHONPATH", "")) if p)
+    return subprocess.run(
+        [sys.executable, "-m", "wove_h2grpc", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+
+
+async def _signed_call(
+    port: int,
+    frame: Dict[str, object],
+    *,
+    secure: bool = False,
+    certs: Optional[Certs] = None,
+    secret: str = SECRET,
+) -> bytes:
+    body = encode_command(frame)
+    security = NetworkExecutorSecurity(mode="signed", secret=secret)
+    metadata = security.metadata_for(transport="grpc", target=DEFAULT_METHOD, body=body)
+    options: Dict[str, object] = {}
+    if secure:
+        assert certs is not None
+        options = {
+            "secure": True,
+            "root_certificates": certs.ca_pem,
+            "private_key": certs.client_key_pem,
+            "certificate_chain": certs.client_cert_pem,
+        }
+    async with Channel(f"localhost:{port}", **options) as channel:  # type: ignore[arg-type]
+        rpc = channel.unary_unary(DEFAULT_METHOD)
+        return await asyncio.wait_for(rpc(body, metadata=metadata, timeout=20), 30)
+
+
+def _run_frame(run_id: str, func: object, args: Dict[str, object]) -> Dict[str, object]:
+    return {"type": "run_task", "run_id": run_id, "task_id": "t", "callable": func, "args": args}
+
+
+# -- help and usage ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["serve", "--help"], ["demo", "--help"]])
+def test_help_everywhere(argv: List[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: wove-h2grpc")
+    assert "--help" in out
+
+
+def test_help_through_python_dash_m() -> None:
+    result = _run_cli(["serve", "--help"], timeout=60)
+    assert result.returncode == 0
+    assert "--bind HOST:PORT" in result.stdout and "--insecure" in result.stdout
+
+
+def test_console_script_help() -> None:
+    script = Path(sys.executable).parent / "wove-h2grpc"
+    if not script.exists():
+        pytest.skip("the wove-h2grpc console script is not installed next to this interpreter")
+    result = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0
+    assert "serve" in result.stdout and "demo" in result.stdout
+
+
+def test_no_command_prints_help_and_fails(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 2
+    assert "usage: wove-h2grpc" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (["serve"], "--bind"),
+        (["demo", "--tasks", "0"], "positive"),
+        (["demo", "--codec", "xml"], "invalid choice"),
+        (["bogus"], "invalid choice"),
+    ],
+)
+def test_usage_errors_are_one_line(
+    argv: List[str], fragment: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and fragment in err, err
+
+
+# -- serve refusals ----------------------------------------------------------------------
+
+
+def test_is_local_bind() -> None:
+    for local in ("127.0.0.1:0", "localhost:9000", "[::1]:0", "127.0.0.2:1", "unix:/tmp/x.sock"):
+        assert _is_local_bind(local), local
+    for remote in ("0.0.0.0:0", "[::]:0", "192.0.2.1:9000", "workers.internal:9000"):
+        assert not _is_local_bind(remote), remote
+
+
+# 192.0.2.1 is TEST-NET-1 (RFC 5737), never a local address: even a broken refusal could
+# not bind it, so this test never listens beyond loopback.
+@pytest.mark.parametrize(
+    ("extra", "missing"),
+    [
+        ([], "without TLS (--tls-cert/--tls-key) and --security"),
+        (["--security", "env:WOVE_CLI_TEST_SECRET"], "without TLS"),
+    ],
+)
+def test_serve_refuses_a_non_loopback_bind_without_tls_and_security(
+    extra: List[str],
+    missing: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("WOVE_CLI_TEST_SECRET", SECRET)
+    assert main(["serve", "--bind", "192.0.2.1:9000", *extra]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert "refusing to serve on non-loopback address 192.0.2.1:9000" in err
+    assert missing in err and "--insecure" in err
+
+
+def test_serve_refuses_tls_without_security(
+    certs: Certs, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["serve", "--bind", "192.0.2.1:9000"]
+    argv += ["--tls-cert", certs.server_cert_file, "--tls-key", certs.server_key_file]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "without --security" in err, err
+
+
+def test_unsafe_bind_exits_non_zero_as_a_process() -> None:
+    result = _run_cli(["serve", "--bind", "192.0.2.1:9000"], timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1
+    assert result.stderr.startswith("wove-h2grpc serve: error: refusing")
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (["serve", "--bind", "nonsense"], "--bind"),
+        (["serve", "--bind", "127.0.0.1:0", "--tls-cert", "x.pem"], "together"),
+        (["serve", "--bind", "127.0.0.1:0", "--client-ca", "ca.pem"], "--client-ca needs TLS"),
+        (["serve", "--bind", "127.0.0.1:0", "--security", "env:WOVE_CLI_UNSET_VAR"], "not set"),
+        (["serve", "--bind", "127.0.0.1:0", "--security", "{oops"], "invalid JSON"),
+        (
+            ["serve", "--bind", "127.0.0.1:0", "--tls-cert", "/nope.pem", "--tls-key", "/no.key"],
+            "cannot load TLS files",
+        ),
+    ],
+)
+def test_serve_configuration_errors_are_one_line(
+    argv: List[str], fragment: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    os.environ.pop("WOVE_CLI_UNSET_VAR", None)
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and fragment in err, err
+
+
+# -- serve: answering and stopping -------------------------------------------------------
+
+
+def test_serve_answers_a_signed_call_and_stops_on_sigterm(processes: List[CliProcess]) -> None:
+    cli = CliProcess(
+        ["serve", "--bind", "127.0.0.1:0", "--security", "env:WOVE_CLI_TEST_SECRET"],
+        env={"WOVE_CLI_TEST_SECRET": SECRET},
+    )
+    processes.append(cli)
+    port = cli.wait_for_port()
+    assert "security: signed" in cli.lines[0]
+    events = decode_events(
+        asyncio.run(_signed_call(port, _run_frame("r1", pow, {"base": 3, "exp": 4})))
+    )
+    assert [e["type"] for e in events] == ["task_started", "task_result"]
+    assert events[1]["result"] == 81
+
+    with pytest.raises(GrpcError) as info:
+        asyncio.run(_signed_call(port, _run_frame("r2", pow, {"base": 1, "exp": 1}), secret="bad"))
+    assert info.value.code() == StatusCode.UNAUTHENTICATED
+
+    started = time.monotonic()
+    cli.proc.send_signal(signal.SIGTERM)
+    assert cli.wait(timeout=15) == 0
+    assert time.monotonic() - started < 10
+    assert cli.lines[-1] == "wove-h2grpc: stopped"
+
+
+def test_serve_sigterm_lets_an_in_flight_task_finish(processes: List[CliProcess]) -> None:
+    cli = CliProcess(["serve", "--bind", "127.0.0.1:0", "--grace", "10"])
+    processes.append(cli)
+    port = cli.wait_for_port()
+
+    async def scenario() -> bytes:
+        # Unsigned requests are accepted on a loopback bind without --security.
+        body = encode_command(_run_frame("slow", _slow_task, {"seconds": 1.0}))
+        async with Channel(f"127.0.0.1:{port}") as channel:
+            call = asyncio.ensure_future(channel.unary_unary(DEFAULT_METHOD)(body, timeout=20))
+            await asyncio.sleep(0.3)
+            cli.proc.send_signal(signal.SIGTERM)
+            return await asyncio.wait_for(call, 20)
+
+    events = decode_events(asyncio.run(scenario()))
+    assert events[-1]["type"] == "task_result"
+    assert events[-1]["result"] == "finished after 1.0 s"
+    assert cli.wait(timeout=15) == 0
+
+
+def test_serve_tls_with_client_certificates(certs: Certs, processes: List[CliProcess]) -> None:
+    cli = CliProcess(
+        [
+            "serve",
+            "--bind",
+            "127.0.0.1:0",
+            "--tls-cert",
+            certs.server_cert_file,
+            "--tls-key",
+            certs.server_key_file,
+            "--client-ca",
+            certs.ca_file,
+            "--security",
+            "env:WOVE_CLI_TEST_SECRET",
+        ],
+        env={"WOVE_CLI_TEST_SECRET": SECRET},
+    )
+    processes.append(cli)
+    port = cli.wait_for_port()
+    assert "(mTLS, security: signed)" in cli.lines[0]
+    frame = _run_frame("tls", divmod, {})
+    events = decode_events(asyncio.run(_signed_call(port, frame, secure=True, certs=certs)))
+    assert events[-1]["type"] == "task_error"  # divmod() without arguments: a TypeError
+    assert events[-1]["error"]["kind"] == "TypeError"
+    cli.proc.send_signal(signal.SIGINT)
+    assert cli.wait(timeout=15) == 0
+
+
+# -- demo --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("codec", ["json", "msgpack"])
+def test_demo_exits_zero_with_correct_results(codec: str) -> None:
+    result = _run_cli(["demo", "--tasks", "7", "--codec", codec])
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "square: [0, 1, 4, 9, 16, 25, 36] (7 results)" in out
+    assert "total: 91 (expected 91)" in out
+    assert re.search(r"timing: 8 tasks in [0-9.]+ ms over h2 .*codec " + codec, out), out
+    assert out.rstrip().endswith("demo OK")
+
+
+def test_demo_without_arguments() -> None:
+    result = _run_cli(["demo"])
+    assert result.returncode == 0, result.stderr
+    assert "total: 2470 (expected 2470)" in result.stdout  # sum of squares 0..19
