@@ -1,0 +1,324 @@
+"""The layering of COMMON.md / STYLE.md as a check: walk every module's imports with ``ast``.
+
+codecs (stdlib + h2.errors) < _h2compat/dial/connection (asyncio, ssl, h2) < channel/server
+< wove_codec/executor/worker < cli. Lower layers never import higher ones; wove only from the
+Wove layer up; grpc only inside ``WorkerService.grpcio_handler``; no ``print(`` in the library.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+import sysconfig
+import textwrap
+from pathlib import Path
+from typing import Dict, Iterator, List, Tuple
+
+import pytest
+
+PACKAGE = "wove_h2grpc"
+PACKAGE_DIR = Path(__file__).resolve().parent.parent / PACKAGE
+REPO_DIR = PACKAGE_DIR.parent
+
+CODECS = {"status", "errors", "framing", "metadata", "target", "_version"}
+# Module -> layer rank. A module may import only modules of its own rank or lower.
+LAYERS: Dict[str, int] = {
+    **{name: 0 for name in CODECS},
+    "_h2compat": 1,
+    "dial": 1,
+    "connection": 1,
+    "channel": 2,
+    "server": 2,
+    "wove_codec": 3,
+    "executor": 3,
+    "worker": 3,
+    "cli": 4,
+    "__main__": 4,
+}
+WOVE_LAYER = 3
+# Stdlib modules a codec must not use: codecs do no IO and never await.
+CODEC_FORBIDDEN_STDLIB = {"asyncio", "socket", "ssl", "selectors", "threading", "subprocess"}
+
+
+def _modules() -> List[str]:
+    return sorted(p.stem for p in PACKAGE_DIR.glob("*.py") if p.stem != "__init__")
+
+
+def _tree(module: str) -> ast.Module:
+    path = PACKAGE_DIR / f"{module}.py"
+    return ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+
+
+def _imports(tree: ast.AST) -> Iterator[Tuple[ast.stmt, str]]:
+    """Every imported module as an absolute dotted name (relative ones resolved)."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield node, alias.name
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = PACKAGE if node.level == 1 else ""
+                if node.module:
+                    yield node, f"{base}.{node.module}"
+                else:
+                    for alias in node.names:
+                        yield node, f"{base}.{alias.name}"
+            elif node.module:
+                yield node, node.module
+
+
+def _is_stdlib(name: str) -> bool:
+    top = name.split(".")[0]
+    names = getattr(sys, "stdlib_module_names", None)
+    if names is not None:
+        return top in names
+    if top in sys.builtin_module_names:  # Python 3.9: look where the module lives
+        return True
+    import importlib.util
+
+    spec = importlib.util.find_spec(top)
+    if spec is None or spec.origin is None:
+        return False
+    stdlib = sysconfig.get_paths()["stdlib"]
+    return spec.origin.startswith(stdlib) and "site-packages" not in spec.origin
+
+
+def _where(module: str, node: ast.stmt) -> str:
+    return f"{PACKAGE}/{module}.py:{node.lineno}"
+
+
+def test_every_module_is_in_a_layer() -> None:
+    unknown = [m for m in _modules() if m not in LAYERS]
+    assert not unknown, (
+        f"modules {unknown} are not placed in a layer: add them to LAYERS in tests/test_layers.py"
+    )
+
+
+@pytest.mark.parametrize("module", sorted(CODECS))
+def test_codecs_import_only_stdlib_h2_errors_and_codecs(module: str) -> None:
+    if not (PACKAGE_DIR / f"{module}.py").exists():
+        pytest.skip(f"{module}.py not present")
+    bad = []
+    for node, name in _imports(_tree(module)):
+        if name == "__future__":
+            continue
+        if name.startswith(f"{PACKAGE}."):
+            if name.split(".")[1] not in CODECS:
+                bad.append(f"{_where(module, node)} imports {name} (codecs import only codecs)")
+        elif name == "h2.errors":
+            continue
+        elif not _is_stdlib(name):
+            bad.append(f"{_where(module, node)} imports {name} (not stdlib or h2.errors)")
+        elif name.split(".")[0] in CODEC_FORBIDDEN_STDLIB:
+            bad.append(f"{_where(module, node)} imports {name} (codecs do no IO)")
+    assert not bad, "\n".join(bad)
+
+
+@pytest.mark.parametrize("module", sorted(LAYERS))
+def test_lower_layers_never_import_higher(module: str) -> None:
+    if not (PACKAGE_DIR / f"{module}.py").exists():
+        pytest.skip(f"{module}.py not present")
+    rank = LAYERS[module]
+    bad = []
+    for node, name in _imports(_tree(module)):
+        if name == PACKAGE or not name.startswith(f"{PACKAGE}."):
+            if name == PACKAGE:
+                bad.append(f"{_where(module, node)} imports the package itself (import submodules)")
+            continue
+        target = name.split(".")[1]
+        target_rank = LAYERS.get(target)
+        if target_rank is None:
+            bad.append(f"{_where(module, node)} imports unknown module {name}")
+        elif target_rank > rank:
+            bad.append(
+                f"{_where(module, node)}: {module} (layer {rank}) imports {target} "
+                f"(layer {target_rank})"
+            )
+    assert not bad, "\n".join(bad)
+
+
+@pytest.mark.parametrize("module", sorted(LAYERS))
+def test_wove_only_in_wove_layer(module: str) -> None:
+    if not (PACKAGE_DIR / f"{module}.py").exists():
+        pytest.skip(f"{module}.py not present")
+    if LAYERS[module] >= WOVE_LAYER:
+        return
+    bad = [
+        f"{_where(module, node)} imports {name}"
+        for node, name in _imports(_tree(module))
+        if name == "wove" or name.startswith("wove.")
+    ]
+    assert not bad, "wove imported below the Wove layer:\n" + "\n".join(bad)
+
+
+def _grpc_imports(tree: ast.AST) -> Iterator[Tuple[ast.stmt, List[str]]]:
+    """Each grpc import with the chain of enclosing class/function names."""
+
+    def visit(node: ast.AST, chain: List[str]) -> Iterator[Tuple[ast.stmt, List[str]]]:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                kind = "class" if isinstance(child, ast.ClassDef) else "def"
+                yield from visit(child, [*chain, f"{kind} {child.name}"])
+                continue
+            if isinstance(child, ast.Import):
+                if any(a.name == "grpc" or a.name.startswith("grpc.") for a in child.names):
+                    yield child, chain
+            elif (
+                isinstance(child, ast.ImportFrom)
+                and not child.level
+                and child.module
+                and (child.module == "grpc" or child.module.startswith("grpc."))
+            ):
+                yield child, chain
+            yield from visit(child, chain)
+
+    yield from visit(tree, [])
+
+
+def test_grpc_imported_only_inside_grpcio_handler() -> None:
+    allowed = ["class WorkerService", "def grpcio_handler"]
+    bad = []
+    for module in [*_modules(), "__init__"]:
+        for node, chain in _grpc_imports(_tree(module)):
+            # Inside the method body (possibly in a nested helper of it), never at class level.
+            if module == "worker" and chain[:2] == allowed:
+                continue
+            place = " > ".join(chain) or "module level"
+            bad.append(f"{_where(module, node)} imports grpc at {place}")
+    assert not bad, (
+        "grpc may be imported only inside WorkerService.grpcio_handler():\n" + "\n".join(bad)
+    )
+
+
+def test_grpc_import_check_sees_nesting() -> None:
+    # The checker itself: module-level, class-level and other-method imports are all found.
+    source = textwrap.dedent(
+        """
+        import grpc
+        class WorkerService:
+            from grpc import aio
+            def grpcio_handler(self):
+                import grpc
+                def inner():
+                    import grpc.aio
+            def other(self):
+                import grpc
+        """
+    )
+    found = [(node.lineno, chain) for node, chain in _grpc_imports(ast.parse(source))]
+    assert found == [
+        (2, []),
+        (4, ["class WorkerService"]),
+        (6, ["class WorkerService", "def grpcio_handler"]),
+        (8, ["class WorkerService", "def grpcio_handler", "def inner"]),
+        (10, ["class WorkerService", "def other"]),
+    ]
+
+
+def test_no_print_calls_in_library() -> None:
+    bad = []
+    for module in [*_modules(), "__init__"]:
+        for node in ast.walk(_tree(module)):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Name)
+                and node.func.id == "print"
+            ):
+                bad.append(f"{PACKAGE}/{module}.py:{node.lineno}")
+    assert not bad, (
+        "print() in the library (use logging, or sys.stdout.write in cli):\n" + "\n".join(bad)
+    )
+
+
+def test_codecs_never_await() -> None:
+    bad = []
+    for module in sorted(CODECS):
+        if not (PACKAGE_DIR / f"{module}.py").exists():
+            continue
+        for node in ast.walk(_tree(module)):
+            if isinstance(node, (ast.Await, ast.AsyncFunctionDef, ast.AsyncWith, ast.AsyncFor)):
+                bad.append(f"{PACKAGE}/{module}.py:{node.lineno}")
+    assert not bad, "codecs must be synchronous:\n" + "\n".join(bad)
+
+
+def _run_python(code: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_DIR), env.get("PYTHONPATH", "")) if p)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd=str(REPO_DIR),
+    )
+
+
+def test_channel_works_with_grpc_blocked() -> None:
+    result = _run_python(
+        """
+        import sys
+        sys.modules["grpc"] = None  # any "import grpc" now raises ImportError
+        import wove_h2grpc
+        channel_cls = wove_h2grpc.Channel
+        assert channel_cls.__name__ == "Channel", channel_cls
+        from wove_h2grpc import GrpcError, StatusCode
+        import asyncio
+
+        async def main():
+            channel = wove_h2grpc.Channel("127.0.0.1:1", connect_timeout=2.0)
+            try:
+                await channel.unary_unary("/x.Y/Z")(b"", timeout=1.0)
+            except GrpcError as exc:
+                print("CODE", exc.code().name)
+            finally:
+                await channel.close()
+
+        asyncio.run(main())
+        print("OK")
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert "CODE UNAVAILABLE" in result.stdout, result.stdout + result.stderr
+    assert result.stdout.strip().endswith("OK")
+
+
+def test_importing_channel_does_not_import_grpc_or_wove() -> None:
+    result = _run_python(
+        """
+        import sys
+        import wove_h2grpc.channel
+        import wove_h2grpc
+        wove_h2grpc.Channel
+        loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("grpc", "wove"))
+        print("LOADED", loaded)
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert "LOADED []" in result.stdout, result.stdout
+
+
+def test_import_wove_h2grpc_is_cheap() -> None:
+    result = _run_python(
+        """
+        import sys
+        import wove_h2grpc
+        heavy = sorted(
+            m for m in sys.modules
+            if m.split(".")[0] in ("grpc", "wove", "h2", "asyncio", "ssl")
+        )
+        print("LOADED", heavy)
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    # Only codecs load on "import wove_h2grpc"; the Channel and friends load on first use.
+    assert "LOADED []" in result.stdout, result.stdout
+
+
+def test_layer_table_matches_style_sketch() -> None:
+    # The table above is the rule; spot-check a few edges so an edit to it is deliberate.
+    assert LAYERS["framing"] < LAYERS["connection"] < LAYERS["channel"] < LAYERS["worker"]
+    assert LAYERS["server"] == LAYERS["channel"]
+    assert LAYERS["cli"] > LAYERS["executor"]
