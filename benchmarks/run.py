@@ -315,7 +315,7 @@ def profile_h2(args: argparse.Namespace, out_dir: Path) -> Dict[str, Any]:
                 "method": ECHO_METHOD,
                 "scenario": scenario.kind,
                 "size": scenario.size,
-                "calls": scenario.quick_calls if args.quick else scenario.calls,
+                "calls": scenario.calls,  # full counts even with --quick: a profile needs them
                 "warmup": scenario.warmup,
                 "concurrency": scenario.concurrency,
                 "profile": str(prefix),

@@ -1,0 +1,212 @@
+"""The h2 workarounds in ``wove_h2grpc._h2compat`` behave exactly like h2 itself.
+
+Each test drives our ``GrpcH2Connection`` and a plain ``h2.connection.H2Connection`` (same
+configuration) through the same bytes from a real h2 peer and compares what comes out:
+events and bytes to send, including h2's stream-error paths. Runs against whichever h2 is
+installed; the allowed range (4.1 .. 4.4) was checked with throwaway venvs, e.g.
+``python -m venv /tmp/h2old && /tmp/h2old/bin/pip install h2==4.1.0 pytest pytest-asyncio``
+then ``PYTHONPATH=. /tmp/h2old/bin/python -m pytest -p no:cacheprovider tests/test_h2compat.py``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, List, Tuple
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
+import hyperframe.frame
+import pytest
+
+from wove_h2grpc import _h2compat
+
+REQUEST_HEADERS = [
+    (b":method", b"POST"),
+    (b":scheme", b"http"),
+    (b":path", b"/pkg.Service/Method"),
+    (b":authority", b"127.0.0.1:50051"),
+    (b"content-type", b"application/grpc"),
+    (b"te", b"trailers"),
+]
+RESPONSE_HEADERS = [(b":status", b"200"), (b"content-type", b"application/grpc")]
+TRAILERS = [(b"grpc-status", b"0")]
+
+
+def _server() -> h2.connection.H2Connection:
+    config = h2.config.H2Configuration(client_side=False, header_encoding=None)
+    server = h2.connection.H2Connection(config=config)
+    server.initiate_connection()
+    return server
+
+
+def _pair() -> Tuple[h2.connection.H2Connection, h2.connection.H2Connection]:
+    """Our client connection and a plain h2 one with the identical configuration."""
+    ours = _h2compat.make_h2_connection(client_side=True)
+    plain = h2.connection.H2Connection(config=ours.config)
+    return ours, plain
+
+
+def _describe(events: List[Any]) -> List[Tuple[str, str]]:
+    return [(type(event).__name__, repr(event)) for event in events]
+
+
+def _converse(client: h2.connection.H2Connection, script: Callable[..., Any]) -> Any:
+    """Run ``script(client, server)`` against a fresh h2 server; return its transcript."""
+    server = _server()
+    client.initiate_connection()
+    server.receive_data(client.data_to_send())
+    client.receive_data(server.data_to_send())
+    server.receive_data(client.data_to_send())
+    return script(client, server)
+
+
+def _same_transcript(script: Callable[..., Any]) -> Any:
+    ours, plain = _pair()
+    mine = _converse(ours, script)
+    theirs = _converse(plain, script)
+    assert mine == theirs
+    return mine
+
+
+def test_verified_h2_release_uses_the_repr_free_receive_path() -> None:
+    assert _h2compat._version_tuple("4.4.1") == (4, 4, 1)
+    assert _h2compat._version_tuple("4.1.0") >= (4, 1)
+    assert h2.__version__ == _h2compat.H2_VERSION
+    in_range = (4, 1) <= _h2compat._version_tuple(h2.__version__)[:2] <= (4, 4)
+    assert _h2compat.RECEIVE_FRAME_WITHOUT_REPR is in_range
+    receive = _h2compat.GrpcH2Connection._receive_frame
+    if in_range:
+        assert receive is _h2compat._receive_frame_without_repr
+    else:
+        assert receive is h2.connection.H2Connection._receive_frame
+
+
+def test_received_frames_are_never_formatted(monkeypatch: pytest.MonkeyPatch) -> None:
+    if not _h2compat.RECEIVE_FRAME_WITHOUT_REPR:
+        pytest.skip(f"h2 {h2.__version__} keeps h2's own _receive_frame")
+
+    def refuse(frame: Any) -> str:
+        raise AssertionError(f"repr() of a received {type(frame).__name__}")
+
+    client = _h2compat.make_h2_connection(client_side=True)
+
+    def script(client: Any, server: Any) -> List[Any]:
+        client.send_headers(1, REQUEST_HEADERS)
+        client.send_data(1, b"\x00\x00\x00\x00\x05hello", end_stream=True)
+        server.receive_data(client.data_to_send())
+        server.send_headers(1, RESPONSE_HEADERS)
+        server.send_data(1, b"\x00\x00\x00\x00\x05world" * 1000)
+        server.send_headers(1, TRAILERS, end_stream=True)
+        # Only our side must not format frames (the plain h2 server above does).
+        monkeypatch.setattr(hyperframe.frame.Frame, "__repr__", refuse)
+        monkeypatch.setattr(hyperframe.frame.DataFrame, "__repr__", refuse)
+        return client.receive_data(server.data_to_send())
+
+    events = _converse(client, script)
+    kinds = [type(e) for e in events]
+    assert h2.events.ResponseReceived in kinds
+    assert h2.events.TrailersReceived in kinds
+    assert h2.events.StreamEnded in kinds
+    received = b"".join(e.data for e in events if isinstance(e, h2.events.DataReceived))
+    assert received == b"\x00\x00\x00\x00\x05world" * 1000
+
+
+def test_a_whole_unary_call_matches_plain_h2() -> None:
+    def script(client: Any, server: Any) -> Any:
+        transcript = []
+        for stream_id in (1, 3, 5):
+            client.send_headers(stream_id, REQUEST_HEADERS)
+            client.send_data(stream_id, b"\x00\x00\x00\x00\x02hi", end_stream=True)
+            request_bytes = client.data_to_send()
+            server.receive_data(request_bytes)
+            server.send_headers(stream_id, RESPONSE_HEADERS)
+            server.send_data(stream_id, b"\x00\x00\x00\x30\x00" + b"x" * 0x3000)
+            server.send_headers(stream_id, TRAILERS, end_stream=True)
+            events = client.receive_data(server.data_to_send())
+            for event in events:
+                if isinstance(event, h2.events.DataReceived):
+                    client.acknowledge_received_data(event.flow_controlled_length, stream_id)
+            transcript.append((request_bytes, _describe(events), client.data_to_send()))
+        return transcript
+
+    transcript = _same_transcript(script)
+    assert len(transcript) == 3
+    assert all(any(kind == "StreamEnded" for kind, _ in events) for _, events, _ in transcript)
+
+
+def test_data_after_our_reset_is_answered_like_h2_does() -> None:
+    """StreamClosedError path: a frame on a stream we reset gets RST_STREAM, no exception."""
+
+    def script(client: Any, server: Any) -> Any:
+        client.send_headers(1, REQUEST_HEADERS)
+        server.receive_data(client.data_to_send())
+        server.send_headers(1, RESPONSE_HEADERS)
+        in_flight = server.data_to_send()
+        client.reset_stream(1, error_code=h2.errors.ErrorCodes.CANCEL)
+        reset_bytes = client.data_to_send()
+        server.send_data(1, b"late data")
+        in_flight += server.data_to_send()
+        events = client.receive_data(in_flight)
+        answer = client.data_to_send()
+        return reset_bytes, _describe(events), answer
+
+    reset_bytes, _events, answer = _same_transcript(script)
+    assert reset_bytes
+    assert answer, "h2 answers frames on a reset stream with RST_STREAM"
+
+
+def test_data_on_a_stream_that_ended_is_answered_like_h2_does() -> None:
+    """StreamClosedError path for a stream closed by END_STREAM in both directions."""
+
+    def make_script() -> Callable[..., Any]:
+        def script(client: Any, server: Any) -> Any:
+            client.send_headers(1, REQUEST_HEADERS, end_stream=True)
+            server.receive_data(client.data_to_send())
+            server.send_headers(1, RESPONSE_HEADERS)
+            server.send_headers(1, TRAILERS, end_stream=True)
+            first = _describe(client.receive_data(server.data_to_send()))
+            # A second DATA frame for stream 1 after END_STREAM, hand-built since the
+            # server's own state machine would refuse to send it.
+            late = hyperframe.frame.DataFrame(1, data=b"late")
+            try:
+                client.receive_data(late.serialize())
+            except h2.exceptions.ProtocolError as exc:
+                return first, type(exc).__name__, client.data_to_send()
+            return first, "no error", client.data_to_send()
+
+        return script
+
+    first, outcome, answer = _same_transcript(make_script())
+    assert any(kind == "StreamEnded" for kind, _ in first)
+    assert outcome == "no error"
+    # h2 answers with RST_STREAM(STREAM_CLOSED): frame type 0x3, error code 5.
+    assert answer[3] == 0x3
+    assert answer[-4:] == b"\x00\x00\x00\x05"
+
+
+def test_data_on_a_stream_reset_long_ago_matches_h2() -> None:
+    """Frames on a stream closed by RST_STREAM and since cleaned up: h2's StreamIDTooLow path."""
+
+    def script(client: Any, server: Any) -> Any:
+        client.send_headers(1, REQUEST_HEADERS)
+        server.receive_data(client.data_to_send())
+        client.reset_stream(1)
+        server.receive_data(client.data_to_send())
+        # Open and finish more streams so h2 forgets stream 1's state object.
+        for stream_id in (3, 5, 7):
+            client.send_headers(stream_id, REQUEST_HEADERS, end_stream=True)
+            server.receive_data(client.data_to_send())
+            server.send_headers(stream_id, RESPONSE_HEADERS)
+            server.send_headers(stream_id, TRAILERS, end_stream=True)
+            client.receive_data(server.data_to_send())
+        late = hyperframe.frame.DataFrame(1, data=b"late")
+        try:
+            events = _describe(client.receive_data(late.serialize()))
+        except h2.exceptions.ProtocolError as exc:
+            return "error", type(exc).__name__, client.data_to_send()
+        return "events", events, client.data_to_send()
+
+    outcome, _, sent = _same_transcript(script)
+    assert outcome == "events"
+    assert sent, "a frame on a reset stream is answered with RST_STREAM"
