@@ -249,6 +249,11 @@ class Channel:
             lb_policy=lb_policy,
             transparent_retry=transparent_retry,
         )
+        self._conn_settings = ConnectionSettings(
+            max_receive_message_length=self._opts.max_receive_message_length,
+            keepalive_time=self._opts.keepalive_time,
+            keepalive_timeout=self._opts.keepalive_timeout,
+        )
         self._closed = False
         self._subchannels: List[_Subchannel] = []
         self._resolved_at = 0.0
@@ -447,12 +452,6 @@ class Channel:
         last: Optional[GrpcError] = None
         for address in candidates:
             peer = target.original if address is None else _fmt(address)
-            settings = ConnectionSettings(
-                max_receive_message_length=opts.max_receive_message_length,
-                keepalive_time=opts.keepalive_time,
-                keepalive_timeout=opts.keepalive_timeout,
-                peer=peer,
-            )
             remaining = deadline - loop.time()
             if remaining <= 0:
                 break
@@ -460,7 +459,7 @@ class Channel:
                 transport, protocol = await dial(
                     target,
                     address,
-                    functools.partial(ClientConnection, loop, settings),
+                    functools.partial(ClientConnection, loop, self._conn_settings, peer),
                     ssl_context=opts.ssl_context,
                     server_hostname=opts.server_hostname,
                     timeout=remaining,
@@ -587,10 +586,17 @@ class UnaryUnaryMultiCallable(Generic[Req, Resp]):
             raise TypeError(f"timeout must be a number of seconds, not {type(timeout).__name__}")
         deadline = None if timeout is None else loop.time() + timeout
         refused = 0
+        yielded = False
         while True:
             ready = channel._ready_conn()
             if ready is None or ready._loop is not loop:
                 ready = await channel._wait_conn(deadline)
+            if not yielded and ready.input_pending():
+                yielded = True
+                # Let the loop read what the idle connection received (EOF, GOAWAY) first.
+                await asyncio.sleep(0)
+                await asyncio.sleep(0)
+                continue
             conn = ready
             call_headers = headers
             if deadline is not None:

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import select
 import time
 from collections import deque
 from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple
@@ -64,9 +65,13 @@ class RetryCall(Exception):
 
 
 class ConnectionSettings:
-    """Per-connection knobs the channel decides (kept out of the hot path's arguments)."""
+    """Knobs shared by every connection of one channel.
 
-    __slots__ = ("keepalive_time", "keepalive_timeout", "max_receive_message_length", "peer")
+    Shared on purpose: when a server answers GOAWAY too_many_pings, the doubled
+    keepalive_time must also hold for the channel's next connections (as in grpcio).
+    """
+
+    __slots__ = ("keepalive_time", "keepalive_timeout", "max_receive_message_length")
 
     def __init__(
         self,
@@ -74,12 +79,10 @@ class ConnectionSettings:
         max_receive_message_length: int,
         keepalive_time: Optional[float],
         keepalive_timeout: float,
-        peer: str,
     ) -> None:
         self.max_receive_message_length = max_receive_message_length
         self.keepalive_time = keepalive_time
         self.keepalive_timeout = keepalive_timeout
-        self.peer = peer
 
 
 class Call:
@@ -146,9 +149,13 @@ class ClientConnection(asyncio.Protocol):
     MAX_CONCURRENT_STREAMS wait in a queue instead of failing.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, settings: ConnectionSettings) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, settings: ConnectionSettings, peer: str
+    ) -> None:
         self._loop = loop
         self._settings = settings
+        self.peer = peer
+        self._fd = -1
         self._h2: h2.connection.H2Connection = make_h2_connection(client_side=True)
         self._transport: Optional[asyncio.Transport] = None
         self._streams: Dict[int, Call] = {}
@@ -164,7 +171,6 @@ class ClientConnection(asyncio.Protocol):
         self._last_read = time.monotonic()
         self._ping_timer: Optional[asyncio.TimerHandle] = None
         self._ping_deadline: Optional[asyncio.TimerHandle] = None
-        self._keepalive_time = settings.keepalive_time
         self.on_idle: Optional[Callable[[ClientConnection], None]] = None
         self._dispatch: Dict[type, Callable[[Any], None]] = {
             h2.events.ResponseReceived: self._on_response,
@@ -199,6 +205,8 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        self._fd = sock.fileno() if sock is not None else -1
         h2c = self._h2
         h2c.initiate_connection()
         h2c.update_settings(
@@ -222,7 +230,7 @@ class ClientConnection(asyncio.Protocol):
             self._fail(
                 GrpcError(
                     StatusCode.UNAVAILABLE,
-                    f"HTTP/2 protocol error from {self._settings.peer}: {exc}",
+                    f"HTTP/2 protocol error from {self.peer}: {exc}",
                 )
             )
             return
@@ -238,7 +246,7 @@ class ClientConnection(asyncio.Protocol):
         self._fail(
             GrpcError(
                 StatusCode.UNAVAILABLE,
-                f"connection to {self._settings.peer} lost{reason}",
+                f"connection to {self.peer} lost{reason}",
             ),
             close=False,
         )
@@ -248,6 +256,22 @@ class ClientConnection(asyncio.Protocol):
 
     def eof_received(self) -> Optional[bool]:
         return False  # close the transport; connection_lost fails what is left
+
+    def input_pending(self) -> bool:
+        """True when the socket has unread input while no call is open here.
+
+        Checked before reusing an idle connection: if the peer has just closed it (or sent
+        GOAWAY), the event loop learns so only on its next turn, and a request written now
+        would be lost with the connection. One ``select`` on one fd; never on a busy
+        connection.
+        """
+        if self._streams or self._fd < 0:
+            return False
+        try:
+            readable, _, _ = select.select((self._fd,), (), (), 0)
+        except (OSError, ValueError):
+            return False
+        return bool(readable)
 
     def _flush(self) -> None:
         """Write whatever h2 has queued, in one write (the only place that writes)."""
@@ -450,7 +474,7 @@ class ClientConnection(asyncio.Protocol):
                 return self._error_for(
                     call,
                     code,
-                    f"HTTP status {http_status} without grpc-status from {self._settings.peer}"
+                    f"HTTP status {http_status} without grpc-status from {self.peer}"
                     f" (mapped to {code.name})",
                 )
             content_type = _header(headers, b"content-type") or b""
@@ -508,8 +532,7 @@ class ClientConnection(asyncio.Protocol):
             initial_metadata=initial,
             trailing_metadata=trailing,
             debug_error_string=(
-                f"{code.name} from {self._settings.peer} stream {call.stream_id} "
-                f"({call.method}): {details}"
+                f"{code.name} from {self.peer} stream {call.stream_id} ({call.method}): {details}"
             ),
         )
 
@@ -534,7 +557,7 @@ class ClientConnection(asyncio.Protocol):
             if code == _ErrorCodes.REFUSED_STREAM and call.headers is None:
                 call.future.set_exception(
                     RetryCall(
-                        f"stream refused by {self._settings.peer} (RST_STREAM REFUSED_STREAM)",
+                        f"stream refused by {self.peer} (RST_STREAM REFUSED_STREAM)",
                         sent=True,
                     )
                 )
@@ -577,15 +600,16 @@ class ClientConnection(asyncio.Protocol):
         debug = bytes(event.additional_data or b"")
         self._goaway_last_id = last_id
         calm = code == _ErrorCodes.ENHANCE_YOUR_CALM and debug == b"too_many_pings"
-        if calm and self._keepalive_time is not None:
+        settings = self._settings
+        if calm and settings.keepalive_time is not None:
             # As grpcio does: the server finds our PINGs too frequent; back off for good.
-            self._keepalive_time *= 2
+            settings.keepalive_time *= 2
             logger.warning(
                 "server %s sent GOAWAY too_many_pings; keepalive_time doubled to %.1fs",
-                self._settings.peer,
-                self._keepalive_time,
+                self.peer,
+                settings.keepalive_time,
             )
-        reason = f"GOAWAY {h2_error_name(code)} from {self._settings.peer}"
+        reason = f"GOAWAY {h2_error_name(code)} from {self.peer}"
         if debug:
             reason += f" ({debug[:200].decode('utf-8', 'replace')})"
         for sid, call in list(self._streams.items()):
@@ -615,16 +639,18 @@ class ClientConnection(asyncio.Protocol):
     # -------------------------------------------------------------- keepalive
 
     def _arm_keepalive(self) -> None:
-        if self._keepalive_time is not None and self._error is None:
-            self._ping_timer = self._loop.call_later(self._keepalive_time, self._keepalive_check)
+        interval = self._settings.keepalive_time
+        if interval is not None and self._error is None:
+            self._ping_timer = self._loop.call_later(interval, self._keepalive_check)
 
     def _keepalive_check(self) -> None:
         """PING after keepalive_time without reads while calls are in flight (gRFC A8)."""
         self._ping_timer = None
-        if self._error is not None or self._keepalive_time is None:
+        interval = self._settings.keepalive_time
+        if self._error is not None or interval is None:
             return
         idle = time.monotonic() - self._last_read
-        if self._streams and idle >= self._keepalive_time and self._ping_deadline is None:
+        if self._streams and idle >= interval and self._ping_deadline is None:
             try:
                 self._h2.ping(b"wovekalv")
             except h2.exceptions.H2Error:
@@ -633,9 +659,9 @@ class ClientConnection(asyncio.Protocol):
             self._ping_deadline = self._loop.call_later(
                 self._settings.keepalive_timeout, self._keepalive_expired
             )
-            self._ping_timer = self._loop.call_later(self._keepalive_time, self._keepalive_check)
+            self._ping_timer = self._loop.call_later(interval, self._keepalive_check)
         else:
-            wait = max(self._keepalive_time - idle, 0.01) if self._streams else self._keepalive_time
+            wait = max(interval - idle, 0.01) if self._streams else interval
             self._ping_timer = self._loop.call_later(wait, self._keepalive_check)
 
     def _keepalive_expired(self) -> None:
@@ -643,7 +669,7 @@ class ClientConnection(asyncio.Protocol):
         self._fail(
             GrpcError(
                 StatusCode.UNAVAILABLE,
-                f"keepalive PING to {self._settings.peer} not acknowledged within "
+                f"keepalive PING to {self.peer} not acknowledged within "
                 f"{self._settings.keepalive_timeout}s; connection dropped",
             )
         )
