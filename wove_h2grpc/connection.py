@@ -296,9 +296,16 @@ class ClientConnection(asyncio.Protocol):
             # Never sent: the channel may dispatch it elsewhere.
             call.future.set_exception(RetryCall(self._error.details(), sent=False))
             return
-        if len(self._streams) < self._max_streams and not self._queue:
+        streams = self._streams
+        if len(streams) < self._max_streams and not self._queue:
+            idle = not streams
             self._open(call)
-            self._schedule_flush()
+            if idle and not self._flush_scheduled:
+                # A lone call (the sequential case) goes out now: one loop turn saved.
+                # Calls started while others are open coalesce into one write per turn.
+                self._flush()
+            else:
+                self._schedule_flush()
         else:
             self._queue.append(call)
 
