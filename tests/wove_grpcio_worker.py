@@ -12,7 +12,7 @@ Prints ``READY <port>`` when serving. Never imported by the pytest process.
     python tests/wove_grpcio_worker.py [--bind 127.0.0.1] [--port 0] [--secret-env VAR]
         [--tls-cert F --tls-key F [--client-ca F]] [--executions FILE]
         [--max-pending N (0 = grpcio's default)] [--method /pkg.Svc/M]
-        [--respond MODE (see RESPOND_MODES)]
+        [--respond MODE (see RESPOND_MODES; metadata ``x-test-respond`` overrides per call)]
 
 ``--executions`` lines: ``run <run_id>`` when a task starts executing, ``cancel <run_id>``
 when a ``cancel_task`` arrives for a running task, ``cancelled <run_id>`` when a running
@@ -153,6 +153,9 @@ class Worker:
         run_id = str(frame["run_id"])
         started = {"type": "task_started", **ids}
         mode = self.respond
+        for key, value in context.invocation_metadata() or ():
+            if key == "x-test-respond" and value in RESPOND_MODES:
+                mode = value  # per-call override, so one worker process serves every mode
         if mode == "echo":
             echo = {
                 "metadata": [(k, v) for k, v in (context.invocation_metadata() or ())],
