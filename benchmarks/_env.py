@@ -80,11 +80,19 @@ def describe_machine() -> Dict[str, Any]:
         "cores": os.cpu_count(),
         "os": platform.platform(),
         "python": f"{platform.python_implementation()} {platform.python_version()}",
+        "load_average_at_start": _load_average(),
         "versions": {
             name: version_of(name)
             for name in ("wove_h2grpc", "grpcio", "grpclib", "h2", "hpack", "hyperframe", "wove")
         },
     }
+
+
+def _load_average() -> Optional[List[float]]:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
 
 
 def _requirements(dist: md.Distribution) -> List[str]:
