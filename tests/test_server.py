@@ -41,6 +41,7 @@ class Recorder:
             "/test.S/Big": self.big,
             "/test.S/Block": self.block,
             "/test.S/SetCode": self.set_code,
+            "/test.S/AbortMeta": self.abort_meta,
         }
 
     async def echo(self, request: bytes, context: ServicerContext) -> bytes:
@@ -88,6 +89,13 @@ class Recorder:
         self.started.set()
         await self.release.wait()
         return b"released"
+
+    async def abort_meta(self, request: bytes, context: ServicerContext) -> bytes:
+        context.set_trailing_metadata({"x-why": "because", "x-why-bin": b"\x00\xff"})
+        if request == b"replace":
+            # As in grpcio, metadata given to abort() replaces set_trailing_metadata().
+            await context.abort(StatusCode.FAILED_PRECONDITION, "not now", [("x-other", "o")])
+        await context.abort(StatusCode.FAILED_PRECONDITION, "not now")
 
     async def set_code(self, request: bytes, context: ServicerContext) -> bytes:
         context.set_code(StatusCode.NOT_FOUND)
@@ -561,3 +569,175 @@ async def test_grpcio_client_burst_10000_on_one_channel(rec: Recorder) -> None:
         await asyncio.wait_for(srv.stop(grace=1.0), 15)
     assert result["burst"]["ok"] == 10000, result["burst"]
     assert result["burst"]["errors"] == {}
+
+
+# -- our Channel -> our Server -----------------------------------------------------------
+
+
+async def _channel_status(coro: Any) -> tuple:
+    from wove_h2grpc import GrpcError
+
+    try:
+        return ("OK", await coro, ())
+    except GrpcError as err:
+        return (err.code().name, err.details(), err.trailing_metadata())
+
+
+async def test_channel_status_codes_details_and_trailing_metadata(server: tuple) -> None:
+    from wove_h2grpc import Channel
+
+    _, port = server
+    async with Channel(f"127.0.0.1:{port}") as ch:
+        abort = ch.unary_unary("/test.S/Abort")
+        for code in StatusCode:
+            if code is StatusCode.OK:
+                continue
+            spec = json.dumps({"code": int(code), "details": UNICODE_DETAILS}).encode()
+            got = await _channel_status(abort(spec, timeout=10))
+            assert got[:2] == (code.name, UNICODE_DETAILS)
+        got = await _channel_status(ch.unary_unary("/test.S/Missing")(b"", timeout=10))
+        assert got[0] == "UNIMPLEMENTED"
+        got = await _channel_status(ch.unary_unary("/test.S/Raise")(b"", timeout=10))
+        assert got[0] == "UNKNOWN" and "secret" not in got[1]
+        got = await _channel_status(ch.unary_unary("/test.S/AbortMeta")(b"", timeout=10))
+        assert got[0] == "FAILED_PRECONDITION"
+        assert ("x-why", "because") in got[2] and ("x-why-bin", b"\x00\xff") in got[2]
+        got = await _channel_status(ch.unary_unary("/test.S/AbortMeta")(b"replace", timeout=10))
+        assert got[0] == "FAILED_PRECONDITION" and got[2] == (("x-other", "o"),)
+
+
+async def test_channel_metadata_deadline_and_gzip(server: tuple, rec: Recorder) -> None:
+    from wove_h2grpc import Channel
+
+    _, port = server
+    async with Channel(f"127.0.0.1:{port}", metadata={"x-channel": "c"}) as ch:
+        reply = await ch.unary_unary("/test.S/Meta")(
+            b"", timeout=5, metadata=[("x-plain", "p"), ("x-data-bin", bytes(range(256)))]
+        )
+        got = dict((k, v) for k, v in json.loads(reply))
+        assert got["x-channel"] == "c" and got["x-plain"] == "p"
+        assert got["x-data-bin"] == "bin:" + bytes(range(256)).hex()
+        assert 4.0 < rec.seen["time_remaining"] <= 5.0
+        start = time.monotonic()
+        got = await _channel_status(ch.unary_unary("/test.S/Sleep")(b"30", timeout=0.3))
+        assert got[0] == "DEADLINE_EXCEEDED"
+        assert time.monotonic() - start < 3
+        for _ in range(100):
+            if rec.cancelled:
+                break
+            await asyncio.sleep(0.02)
+        assert rec.cancelled == ["sleep"]
+        payload = b"compress me " * 2000
+        echo = ch.unary_unary("/test.S/Echo")
+        assert await echo(payload, timeout=5, compression="gzip") == payload
+
+
+async def test_channel_8mib_and_limits(rec: Recorder) -> None:
+    from wove_h2grpc import Channel
+
+    srv = Server(rec.handlers(), max_receive_message_length=16 << 20)
+    port = await srv.start("127.0.0.1:0")
+    try:
+        async with Channel(f"127.0.0.1:{port}", max_receive_message_length=16 << 20) as ch:
+            size = 8 << 20
+            request = b"%d|" % size
+            request += b"q" * (size - len(request))
+            reply = await ch.unary_unary("/test.S/Big")(request, timeout=60)
+            assert len(reply) == size and rec.seen["big_request"] == size
+            got = await _channel_status(ch.unary_unary("/test.S/Echo")(b"t" * (17 << 20), timeout=60))
+            assert got[0] == "RESOURCE_EXHAUSTED"
+            assert await ch.unary_unary("/test.S/Echo")(b"ok", timeout=5) == b"ok"
+    finally:
+        await asyncio.wait_for(srv.stop(), 10)
+
+
+@pytest.mark.parametrize("mtls", [False, True])
+async def test_channel_tls_and_mtls(rec: Recorder, certs: Certs, mtls: bool) -> None:
+    from wove_h2grpc import Channel
+
+    srv = Server(rec.handlers())
+    port = await srv.start("127.0.0.1:0", ssl_context=_server_tls(certs, require_client=mtls))
+    try:
+        kwargs: Dict[str, Any] = {"secure": True, "root_certificates": certs.ca_pem,
+                                  "server_hostname": "localhost"}
+        if mtls:
+            kwargs.update(private_key=certs.client_key_pem,
+                          certificate_chain=certs.client_cert_pem)
+        async with Channel(f"127.0.0.1:{port}", **kwargs) as ch:
+            assert await ch.unary_unary("/test.S/Echo")(b"secure", timeout=10) == b"secure"
+        if mtls:
+            # Without a client certificate the handshake (or the first read) fails.
+            async with Channel(f"127.0.0.1:{port}", secure=True, root_certificates=certs.ca_pem,
+                               server_hostname="localhost", connect_timeout=5) as ch:
+                got = await _channel_status(ch.unary_unary("/test.S/Echo")(b"x", timeout=10))
+                assert got[0] == "UNAVAILABLE"
+    finally:
+        await asyncio.wait_for(srv.stop(), 10)
+
+
+async def test_channel_burst_10000_on_one_connection(rec: Recorder) -> None:
+    from wove_h2grpc import Channel
+
+    peers: set = set()
+
+    async def echo(request: bytes, context: ServicerContext) -> bytes:
+        peers.add(context.peer())
+        await asyncio.sleep(0)
+        return request
+
+    srv = Server({"/test.S/Echo": echo})
+    port = await srv.start("127.0.0.1:0")
+    try:
+        async with Channel(f"127.0.0.1:{port}") as ch:
+            rpc = ch.unary_unary("/test.S/Echo")
+
+            async def one(i: int) -> str:
+                body = b"%d" % i
+                got = await _channel_status(rpc(body, timeout=120))
+                return "OK" if got[0] == "OK" and got[1] == body else f"{got[0]}: {got[1]!r}"
+
+            outcomes = await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(10_000))), 180)
+    finally:
+        await asyncio.wait_for(srv.stop(), 10)
+    bad = [o for o in outcomes if o != "OK"]
+    assert not bad, bad[:5]
+    assert len(peers) == 1
+
+
+async def test_channel_retries_refused_stream(rec: Recorder) -> None:
+    """A stream refused with REFUSED_STREAM is retried transparently by the Channel."""
+    import dataclasses
+
+    from wove_h2grpc import Channel
+
+    srv = Server(rec.handlers())
+    port = await srv.start("127.0.0.1:0")
+    try:
+        async with Channel(f"127.0.0.1:{port}") as ch:
+            await ch.channel_ready()
+            for _ in range(100):
+                if srv._connections:
+                    break
+                await asyncio.sleep(0.01)
+            (proto,) = srv._connections
+            # The client believes 1000 streams are allowed; make the server enforce 1 (as if a
+            # lower SETTINGS value were still in flight), and release the blocked call as soon
+            # as the second call's stream has been refused.
+            proto.options = dataclasses.replace(proto.options, max_concurrent_streams=1)
+            refused: List[int] = []
+            original_reset = proto._reset
+
+            def reset(stream_id: int, code: ErrorCodes) -> None:
+                if code == ErrorCodes.REFUSED_STREAM:
+                    refused.append(stream_id)
+                    rec.release.set()
+                original_reset(stream_id, code)
+
+            proto._reset = reset  # type: ignore[method-assign]
+            blocked = asyncio.ensure_future(ch.unary_unary("/test.S/Block")(b"", timeout=10))
+            await asyncio.wait_for(rec.started.wait(), 5)
+            assert await ch.unary_unary("/test.S/Echo")(b"retried", timeout=10) == b"retried"
+            assert await asyncio.wait_for(blocked, 10) == b"released"
+            assert refused
+    finally:
+        await asyncio.wait_for(srv.stop(), 10)
