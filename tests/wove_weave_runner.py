@@ -17,7 +17,7 @@ import importlib.abc
 import json
 import sys
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
 
 class BlockGrpc(importlib.abc.MetaPathFinder):
@@ -29,56 +29,14 @@ class BlockGrpc(importlib.abc.MetaPathFinder):
         return None
 
 
-def standard(name: str, items: int) -> Dict[str, Any]:
-    import wove
-
-    with wove.weave(environment=name) as w:
-
-        @w.do(range(items))
-        def square(item: int) -> int:
-            return item * item
-
-        @w.do(range(items))
-        async def cube(item: int) -> int:
-            return item**3
-
-        @w.do
-        def total(square: List[int], cube: List[int]) -> int:
-            return sum(square) + sum(cube)
-
-        @w.do
-        def text() -> Dict[str, Any]:
-            return {"unicode": "ünïcode ☃", "tuple": (1, 2), "none": None, "bytes": b"\x00\xff"}
-
-    out: Dict[str, Any] = {
-        "square": w.result.square,
-        "cube": w.result.cube,
-        "total": w.result.total,
-        "text": repr(w.result.text),
-    }
-    try:
-        with wove.weave(environment=name) as w2:
-
-            @w2.do
-            def fails() -> None:
-                raise ValueError("boom from the worker")
-
-        out["error"] = repr(w2.result.fails)  # raises the task's exception
-    except Exception as exc:
-        out["error"] = f"{type(exc).__name__}: {exc}"
-    return out
-
-
 def echo(name: str) -> Dict[str, Any]:
     import wove
+    from wove_tasks import text
 
     with wove.weave(environment=name) as w:
+        w.do(text)  # the worker answers with what it received instead of running it
 
-        @w.do
-        def probe() -> int:
-            return 1
-
-    result = w.result.probe
+    result = w.result.text
     return {
         "metadata_keys": [k for k, _ in result["metadata"] if k.startswith("x-")],
         "metadata": [list(pair) for pair in result["metadata"] if pair[0].startswith("x-")],
@@ -102,6 +60,7 @@ def main() -> None:
         sys.meta_path.insert(0, BlockGrpc())
 
     import wove
+    from wove_tasks import standard_weave
 
     import wove_h2grpc
 
@@ -124,7 +83,10 @@ def main() -> None:
     rounds = 2 if args.reuse_instance else 1
     result: Optional[Dict[str, Any]] = None
     for _ in range(rounds):
-        result = standard("runner", args.items) if args.scenario == "standard" else echo("runner")
+        if args.scenario == "standard":
+            result = standard_weave("runner", args.items)
+        else:
+            result = echo("runner")
     assert result is not None
     result["seconds"] = time.monotonic() - started
     result["grpc_imported"] = "grpc" in sys.modules

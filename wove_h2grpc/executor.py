@@ -85,6 +85,8 @@ H2_ONLY_KEYS = (
 #: Every key ``executor_config`` may hold; anything else draws a warning.
 CONFIG_KEYS = (*WOVE_KEYS, "transport", *H2_ONLY_KEYS)
 
+# Seconds stop() lets in-flight cancel_task calls finish before resetting them.
+_CANCEL_GRACE = 1.0
 _TERMINAL = frozenset({"task_result", "task_error", "task_cancelled"})
 _LB_POLICIES = ("pick_first", "round_robin")
 _DISPATCH_REASON = "the grpc network executor serializes task frames for a remote worker service."
@@ -417,13 +419,22 @@ class H2GrpcExecutor(EnvironmentExecutor):
         return await self._events.get()
 
     async def stop(self) -> None:
-        """Cancel in-flight calls (their streams reset), close the channel, forget the run."""
+        """Reset in-flight calls (``cancel_task`` calls get up to a second), close the channel."""
         delegate, self._delegate = self._delegate, None
-        calls = list(self._calls.values())
         channel, self._channel = self._channel, None
+        calls = list(self._calls.values())
         try:
             if delegate is not None:
                 await delegate.stop()
+            # Wove sends cancel_task for the runs it gives up on and then stops the executor
+            # at once: give those calls a moment to reach the worker (a worker that detaches
+            # work from the call relies on them); run_task calls are reset right away.
+            cancels = [t for tid, t in self._calls.items() if tid not in self._runs]
+            for tracking_id, call in self._calls.items():
+                if tracking_id in self._runs:
+                    call.cancel()
+            if cancels:
+                await asyncio.wait(cancels, timeout=_CANCEL_GRACE)
             for call in calls:
                 call.cancel()
             if calls:

@@ -1,0 +1,68 @@
+"""Task functions for the Wove end-to-end tests, importable by the worker process.
+
+cloudpickle pickles module-level functions of an importable module *by reference*, so the
+worker (whose ``sys.path[0]`` is ``tests/``) imports them instead of receiving bytecode:
+that keeps the tests valid when the test process and the grpcio worker run on different
+interpreters (PyPy against CPython). Only the standard library is imported at top level.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, Dict, List
+
+
+def square(item: int) -> int:
+    return item * item
+
+
+async def cube(item: int) -> int:
+    await asyncio.sleep(0)
+    return item**3
+
+
+def total(square: List[int], cube: List[int]) -> int:
+    return sum(square) + sum(cube)
+
+
+def text() -> Dict[str, Any]:
+    return {"unicode": "ünïcode ☃", "tuple": (1, 2), "none": None, "bytes": b"\x00\xff"}
+
+
+def fails() -> None:
+    raise ValueError("boom from the worker")
+
+
+def sleepy() -> str:
+    time.sleep(30)
+    return "woke"
+
+
+async def async_sleepy() -> str:
+    await asyncio.sleep(30)
+    return "woke"
+
+
+def standard_weave(environment: str, items: int) -> Dict[str, Any]:
+    """The weave both transports run: mapped sync + async tasks, a join, odd values, an error."""
+    import wove
+
+    with wove.weave(environment=environment) as w:
+        w.do(range(items))(square)
+        w.do(range(items))(cube)
+        w.do(total)
+        w.do(text)
+    out: Dict[str, Any] = {
+        "square": w.result.square,
+        "cube": w.result.cube,
+        "total": w.result.total,
+        "text": repr(w.result.text),
+    }
+    with wove.weave(environment=environment) as w2:
+        w2.do(fails)
+    try:
+        out["error"] = repr(w2.result.fails)  # raises the task's exception
+    except Exception as exc:
+        out["error"] = f"{type(exc).__name__}: {exc}"
+    return out
