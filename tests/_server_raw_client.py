@@ -101,19 +101,30 @@ class RawClient:
         ssl_context: Optional[ssl.SSLContext] = None,
         server_hostname: Optional[str] = None,
         timeout: float = 10.0,
-    ) -> "RawClient":
+    ) -> RawClient:
         if path is not None:
-            opener = asyncio.open_unix_connection(path, ssl=ssl_context,
-                                                  server_hostname=server_hostname)
+            opener = asyncio.open_unix_connection(
+                path, ssl=ssl_context, server_hostname=server_hostname
+            )
         else:
-            opener = asyncio.open_connection(host, port, ssl=ssl_context,
-                                             server_hostname=server_hostname)
+            opener = asyncio.open_connection(
+                host, port, ssl=ssl_context, server_hostname=server_hostname
+            )
         reader, writer = await asyncio.wait_for(opener, timeout)
         client = cls(reader, writer)
         client.conn.initiate_connection()
         client.flush()
         client._task = asyncio.ensure_future(client._read_loop())
-        await asyncio.wait_for(client.settings_received.wait(), timeout)
+        waiters = [
+            asyncio.ensure_future(client.settings_received.wait()),
+            asyncio.ensure_future(client.closed.wait()),
+        ]
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        for waiter in waiters:
+            waiter.cancel()
+        if not client.settings_received.is_set():
+            writer.close()
+            raise ConnectionError("server closed the connection (or sent no SETTINGS) in time")
         return client
 
     def flush(self) -> None:

@@ -12,7 +12,7 @@ import asyncio
 import collections
 import json
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 import grpc
 import grpc.aio
@@ -111,6 +111,11 @@ async def run_burst(channel: grpc.aio.Channel, count: int) -> Dict[str, Any]:
     return {"ok": sum(results), "errors": dict(errors), "seconds": time.monotonic() - start}
 
 
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--target", required=True)
@@ -127,9 +132,9 @@ async def main() -> None:
     ]
     channel: grpc.aio.Channel
     if args.ca:
-        key: Optional[bytes] = open(args.key, "rb").read() if args.key else None
-        cert: Optional[bytes] = open(args.cert, "rb").read() if args.cert else None
-        creds = grpc.ssl_channel_credentials(open(args.ca, "rb").read(), key, cert)
+        key = _read(args.key) if args.key else None
+        cert = _read(args.cert) if args.cert else None
+        creds = grpc.ssl_channel_credentials(_read(args.ca), key, cert)
         if args.server_name:
             options.append(("grpc.ssl_target_name_override", args.server_name))
         channel = grpc.aio.secure_channel(args.target, creds, options=options)

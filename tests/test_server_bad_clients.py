@@ -26,9 +26,12 @@ END_STREAM, END_HEADERS = 0x1, 0x4
 
 
 def frame(kind: int, flags: int, stream_id: int, payload: bytes) -> bytes:
-    return struct.pack(">I", len(payload))[1:] + bytes([kind, flags]) + struct.pack(
-        ">I", stream_id
-    ) + payload
+    return (
+        struct.pack(">I", len(payload))[1:]
+        + bytes([kind, flags])
+        + struct.pack(">I", stream_id)
+        + payload
+    )
 
 
 def parse_frames(data: bytes) -> List[Tuple[int, int, int, bytes]]:
@@ -44,9 +47,7 @@ def parse_frames(data: bytes) -> List[Tuple[int, int, int, bytes]]:
 
 
 def goaway_codes(data: bytes) -> List[int]:
-    return [
-        int.from_bytes(p[4:8], "big") for kind, _, _, p in parse_frames(data) if kind == GOAWAY
-    ]
+    return [int.from_bytes(p[4:8], "big") for kind, _, _, p in parse_frames(data) if kind == GOAWAY]
 
 
 def request_block(encoder: Encoder, path: bytes = b"/t.S/Echo", extra: int = 0) -> bytes:
@@ -117,7 +118,7 @@ async def keep_serving(client: RawClient, seconds: float) -> int:
 async def test_garbage_bytes_get_goaway_protocol_error(server: tuple, good: RawClient) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", server[1])
     writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" + b"\xff" * 100)
-    data, elapsed = await read_until_eof(reader, 5)
+    data, _ = await read_until_eof(reader, 5)
     writer.close()
     assert goaway_codes(data) == [ErrorCodes.PROTOCOL_ERROR]
     assert await keep_serving(good, 0.2) > 0
@@ -125,8 +126,13 @@ async def test_garbage_bytes_get_goaway_protocol_error(server: tuple, good: RawC
 
 async def test_garbage_after_preface(server: tuple, good: RawClient) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", server[1])
-    writer.write(PREFACE + EMPTY_SETTINGS + b"\x00\x00\x04\xee\x00\x00\x00\x00\x00junk" * 3
-                 + b"\x00\x00\x08\x08\x00\x00\x00\x00\x00" + b"12345678")  # bad WINDOW_UPDATE
+    writer.write(
+        PREFACE
+        + EMPTY_SETTINGS
+        + b"\x00\x00\x04\xee\x00\x00\x00\x00\x00junk" * 3
+        + b"\x00\x00\x08\x08\x00\x00\x00\x00\x00"
+        + b"12345678"
+    )  # bad WINDOW_UPDATE
     data, _ = await read_until_eof(reader, 5)
     writer.close()
     codes = goaway_codes(data)
@@ -140,7 +146,7 @@ async def test_half_open_connection_closed_after_handshake_timeout(
     # Connects and says nothing: no preface within handshake_timeout (0.5 s).
     reader, writer = await asyncio.open_connection("127.0.0.1", server[1])
     serving = asyncio.ensure_future(keep_serving(good, 0.8))
-    data, elapsed = await read_until_eof(reader, 5)
+    _, elapsed = await read_until_eof(reader, 5)
     writer.close()
     assert 0.3 < elapsed < 3
     assert await serving > 5
@@ -288,7 +294,7 @@ async def test_client_that_never_reads_costs_only_its_connection(good: RawClient
     srv = Server({"/t.S/Big": big, "/t.S/Echo": echo})
     port = await srv.start("127.0.0.1:0")
     try:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
         import h2.config
         import h2.connection
 
@@ -296,9 +302,16 @@ async def test_client_that_never_reads_costs_only_its_connection(good: RawClient
         conn.initiate_connection()
         for _ in range(20):
             sid = conn.get_next_available_stream_id()
-            conn.send_headers(sid, [(b":method", b"POST"), (b":scheme", b"http"),
-                                    (b":path", b"/t.S/Big"), (b":authority", b"x"),
-                                    (b"content-type", b"application/grpc")])
+            conn.send_headers(
+                sid,
+                [
+                    (b":method", b"POST"),
+                    (b":scheme", b"http"),
+                    (b":path", b"/t.S/Big"),
+                    (b":authority", b"x"),
+                    (b"content-type", b"application/grpc"),
+                ],
+            )
             conn.send_data(sid, grpc_message(b""), end_stream=True)
         writer.write(conn.data_to_send())
         other = await RawClient.connect("127.0.0.1", port)

@@ -435,10 +435,16 @@ class _ServerProtocol(asyncio.Protocol):
         return False
 
     def pause_writing(self) -> None:
+        # The client is not reading: stop reading from it too, so that frames h2 answers by
+        # itself (PING and SETTINGS ACKs) cannot pile up in our write buffer without bound.
         self._paused = True
+        if self.transport is not None:
+            self.transport.pause_reading()
 
     def resume_writing(self) -> None:
         self._paused = False
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
         self._wake_all()
 
     def connection_lost(self, exc: Optional[Exception]) -> None:
@@ -485,8 +491,9 @@ class _ServerProtocol(asyncio.Protocol):
         """Send GOAWAY with ``error_code``, cancel every call and close the connection."""
         if self._closing:
             return
-        logger.info(
-            "closing connection from %s: %s (GOAWAY %s)", self.peer, reason, error_code.name
+        level = logging.DEBUG if error_code == ErrorCodes.NO_ERROR else logging.WARNING
+        logger.log(
+            level, "closing connection from %s: %s (GOAWAY %s)", self.peer, reason, error_code.name
         )
         conn = self.conn
         with contextlib.suppress(h2.exceptions.ProtocolError):
@@ -727,7 +734,6 @@ class _ServerProtocol(asyncio.Protocol):
                 self._wake(ctx)
 
     def _on_terminated(self, event: h2.events.ConnectionTerminated) -> None:
-        conn = self.conn
         if event.error_code != ErrorCodes.NO_ERROR or not self.calls:
             logger.debug("client %s sent GOAWAY %s", self.peer, event.error_code)
             self._cancel_all()
@@ -837,7 +843,11 @@ class _ServerProtocol(asyncio.Protocol):
         if ctx._initial_metadata:
             headers = headers + encode_metadata(ctx._initial_metadata)
         ctx._headers_sent = True
-        conn.send_headers(ctx._stream_id, headers)
+        try:
+            conn.send_headers(ctx._stream_id, headers)
+        except h2.exceptions.ProtocolError:
+            self._forget(ctx)  # the stream is gone (reset by the client)
+            return
         self.flush_soon()
 
     def _cancel_all(self) -> None:
