@@ -215,6 +215,7 @@ class FaultConnection:
         self.ping_acks = 0
         self.settings_acks = 0
         self.goaway_received: Optional[int] = None
+        self.frozen = False  # a hung peer: bytes are read and dropped, nothing is answered
         self.tasks: List[asyncio.Task[None]] = []
 
     @property
@@ -305,8 +306,13 @@ class FaultConnection:
     async def serve(self) -> None:
         server = self.server
         try:
+            if server.hang_up:
+                return  # accepted, then closed before a single byte
             if not server.speak_h2:
-                # TCP accepted, not one byte of HTTP/2 back: read and discard.
+                # TCP accepted, not one byte of HTTP/2 back (``raw_reply`` at most): read
+                # and discard.
+                if server.raw_reply:
+                    self.writer.write(server.raw_reply)
                 while await self.reader.read(65536):
                     pass
                 return
@@ -321,6 +327,8 @@ class FaultConnection:
                 if not data:
                     break
                 self.bytes_received += len(data)
+                if self.frozen:
+                    continue
                 try:
                     events = self.h2.receive_data(data)
                 except h2.exceptions.ProtocolError as exc:
@@ -415,7 +423,9 @@ class FaultServer:
     """An HTTP/2 server on 127.0.0.1 that misbehaves as told.
 
     ``handler(stream)`` answers each request (default: echo with status OK).
-    ``speak_h2=False`` accepts TCP and never speaks HTTP/2. ``auto_ack=False`` never
+    ``speak_h2=False`` accepts TCP and never speaks HTTP/2 (it writes ``raw_reply``, e.g.
+    an HTTP/1.1 answer, and nothing else); ``hang_up=True`` closes every connection as soon
+    as it is accepted. ``auto_ack=False`` never
     acknowledges received DATA, so the client's send windows never reopen.
     ``settings`` are sent after the preface; ``on_connection(conn)`` runs right after.
     ``handle_on="headers"`` calls the handler as soon as request headers arrive.
@@ -426,6 +436,8 @@ class FaultServer:
         handler: Optional[Handler] = None,
         *,
         speak_h2: bool = True,
+        raw_reply: bytes = b"",
+        hang_up: bool = False,
         auto_ack: bool = True,
         settings: Optional[Dict[int, int]] = None,
         on_connection: Optional[ConnectionHook] = None,
@@ -435,6 +447,8 @@ class FaultServer:
             raise ValueError(f"handle_on must be 'end' or 'headers', not {handle_on!r}")
         self.handler: Handler = handler or _ok_handler
         self.speak_h2 = speak_h2
+        self.raw_reply = raw_reply
+        self.hang_up = hang_up
         self.auto_ack = auto_ack
         self.settings = settings
         self.on_connection = on_connection

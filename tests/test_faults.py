@@ -804,3 +804,227 @@ async def test_connect_refused_is_unavailable() -> None:
 def test_fault_server_message_helper() -> None:
     assert grpc_message(b"ab") == b"\x00\x00\x00\x00\x02ab"
     assert grpc_message(b"", compressed=True) == b"\x01\x00\x00\x00\x00"
+
+
+# --- more bad days -----------------------------------------------------------------------
+
+
+async def test_http1_server(serve: StartServer) -> None:
+    reply = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    server = await serve(speak_h2=False, raw_reply=reply)
+    err, elapsed = await call_error(server.target, timeout=None, connect_timeout=1.0)
+    assert err.code() is StatusCode.UNAVAILABLE
+    # Actionable: the peer answered, but not with HTTP/2 (not just "no connection").
+    _says(err, "127.0.0.1", "HTTP/2")
+    assert elapsed < 1.6
+    assert len(server.connections) <= 10, len(server.connections)
+
+
+@pytest.mark.parametrize("when", ["before-preface", "after-preface"])
+async def test_connection_closed_right_after_accept(serve: StartServer, when: str) -> None:
+    async def hang_up(conn: Any) -> None:
+        conn.close()
+
+    if when == "before-preface":
+        server = await serve(hang_up=True)
+    else:  # the server's SETTINGS arrive, then the connection closes
+        server = await serve(on_connection=hang_up)
+    err, elapsed = await call_error(server.target, timeout=None, connect_timeout=1.0)
+    # Reconnecting backs off: a peer that hangs up at once is not hammered.
+    assert len(server.connections) <= 10, f"{len(server.connections)} connections in {elapsed:.2f}s"
+    assert err.code() is StatusCode.UNAVAILABLE
+    _says(err, "127.0.0.1")
+    assert "closed" in err.details() or "lost" in err.details(), err.details()
+    assert elapsed < 1.6
+
+
+async def test_deadline_while_connecting(serve: StartServer) -> None:
+    server = await serve(speak_h2=False)
+    err, elapsed = await call_error(server.target, timeout=0.5, connect_timeout=5.0, bound=2.0)
+    assert err.code() is StatusCode.DEADLINE_EXCEEDED
+    assert 0.45 <= elapsed < 0.9
+
+
+async def test_zero_max_concurrent_streams(serve: StartServer) -> None:
+    # The server accepts no stream at all: calls queue, then end at their deadline.
+    server = await serve(settings={h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 0})
+    err, elapsed = await call_error(server.target, timeout=0.5, bound=2.0)
+    assert err.code() is StatusCode.DEADLINE_EXCEEDED
+    assert 0.45 <= elapsed < 0.9
+    assert server.streams == []
+
+
+async def test_caller_cancellation_resets_stream(serve: StartServer) -> None:
+    server = await serve(_never_answer)
+    channel = Channel(server.target)
+    try:
+        task = asyncio.ensure_future(channel.unary_unary(METHOD)(b"x", timeout=5.0))
+        for _ in range(100):
+            if server.streams:
+                break
+            await asyncio.sleep(0.01)
+        start = time.monotonic()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(task, 2.0)
+        assert time.monotonic() - start < 0.5
+        (stream,) = server.streams
+        assert await stream.wait_reset(2.0) == E.CANCEL
+    finally:
+        await _close(channel)
+
+
+async def test_close_with_grace_ends_inflight_call(serve: StartServer) -> None:
+    server = await serve(_never_answer)
+    channel = Channel(server.target)
+    task = asyncio.ensure_future(channel.unary_unary(METHOD)(b"x"))  # no deadline at all
+    for _ in range(100):
+        if server.streams:
+            break
+        await asyncio.sleep(0.01)
+    start = time.monotonic()
+    await asyncio.wait_for(channel.close(grace=0.2), 3.0)
+    with pytest.raises(GrpcError) as info:
+        await asyncio.wait_for(task, 2.0)
+    assert time.monotonic() - start < 1.0
+    assert info.value.code() is StatusCode.CANCELLED
+
+
+@pytest.mark.parametrize("value", ["abc", "-1", "", "1 2"])
+async def test_malformed_grpc_status(serve: StartServer, value: str) -> None:
+    async def handler(stream: FaultStream) -> None:
+        stream.send_headers()
+        await stream.send_message(b"x")
+        stream.send_trailers(None, extra=[("grpc-status", value)])
+
+    server = await serve(handler)
+    err, elapsed = await call_error(server.target)
+    assert err.code() is StatusCode.INTERNAL
+    _says(err, "grpc-status")
+    assert elapsed < 2.0
+
+
+TRICKY = "\t\ntest with whitespace\r\nand Unicode BMP \u263a and non-BMP \U0001f608\t\n"
+
+
+@pytest.mark.parametrize("shape", ["trailers", "trailers-only"])
+async def test_error_status_with_encoded_message(serve: StartServer, shape: str) -> None:
+    from urllib.parse import quote
+
+    wire = quote(TRICKY, safe=" ")
+
+    async def handler(stream: FaultStream) -> None:
+        if shape == "trailers-only":
+            stream.trailers_only(StatusCode.FAILED_PRECONDITION, wire)
+            return
+        stream.send_headers(extra=[("x-initial", "i")])
+        stream.send_trailers(StatusCode.FAILED_PRECONDITION, wire, extra=[("x-trailing", "t")])
+
+    server = await serve(handler)
+    err, elapsed = await call_error(server.target)
+    assert err.code() is StatusCode.FAILED_PRECONDITION
+    assert err.details() == TRICKY
+    assert elapsed < 2.0
+    if shape == "trailers":
+        assert ("x-initial", "i") in err.initial_metadata()
+        assert ("x-trailing", "t") in err.trailing_metadata()
+
+
+async def test_two_messages_for_unary(serve: StartServer) -> None:
+    async def handler(stream: FaultStream) -> None:
+        stream.send_headers()
+        await stream.send_data(grpc_message(b"one") + grpc_message(b"two"))
+        stream.send_trailers(0)
+
+    server = await serve(handler)
+    err, elapsed = await call_error(server.target)
+    assert err.code() is StatusCode.INTERNAL
+    _says(err, "more than one")
+    assert elapsed < 2.0
+
+
+async def test_ok_without_message(serve: StartServer) -> None:
+    async def handler(stream: FaultStream) -> None:
+        stream.send_headers()
+        stream.send_trailers(0)
+
+    server = await serve(handler)
+    err, elapsed = await call_error(server.target)
+    assert err.code() is StatusCode.INTERNAL
+    _says(err, "no response message")
+    assert elapsed < 2.0
+
+
+async def test_keepalive_detects_hung_server(serve: StartServer) -> None:
+    # The peer stops answering anything (a hung process): keepalive ends the call.
+    async def handler(stream: FaultStream) -> None:
+        stream.conn.frozen = True
+        await asyncio.sleep(60)
+
+    server = await serve(handler)
+    err, elapsed = await call_error(
+        server.target, timeout=None, keepalive_time=0.2, keepalive_timeout=0.3, bound=3.0
+    )
+    assert err.code() is StatusCode.UNAVAILABLE
+    _says(err, "keepalive")
+    assert 0.4 <= elapsed < 1.5
+
+
+async def test_keepalive_pings_answered_call_survives(serve: StartServer) -> None:
+    async def handler(stream: FaultStream) -> None:
+        await asyncio.sleep(0.8)
+        await stream.respond(b"slow but fine")
+
+    server = await serve(handler)
+    reply, elapsed = await call_ok(
+        server.target, timeout=None, keepalive_time=0.2, keepalive_timeout=0.3
+    )
+    assert reply == b"slow but fine"
+    assert elapsed < 1.5
+    (conn,) = server.connections
+    assert conn.pings_received >= 1
+
+
+async def test_goaway_on_every_stream_is_bounded(serve: StartServer) -> None:
+    # A server shutting down that refuses every stream with GOAWAY: retries are bounded.
+    async def handler(stream: FaultStream) -> None:
+        stream.conn.goaway(last_stream_id=0)
+
+    server = await serve(handler)
+    err, elapsed = await call_error(server.target, timeout=2.0, bound=3.0)
+    assert err.code() is StatusCode.UNAVAILABLE
+    _says(err, "GOAWAY")
+    assert elapsed < 1.5
+    assert 2 <= len(server.handled) <= 11
+    assert len(server.connections) <= 11
+
+
+async def test_goaway_right_after_preface(serve: StartServer) -> None:
+    # Every connection is told to go away before any stream: no reconnect storm, no hang.
+    async def go_away(conn: Any) -> None:
+        conn.goaway(last_stream_id=0)
+
+    server = await serve(on_connection=go_away)
+    err, elapsed = await call_error(server.target, timeout=1.0, bound=3.0)
+    assert len(server.connections) <= 10, f"{len(server.connections)} connections in {elapsed:.2f}s"
+    assert err.code() in (StatusCode.UNAVAILABLE, StatusCode.DEADLINE_EXCEEDED)
+    _says(err, "GOAWAY")  # the cause, not an h2 state-machine message
+    assert elapsed < 1.5
+
+
+async def test_goaway_drain_survives_ping_settings_and_window_updates(serve: StartServer) -> None:
+    # After GOAWAY the connection is still alive for the streams at or below last-stream-id
+    # (RFC 9113 6.8): PING, SETTINGS and WINDOW_UPDATE frames may still arrive.
+    async def handler(stream: FaultStream) -> None:
+        stream.conn.goaway(last_stream_id=stream.stream_id)
+        await asyncio.sleep(0.02)
+        stream.conn.send_pings(3)
+        stream.conn.send_settings(1)
+        await asyncio.sleep(0.02)
+        await stream.respond(b"drained")
+
+    server = await serve(handler)
+    reply, elapsed = await call_ok(server.target, request=b"w" * 200_000)
+    assert reply == b"drained"
+    assert elapsed < 2.0
+    assert len(server.handled) == 1
