@@ -66,3 +66,21 @@ def standard_weave(environment: str, items: int) -> Dict[str, Any]:
     except Exception as exc:
         out["error"] = f"{type(exc).__name__}: {exc}"
     return out
+
+
+async def nap(item: int) -> int:
+    """A mapped task that holds its call open for a moment (to pile calls up on a worker)."""
+    await asyncio.sleep(0.5)
+    return item
+
+
+def mapped_nap(environment: str, items: int) -> Dict[str, Any]:
+    """``nap`` over ``items`` on ``environment``; the count of correct results, or the error."""
+    import wove
+
+    with wove.weave() as w:
+        w.do(range(items), environment=environment)(nap)
+    try:
+        return {"correct": sum(1 for i, v in enumerate(w.result.nap) if i == v), "error": None}
+    except Exception as exc:
+        return {"correct": 0, "error": f"{type(exc).__name__}: {exc}"}

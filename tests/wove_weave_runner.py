@@ -52,7 +52,7 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=50)
     parser.add_argument("--codec", default=None)
     parser.add_argument("--secret-env", default="")
-    parser.add_argument("--scenario", default="standard", choices=["standard", "echo"])
+    parser.add_argument("--scenario", default="standard", choices=["standard", "echo", "nap"])
     parser.add_argument("--block-grpc", action="store_true")
     parser.add_argument("--reuse-instance", action="store_true")
     args = parser.parse_args()
@@ -60,7 +60,7 @@ def main() -> None:
         sys.meta_path.insert(0, BlockGrpc())
 
     import wove
-    from wove_tasks import standard_weave
+    from wove_tasks import mapped_nap, standard_weave
 
     import wove_h2grpc
 
@@ -85,6 +85,8 @@ def main() -> None:
     for _ in range(rounds):
         if args.scenario == "standard":
             result = standard_weave("runner", args.items)
+        elif args.scenario == "nap":
+            result = mapped_nap("runner", args.items)
         else:
             result = echo("runner")
     assert result is not None
