@@ -227,6 +227,12 @@ class FaultConnection:
         if data and not self.writer.is_closing():
             self.writer.write(data)
 
+    def write_raw(self, data: bytes) -> None:
+        """Bytes straight to the socket, after what h2 has queued (hand-made frames)."""
+        self.flush()
+        if not self.writer.is_closing():
+            self.writer.write(data)
+
     def close(self) -> None:
         """Close the TCP connection (FIN), no GOAWAY: a crash as the client sees it."""
         if not self.writer.is_closing():

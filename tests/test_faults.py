@@ -104,6 +104,11 @@ def _record(err: GrpcError, elapsed: float) -> None:
     )
 
 
+def _figure(name: str, value: float) -> None:
+    test = os.environ.get("PYTEST_CURRENT_TEST", "?").split(" ")[0].split("::")[-1]
+    _REPORT.append({"test": test, "figure": name, "value": value})
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _write_report() -> Iterator[None]:
     yield
@@ -368,6 +373,7 @@ async def test_refused_stream_is_retried_transparently(serve: StartServer) -> No
 
     server = await serve(handler)
     reply, elapsed = await call_ok(server.target, request=b"once")
+    _figure("elapsed s", elapsed)
     assert reply == b"second:once"
     assert elapsed < 2.0
     assert len(server.handled) == 2
@@ -449,6 +455,7 @@ async def test_goaway_last_stream_id_drains_and_retries_the_rest(serve: StartSer
             asyncio.gather(*(rpc(b"r%d" % i, timeout=5.0) for i in range(3))), 4.0
         )
         assert replies == [b"ok:r0", b"ok:r1", b"ok:r2"]
+        _figure("elapsed s (3 calls)", time.monotonic() - start)
         assert time.monotonic() - start < 3.0
         # Exactly one call went to the new connection, and no request was answered twice.
         counts = collections.Counter(request for _, request in answered)
@@ -472,6 +479,7 @@ async def test_goaway_before_processing_is_retried(serve: StartServer) -> None:
 
     server = await serve(handler)
     reply, elapsed = await call_ok(server.target)
+    _figure("elapsed s", elapsed)
     assert reply == b"fresh"
     assert elapsed < 2.0
     assert len(server.connections) == 2
@@ -657,6 +665,7 @@ async def test_one_mib_header_block(serve: StartServer, frame_size: int) -> None
         )
         assert info.value.details()
         assert elapsed < 2.5
+        _figure("tracemalloc peak bytes (client and server)", peak)
         # The server side alone holds ~2 MiB for the block; the client must not add
         # more than a few copies of it.
         assert peak < 12 * MiB, peak
@@ -691,6 +700,7 @@ async def test_response_over_max_receive_length(serve: StartServer) -> None:
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
+    _figure("tracemalloc peak bytes (client and server)", peak)
     assert err.code() is StatusCode.RESOURCE_EXHAUSTED
     _says(err, f"{claimed} vs. {MiB}")
     assert elapsed < 2.0
@@ -698,6 +708,7 @@ async def test_response_over_max_receive_length(serve: StartServer) -> None:
     (stream,) = server.streams
     assert await stream.wait_reset(2.0) is not None  # the client reset the stream
     await asyncio.sleep(0.1)
+    _figure("message bytes the server got out before the reset", sent.get("bytes", 0))
     assert sent.get("bytes", 0) < claimed
 
 
@@ -758,6 +769,8 @@ async def test_ping_and_settings_flood(serve: StartServer) -> None:
         finally:
             tracemalloc.stop()
         assert conn.ping_acks == acks + 2000
+        _figure("traced bytes after flood 1", sizes[0])
+        _figure("traced bytes after flood 2", sizes[1])
         assert sizes[1] - sizes[0] < 32 * 1024, sizes
         assert sizes[0] < 256 * 1024, sizes
         assert await asyncio.wait_for(rpc(b"2", timeout=5.0), 3.0) == b"still fine"
@@ -830,6 +843,7 @@ async def test_connection_closed_right_after_accept(serve: StartServer, when: st
     else:  # the server's SETTINGS arrive, then the connection closes
         server = await serve(on_connection=hang_up)
     err, elapsed = await call_error(server.target, timeout=None, connect_timeout=1.0)
+    _figure("connections in the call", len(server.connections))
     # Reconnecting backs off: a peer that hangs up at once is not hammered.
     assert len(server.connections) <= 10, f"{len(server.connections)} connections in {elapsed:.2f}s"
     assert err.code() is StatusCode.UNAVAILABLE
@@ -1028,3 +1042,20 @@ async def test_goaway_drain_survives_ping_settings_and_window_updates(serve: Sta
     assert reply == b"drained"
     assert elapsed < 2.0
     assert len(server.handled) == 1
+
+
+async def test_frame_over_max_frame_size_fails_at_once(serve: StartServer) -> None:
+    # RFC 9113 4.2: a frame longer than our SETTINGS_MAX_FRAME_SIZE is a FRAME_SIZE_ERROR
+    # as soon as its 9-byte header is read; waiting for 16 MiB of body first is a hang.
+    async def handler(stream: FaultStream) -> None:
+        stream.send_headers()
+        length = (1 << 24) - 1
+        header = length.to_bytes(3, "big") + b"\x00\x00" + stream.stream_id.to_bytes(4, "big")
+        stream.conn.write_raw(header + b"\x00" * 1024)
+        await asyncio.sleep(60)
+
+    server = await serve(handler)
+    err, elapsed = await call_error(server.target, timeout=2.0, bound=3.0)
+    assert err.code() in (StatusCode.UNAVAILABLE, StatusCode.INTERNAL)
+    assert elapsed < 1.0
+    _says(err, "frame")
