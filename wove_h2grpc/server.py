@@ -427,6 +427,11 @@ class _ServerProtocol(asyncio.Protocol):
         except h2.exceptions.ProtocolError as exc:
             self._protocol_error(exc)
             return
+        except Exception:
+            # A bug of ours must cost this connection only, and be visible.
+            logger.exception("internal error serving %s; closing its connection", self.peer)
+            self.close_with_goaway(ErrorCodes.INTERNAL_ERROR, "internal error")
+            return
         self._flush()
 
     def eof_received(self) -> Optional[bool]:
