@@ -9,13 +9,13 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence
 
 import cloudpickle
 import pytest
+from _cli_support import CliProcess
 from _support import REPO_DIR, Certs
 from wove.security import NetworkExecutorSecurity
 
@@ -33,71 +33,6 @@ cloudpickle.register_pickle_by_value(sys.modules[__name__])
 def _slow_task(seconds: float) -> str:
     time.sleep(seconds)
     return f"finished after {seconds} s"
-
-
-SERVING = re.compile(r"serving \S+ on (\S+):(\d+) ")
-
-
-class CliProcess:
-    """``python -m wove_h2grpc ARGS`` with its stdout collected line by line."""
-
-    def __init__(self, args: Sequence[str], env: Optional[Dict[str, str]] = None) -> None:
-        full_env = dict(os.environ)
-        full_env["PYTHONUNBUFFERED"] = "1"
-        full_env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(REPO_DIR), full_env.get("PYTHONPATH", "")) if p
-        )
-        full_env.update(env or {})
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "wove_h2grpc", *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=full_env,
-        )
-        self.lines: List[str] = []
-        self.stderr_lines: List[str] = []
-        self._threads = [
-            threading.Thread(target=self._pump, args=(self.proc.stdout, self.lines), daemon=True),
-            threading.Thread(
-                target=self._pump, args=(self.proc.stderr, self.stderr_lines), daemon=True
-            ),
-        ]
-        for thread in self._threads:
-            thread.start()
-
-    @staticmethod
-    def _pump(stream: Optional[object], sink: List[str]) -> None:
-        assert stream is not None
-        for line in stream:  # type: ignore[attr-defined]
-            sink.append(line.rstrip("\n"))
-
-    def wait_for_port(self, timeout: float = 30.0) -> int:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for line in list(self.lines):
-                match = SERVING.search(line)
-                if match:
-                    return int(match.group(2))
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.05)
-        self.kill()
-        raise AssertionError(
-            f"serve did not become ready (exit {self.proc.returncode}); "
-            f"stdout {self.lines[-10:]}, stderr {self.stderr_lines[-10:]}"
-        )
-
-    def wait(self, timeout: float) -> int:
-        code = self.proc.wait(timeout=timeout)
-        for thread in self._threads:
-            thread.join(timeout=5)
-        return code
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
 
 
 @pytest.fixture
