@@ -15,7 +15,7 @@ Prints ``READY <port>`` when serving. Never imported by the pytest process.
         [--respond MODE (see RESPOND_MODES; metadata ``x-test-respond`` overrides per call)]
 
 ``--executions`` lines: ``run <run_id>`` when a task starts executing, ``cancel <run_id>``
-when a ``cancel_task`` arrives for a running task, ``cancelled <run_id>`` when a running
+when a ``cancel_task`` call arrives, ``cancelled <run_id>`` when a running
 task was cancelled (by ``cancel_task`` or because the client reset the call).
 """
 
@@ -142,10 +142,10 @@ class Worker:
         ids = {"run_id": frame.get("run_id"), "task_id": frame.get("task_id")}
         kind = frame.get("type")
         if kind == "cancel_task":
+            self.record("cancel", str(frame.get("run_id")))
             task = self.running.get(str(frame.get("run_id")))
             if task is not None:
                 self.cancel_requested.add(str(frame.get("run_id")))
-                self.record("cancel", str(frame.get("run_id")))
                 task.cancel()
             return b""
         if kind != "run_task":

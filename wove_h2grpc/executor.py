@@ -427,12 +427,10 @@ class H2GrpcExecutor(EnvironmentExecutor):
             if delegate is not None:
                 await delegate.stop()
             # Wove sends cancel_task for the runs it gives up on and then stops the executor
-            # at once: give those calls a moment to reach the worker (a worker that detaches
-            # work from the call relies on them); run_task calls are reset right away.
+            # at once: give those calls a moment to reach the worker before the run_task
+            # streams are reset, so the worker cancels the run the way it was asked to (a
+            # worker that detaches work from the call relies on cancel_task alone).
             cancels = [t for tid, t in self._calls.items() if tid not in self._runs]
-            for tracking_id, call in self._calls.items():
-                if tracking_id in self._runs:
-                    call.cancel()
             if cancels:
                 await asyncio.wait(cancels, timeout=_CANCEL_GRACE)
             for call in calls:
