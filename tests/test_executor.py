@@ -650,7 +650,7 @@ async def test_mutual_tls(tmp_path: Path, certs: Any) -> None:
         await ok.send(run_task("tls:1"))
         assert (await events_until_terminal(ok, ["tls:1"]))["tls:1"][-1]["result"] == 42
         await ok.stop()
-        anonymous = await start(H2GrpcExecutor(), timeout=5, **base)
+        anonymous = await start(H2GrpcExecutor(), timeout=1.5, **base)
         await anonymous.send(run_task("tls:2"))
         event = (await events_until_terminal(anonymous, ["tls:2"]))["tls:2"][-1]
         assert event["type"] == "task_error"
@@ -679,7 +679,7 @@ async def test_server_hostname_override(tmp_path: Path, certs: Any) -> None:
             target=f"127.0.0.1:{w.port}",
             secure=True,
             root_certificates=certs.other_ca_pem,
-            timeout=5,
+            timeout=1.5,
         )
         await wrong_ca.send(run_task("sni:2"))
         event = (await events_until_terminal(wrong_ca, ["sni:2"]))["sni:2"][-1]
