@@ -381,3 +381,38 @@ async def test_json_answer_is_what_wove_parses() -> None:
     events = _load_network_executor_events(reply, reason="test")
     assert [e["type"] for e in events] == ["task_started", "task_error"]
     assert isinstance(events[1]["exception"], TaskFailed)
+
+
+def test_replay_rule_matches_wove_without_mutating_the_callers_security() -> None:
+    from wove_h2grpc.worker import _NonceRegistry
+
+    security = _signed_security()
+    service = WorkerService(security)
+    assert security.remember_nonces is True  # the caller's object is left alone
+
+    registry = _NonceRegistry(window=300.0)
+    now = time.time()
+    assert registry.check_and_remember("n1", now)
+    assert not registry.check_and_remember("n1", now)  # replay inside the window
+    assert registry.check_and_remember("n2", now - 10)
+    # Entries older than the window are forgotten, like Wove's _check_nonce purge.
+    old = _NonceRegistry(window=1.0)
+    assert old.check_and_remember("stale", now - 5)
+    assert old.check_and_remember("fresh", now)
+    assert "stale" not in old._seen and "fresh" in old._seen
+    assert service.security_mode == "signed"
+
+
+async def test_many_signed_requests_verify_in_linear_time() -> None:
+    service = WorkerService(_signed_security())
+    body = encode_command({"type": "cancel_task", "run_id": "none"})
+    signer = _signed_security()
+    metadata = [_signed(signer, body) for _ in range(5000)]
+    started = time.perf_counter()
+    for pairs in metadata:
+        service.verify(body, pairs)
+    elapsed = time.perf_counter() - started
+    # Wove's own replay check scans every remembered nonce per request: ~12.5M steps here.
+    assert elapsed < 5.0, elapsed
+    with pytest.raises(WorkerPermissionError, match="Replayed"):
+        service.verify(body, metadata[1234])
