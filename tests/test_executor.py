@@ -1,6 +1,8 @@
 """H2GrpcExecutor at the EnvironmentExecutor level: config, delivery, cancellation, cleanup.
 
 The peer is a real grpcio Wove worker in a separate process (tests/wove_grpcio_worker.py).
+Task functions come from tests/wove_tasks.py so that they travel by reference (valid when
+this process and the worker run different interpreters, e.g. PyPy and CPython).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any, Dict, Iterator, List
 
 import pytest
 import wove.environment
+import wove_tasks
 from _wove_support import SECRET, SECRET_ENV, Worker, closed_port, start_worker
 from wove.environment import EnvironmentExecutor, GrpcEnvironmentExecutor, LocalEnvironmentExecutor
 from wove.security import NetworkExecutorSecurity, _ensure_network_executor_security
@@ -39,11 +42,7 @@ TERMINAL = {"task_result", "task_error", "task_cancelled"}
 # ---------------------------------------------------------------- helpers
 
 
-def _double(x: int) -> int:
-    return 2 * x
-
-
-def run_task(run_id: str, func: Any = _double, **args: Any) -> Dict[str, Any]:
+def run_task(run_id: str, func: Any = wove_tasks.double, **args: Any) -> Dict[str, Any]:
     return {
         "type": "run_task",
         "run_id": run_id,
@@ -62,16 +61,6 @@ def cancel_task(run_id: str) -> Dict[str, Any]:
         "delivery_cancel_mode": "best_effort",
         "delivery_orphan_policy": "cancel",
     }
-
-
-def slow(seconds: float) -> str:
-    time.sleep(seconds)
-    return "slept"
-
-
-async def async_slow(seconds: float) -> str:
-    await asyncio.sleep(seconds)
-    return "slept"
 
 
 async def start(executor: EnvironmentExecutor, **config: Any) -> EnvironmentExecutor:
@@ -339,7 +328,7 @@ async def test_run_tasks_sync_and_async(target: str, codec: str) -> None:
     try:
         for i in range(50):
             await executor.send(run_task(f"double:{i}", x=i))
-            await executor.send(run_task(f"slow:{i}", async_slow, seconds=0.01))
+            await executor.send(run_task(f"slow:{i}", wove_tasks.async_slow, seconds=0.01))
         run_ids = [f"double:{i}" for i in range(50)] + [f"slow:{i}" for i in range(50)]
         seen = await events_until_terminal(executor, run_ids)
         for i in range(50):
@@ -352,12 +341,9 @@ async def test_run_tasks_sync_and_async(target: str, codec: str) -> None:
 
 
 async def test_task_exception_arrives_as_task_error(target: str) -> None:
-    def raises(x: int) -> None:
-        raise KeyError(f"missing {x}")
-
     executor = await start(H2GrpcExecutor(), target=target)
     try:
-        await executor.send(run_task("raises:1", raises, x=3))
+        await executor.send(run_task("raises:1", wove_tasks.raise_key_error, x=3))
         event = (await events_until_terminal(executor, ["raises:1"]))["raises:1"][-1]
         assert event["type"] == "task_error"
         assert isinstance(event["exception"], KeyError)
@@ -432,7 +418,7 @@ async def test_call_timeout_is_deadline_exceeded_not_retryable(target: str) -> N
     executor = await start(H2GrpcExecutor(), target=target, timeout=0.3)
     try:
         began = time.monotonic()
-        await executor.send(run_task("late:1", async_slow, seconds=5))
+        await executor.send(run_task("late:1", wove_tasks.async_slow, seconds=5))
         event = (await events_until_terminal(executor, ["late:1"]))["late:1"][-1]
         assert time.monotonic() - began < 3.0
         assert event["type"] == "task_error"
@@ -468,7 +454,7 @@ def test_retryable_only_where_the_call_provably_did_not_run() -> None:
 async def test_unpicklable_task_is_a_transport_error(target: str) -> None:
     executor = await start(H2GrpcExecutor(), target=target)
     try:
-        await executor.send(run_task("bad:1", _double, x=threading_lock()))
+        await executor.send(run_task("bad:1", wove_tasks.double, x=threading_lock()))
         event = (await events_until_terminal(executor, ["bad:1"]))["bad:1"][-1]
         assert event["type"] == "task_error"
         assert event["error"]["source"] == "transport"
@@ -490,7 +476,7 @@ async def test_cancel_task_is_its_own_call(tmp_path: Path) -> None:
     w = start_worker(tmp_path)
     executor = await start(H2GrpcExecutor(), target=f"127.0.0.1:{w.port}")
     try:
-        await executor.send(run_task("c:1", async_slow, seconds=30))
+        await executor.send(run_task("c:1", wove_tasks.async_slow, seconds=30))
         assert await w.wait_line("run c:1")
         await executor.send(cancel_task("c:1"))
         events = (await events_until_terminal(executor, ["c:1"], timeout=10))["c:1"]
@@ -508,7 +494,7 @@ async def test_shutdown_cancels_in_flight_calls(tmp_path: Path) -> None:
     executor = await start(H2GrpcExecutor(), target=f"127.0.0.1:{w.port}")
     try:
         for i in range(3):
-            await executor.send(run_task(f"s:{i}", async_slow, seconds=30))
+            await executor.send(run_task(f"s:{i}", wove_tasks.async_slow, seconds=30))
         for i in range(3):
             assert await w.wait_line(f"run s:{i}")
         began = time.monotonic()
@@ -542,7 +528,7 @@ async def test_stop_leaves_no_task_socket_or_warning(tmp_path: Path) -> None:
             for _round in range(3):  # Wove reuses one instance for every weave
                 await start(executor, target=f"127.0.0.1:{w.port}", timeout=10)
                 await executor.send(run_task("r:1"))
-                await executor.send(run_task("r:2", async_slow, seconds=30))
+                await executor.send(run_task("r:2", wove_tasks.async_slow, seconds=30))
                 seen = await events_until_terminal(executor, ["r:1"])
                 assert seen["r:1"][-1]["result"] == 42
                 await executor.stop()

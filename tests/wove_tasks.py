@@ -84,3 +84,16 @@ def mapped_nap(environment: str, items: int) -> Dict[str, Any]:
         return {"correct": sum(1 for i, v in enumerate(w.result.nap) if i == v), "error": None}
     except Exception as exc:
         return {"correct": 0, "error": f"{type(exc).__name__}: {exc}"}
+
+
+def double(x: int) -> int:
+    return 2 * x
+
+
+async def async_slow(seconds: float) -> str:
+    await asyncio.sleep(seconds)
+    return "slept"
+
+
+def raise_key_error(x: int) -> None:
+    raise KeyError(f"missing {x}")
