@@ -41,7 +41,11 @@ _BACKOFF_INITIAL = 0.25
 _BACKOFF_MULTIPLIER = 1.6
 _BACKOFF_JITTER = 0.2
 _BACKOFF_MAX = 30.0
+_CONNECT_REPORT_GRACE = 0.5
+# DNS targets under round_robin: re-resolved this often, and after a connection fails, but
+# never more often than _RESOLVE_MIN_INTERVAL (grpc re-resolves on failure too).
 _RESOLVE_INTERVAL = 30.0
+_RESOLVE_MIN_INTERVAL = 2.0
 
 # Bumped in a forked child: every connection made before the fork belongs to the parent.
 _fork_generation = [0]
@@ -117,7 +121,12 @@ def _compression(value: Any) -> Optional[str]:
 
 
 class _Subchannel:
-    """A connection slot: its addresses, its live connection and its reconnect loop."""
+    """A connection slot: its addresses, its live connection and its reconnect loop.
+
+    ``state`` is what the load balancer knows of it: ``idle`` (never tried), ``connecting``,
+    ``ready`` (a connection was made; check ``usable()`` for whether it still takes calls)
+    or ``failed`` (the last attempt failed; under round_robin the loop retries after backoff).
+    """
 
     def __init__(self, channel: Channel, addresses: Optional[List[Tuple[str, int]]]) -> None:
         self.channel = channel
@@ -129,6 +138,8 @@ class _Subchannel:
         self.next_attempt = 0.0
         self.waiters = 0
         self.keep_trying = False  # round_robin keeps reconnecting failed addresses
+        self.retired = False  # the address left the resolver's answer
+        self.state = "idle"
 
     def usable(self) -> Optional[ClientConnection]:
         conn = self.conn
@@ -136,35 +147,79 @@ class _Subchannel:
             return conn
         return None
 
+    def _backoff(self) -> float:
+        """Count a failed attempt; the next one waits an exponential, jittered delay."""
+        self.failures += 1
+        backoff = min(_BACKOFF_INITIAL * _BACKOFF_MULTIPLIER ** (self.failures - 1), _BACKOFF_MAX)
+        backoff *= 1 + random.uniform(-_BACKOFF_JITTER, _BACKOFF_JITTER)
+        self.next_attempt = time.monotonic() + backoff
+        return backoff
+
     def ensure_connecting(self) -> asyncio.Task[None]:
         task = self.task
         if task is None or task.done():
+            self.state = "connecting"
             task = self.task = asyncio.get_running_loop().create_task(self._connect_loop())
         return task
 
+    def kick(self) -> None:
+        """Reconnect a round_robin address whose connection failed or got GOAWAY.
+
+        Called by the picker when it skips this address; a no-op while a reconnect loop
+        (possibly sleeping in backoff) is already running, or from another event loop.
+        """
+        channel = self.channel
+        if self.retired or channel._closed or not self.keep_trying:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        if channel._loop is loop:
+            self.ensure_connecting()
+
+    def retire(self) -> None:
+        """The address is gone from DNS: stop reconnecting, drain and close its connection."""
+        self.retired = True
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+        conn = self.conn
+        if conn is not None:
+            conn.on_idle = self.channel._close_when_drained
+            conn.goaway_and_drain()
+
     async def _connect_loop(self) -> None:
         channel = self.channel
-        while not channel._closed:
+        previous = self.conn
+        if previous is not None and not previous.proven:
+            # The last connection died before the server answered anything on it (e.g. a
+            # server that completes the preface, then hangs up): count it as a failed
+            # attempt, or a reconnect storm follows.
+            self._backoff()
+        elif previous is not None:
+            self.failures = 0  # it served calls: reconnect at once
+            self.next_attempt = 0.0
+        while not channel._closed and not self.retired:
             delay = self.next_attempt - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
+            self.state = "connecting"
             try:
                 self.conn = await channel._connect(self.addresses)
             except GrpcError as exc:
                 self.last_error = exc
-                self.failures += 1
-                backoff = min(
-                    _BACKOFF_INITIAL * _BACKOFF_MULTIPLIER ** (self.failures - 1), _BACKOFF_MAX
-                )
-                backoff *= 1 + random.uniform(-_BACKOFF_JITTER, _BACKOFF_JITTER)
-                self.next_attempt = time.monotonic() + backoff
+                backoff = self._backoff()
+                self.state = "failed"
                 logger.debug("connect failed (%s); next attempt in %.2fs", exc.details(), backoff)
+                channel._request_resolution()
+                channel._notify_lb()
                 if self.waiters == 0 and not self.keep_trying:
                     return
                 continue
-            self.failures = 0
             self.next_attempt = 0.0
             self.last_error = None
+            self.state = "ready"
+            channel._notify_lb()
             return
 
 
@@ -258,6 +313,11 @@ class Channel:
         self._subchannels: List[_Subchannel] = []
         self._resolved_at = 0.0
         self._rr_index = 0
+        # Load-balancing state bound to the event loop in self._loop (reset when it changes).
+        self._resolving: Optional[asyncio.Task[None]] = None
+        self._resolve_timer: Optional[asyncio.TimerHandle] = None
+        self._resolve_error: Optional[GrpcError] = None
+        self._lb_changed: Optional[asyncio.Future[None]] = None
         self._conns: Set[ClientConnection] = set()
         self._fork_gen = _fork_generation[0]
         self._loop: Optional[asyncio.AbstractEventLoop] = None
@@ -284,6 +344,7 @@ class Channel:
         if self._closed:
             return
         self._closed = True
+        self._stop_lb()
         for sub in self._subchannels:
             if sub.task is not None and not sub.task.done():
                 sub.task.cancel()
@@ -324,9 +385,13 @@ class Channel:
         count = len(subs)
         for _ in range(count):
             index = self._rr_index = (self._rr_index + 1) % count
-            conn = subs[index].conn
+            sub = subs[index]
+            conn = sub.conn
             if conn is not None and conn.usable:
                 return conn
+            task = sub.task
+            if task is None or task.done():
+                sub.kick()  # failed or drained by GOAWAY: reconnect it while the others serve
         return None
 
     def _after_fork(self) -> None:
@@ -344,16 +409,58 @@ class Channel:
         self._loop = None
 
     async def _ensure_subchannels(self) -> None:
+        """Make sure there are subchannels: one for pick_first, one per address for round_robin.
+
+        round_robin resolves the target once here; afterwards a timer (``_RESOLVE_INTERVAL``)
+        and failed connections (``_request_resolution``) keep the address list fresh.
+        """
         opts = self._opts
-        now = time.monotonic()
         if opts.lb_policy == "pick_first" or opts.target.kind != "tcp":
             if not self._subchannels:
                 self._subchannels = [_Subchannel(self, None)]
             return
-        if self._subchannels and now - self._resolved_at < _RESOLVE_INTERVAL:
+        if self._subchannels:
             return
-        addresses = await resolve(opts.target)
-        self._resolved_at = now
+        await asyncio.shield(self._start_resolution())
+        if not self._subchannels:
+            raise self._resolve_error or GrpcError(
+                StatusCode.UNAVAILABLE, f"{opts.target.original} resolved to no address"
+            )
+
+    def _start_resolution(self) -> asyncio.Task[None]:
+        """Resolve the target now (one resolution at a time, shared by every waiter)."""
+        task = self._resolving
+        if task is None or task.done():
+            task = self._resolving = asyncio.get_running_loop().create_task(self._resolve_now())
+        return task
+
+    async def _resolve_now(self) -> None:
+        """Resolve off the hot path and apply the answer; never raises (errors are kept)."""
+        target = self._opts.target
+        try:
+            addresses = await resolve(target)
+        except GrpcError as exc:
+            self._resolve_error = exc
+            if self._subchannels:
+                logger.warning(
+                    "re-resolving %s failed (%s); keeping its %d known addresses",
+                    target.original,
+                    exc.details(),
+                    len(self._subchannels),
+                )
+            addresses = []
+        else:
+            self._resolve_error = None
+        loop = asyncio.get_running_loop()
+        self._resolved_at = loop.time()
+        if addresses and not self._closed:
+            self._set_addresses(addresses)
+        if target.needs_resolution and not self._closed:
+            self._schedule_resolution(_RESOLVE_INTERVAL if addresses else _RESOLVE_MIN_INTERVAL)
+        self._notify_lb()
+
+    def _set_addresses(self, addresses: List[Tuple[str, int]]) -> None:
+        """One subchannel per address: keep known ones, start new ones, retire the gone."""
         known = {tuple(s.addresses or ()): s for s in self._subchannels}
         subs = []
         for addr in addresses:
@@ -361,12 +468,59 @@ class Channel:
             sub.keep_trying = True
             subs.append(sub)
         for stale in known.values():
-            if stale.task is not None:
-                stale.task.cancel()
-            if stale.conn is not None:
-                stale.conn.on_idle = self._close_when_drained
-                stale.conn.goaway_and_drain()
+            logger.info("an address of %s left its DNS answer", self._opts.target.original)
+            stale.retire()
+        had = bool(self._subchannels)
         self._subchannels = subs
+        if had:
+            # Connect new addresses now (round_robin keeps every address connected).
+            for sub in subs:
+                if sub.task is None and sub.conn is None:
+                    sub.ensure_connecting()
+
+    def _schedule_resolution(self, delay: float) -> None:
+        """Resolve again after ``delay`` seconds, unless a resolution is due sooner."""
+        loop = self._loop
+        if loop is None or self._closed:
+            return
+        timer = self._resolve_timer
+        if timer is not None:
+            if timer.when() <= loop.time() + delay:
+                return
+            timer.cancel()
+        self._resolve_timer = loop.call_later(delay, self._on_resolve_timer)
+
+    def _on_resolve_timer(self) -> None:
+        self._resolve_timer = None
+        if not self._closed:
+            self._start_resolution()
+
+    def _request_resolution(self) -> None:
+        """A connection attempt failed: re-resolve a DNS target soon (rate limited)."""
+        opts = self._opts
+        loop = self._loop
+        if opts.lb_policy != "round_robin" or not opts.target.needs_resolution or loop is None:
+            return
+        self._schedule_resolution(max(self._resolved_at + _RESOLVE_MIN_INTERVAL - loop.time(), 0))
+
+    def _notify_lb(self) -> None:
+        """Wake the calls waiting for a connection: a subchannel or the address list changed."""
+        changed = self._lb_changed
+        if changed is not None:
+            self._lb_changed = None
+            if not changed.done():
+                changed.set_result(None)
+
+    def _stop_lb(self) -> None:
+        """Cancel resolution (channel closed or moved to another event loop); wake waiters."""
+        if self._resolve_timer is not None:
+            self._resolve_timer.cancel()
+            self._resolve_timer = None
+        task = self._resolving
+        self._resolving = None
+        if task is not None and not task.done():
+            task.cancel()
+        self._notify_lb()
 
     async def _wait_conn(
         self, deadline: Optional[float], *, fail_fast: bool = False
@@ -376,6 +530,8 @@ class Channel:
         A call waits until its deadline, or ``connect_timeout`` when it has none, so a
         restarting server costs only the calls that were in flight; then it fails with
         UNAVAILABLE carrying the last connect error (or DEADLINE_EXCEEDED if none).
+        ``fail_fast`` (``channel_ready()``) waits until every address was tried once: it
+        returns when one of them is ready, else raises UNAVAILABLE.
         """
         loop = asyncio.get_running_loop()
         if self._loop is not loop:
@@ -385,16 +541,27 @@ class Channel:
                 for conn in self._conns:
                     conn.abandon()
                 self._conns = set()
-                for sub in self._subchannels:
-                    sub.conn = None
-                    sub.task = None
+            # Timers, tasks and futures of the old loop (or of the parent before a fork).
+            self._resolve_timer = None
+            self._resolving = None
+            self._lb_changed = None
+            for sub in self._subchannels:
+                sub.conn = None
+                sub.task = None
+                sub.state = "idle"
             self._loop = loop
-        limit = deadline if deadline is not None else loop.time() + self._opts.connect_timeout
+        # Without a deadline a call waits connect_timeout, plus a moment so that the
+        # attempt it joined can finish and report its own error first.
+        limit = (
+            deadline
+            if deadline is not None
+            else loop.time() + self._opts.connect_timeout + _CONNECT_REPORT_GRACE
+        )
         while True:
             if self._closed:
                 raise GrpcError(StatusCode.CANCELLED, "channel is closed")
             ready = self._ready_conn()
-            if ready is not None:
+            if ready is not None and not fail_fast:
                 return ready
             try:
                 await self._ensure_subchannels()
@@ -403,23 +570,32 @@ class Channel:
                     raise
                 await asyncio.sleep(min(_BACKOFF_INITIAL, max(limit - loop.time(), 0)))
                 continue
-            ready = self._ready_conn()
-            if ready is not None:
-                return ready
             subs = self._subchannels
-            tasks = [s.ensure_connecting() for s in subs]
+            for sub in subs:
+                if sub.usable() is None:
+                    sub.ensure_connecting()
+            ready = self._ready_conn()
+            if fail_fast:
+                tried = all(s.state == "failed" or s.usable() is not None for s in subs)
+                if tried or loop.time() >= limit:
+                    if ready is not None:
+                        return ready
+                    raise self._unavailable(False)
+            elif ready is not None:
+                return ready
             remaining = limit - loop.time()
-            if remaining <= 0 or (fail_fast and all(t.done() for t in tasks)):
-                raise self._unavailable(deadline is not None and not fail_fast)
+            if remaining <= 0:
+                raise self._unavailable(deadline is not None)
+            changed = self._lb_changed
+            if changed is None:
+                changed = self._lb_changed = loop.create_future()
             for sub in subs:
                 sub.waiters += 1
             try:
-                await asyncio.wait(tasks, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait((changed,), timeout=remaining)
             finally:
                 for sub in subs:
                     sub.waiters -= 1
-            if fail_fast and self._ready_conn() is None and all(t.done() for t in tasks):
-                raise self._unavailable(False)
 
     def _unavailable(self, had_deadline: bool) -> GrpcError:
         errors = [s.last_error for s in self._subchannels if s.last_error is not None]
@@ -492,6 +668,12 @@ class Channel:
             if self._closed:
                 conn.close()
                 raise GrpcError(StatusCode.CANCELLED, "channel is closed")
+            if not conn.usable:
+                # GOAWAY (or an error) arrived with the server's SETTINGS.
+                reason = conn.goaway_reason or (conn.error.details() if conn.error else "")
+                conn.close()
+                last = GrpcError(StatusCode.UNAVAILABLE, f"failed to connect to {peer}: {reason}")
+                continue
             conn.on_idle = self._close_when_drained
             self._conns.add(conn)
             return conn
