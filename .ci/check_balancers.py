@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import List
+from typing import IO, List
 
 import trustme
 
@@ -83,9 +83,9 @@ def alpn_h2(port: int, ca_pem: bytes, deadline: float) -> str:
     last: Exception = RuntimeError("never tried")
     while time.monotonic() < deadline:
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=2) as raw:
-                with ctx.wrap_socket(raw, server_hostname="localhost") as tls:
-                    return tls.selected_alpn_protocol() or "(none)"
+            raw = socket.create_connection(("127.0.0.1", port), timeout=2)
+            with raw, ctx.wrap_socket(raw, server_hostname="localhost") as tls:
+                return tls.selected_alpn_protocol() or "(none)"
         except OSError as exc:
             last = exc
             time.sleep(0.1)
@@ -94,7 +94,13 @@ def alpn_h2(port: int, ca_pem: bytes, deadline: float) -> str:
 
 def run_one(name: str, cmd: List[str], port: int, ca_pem: bytes, prefix: Path) -> bool:
     """Start one balancer in the foreground, check it, stop it; True when it passed."""
-    log = open(prefix / f"{name}.out", "w+")
+    with open(prefix / f"{name}.out", "w+") as log:
+        return _run_logged(name, cmd, port, ca_pem, prefix, log)
+
+
+def _run_logged(
+    name: str, cmd: List[str], port: int, ca_pem: bytes, prefix: Path, log: IO[str]
+) -> bool:
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     ok = False
     try:
@@ -113,7 +119,6 @@ def run_one(name: str, cmd: List[str], port: int, ca_pem: bytes, prefix: Path) -
                 proc.wait(timeout=10)
         log.seek(0)
         output = log.read().strip()
-        log.close()
     if not ok:
         print(f"balancers: {name} exit code {proc.returncode}; output:\n{output}")
         err = prefix / "error.log"
@@ -139,9 +144,7 @@ def main() -> int:
         # directory; keep them as the current user (the directive is only valid for root).
         user_line = "user root;" if os.geteuid() == 0 else ""
         (prefix / "nginx.conf").write_text(
-            NGINX_CONF.format(
-                prefix=prefix, port=nginx_port, up1=up1, up2=up2, user_line=user_line
-            )
+            NGINX_CONF.format(prefix=prefix, port=nginx_port, up1=up1, up2=up2, user_line=user_line)
         )
         nginx_cmd = [
             "nginx", "-p", str(prefix), "-c", str(prefix / "nginx.conf"),
