@@ -10,12 +10,14 @@ then ``PYTHONPATH=. /tmp/h2old/bin/python -m pytest -p no:cacheprovider tests/te
 
 from __future__ import annotations
 
+import collections
 from typing import Any, Callable, List, Tuple
 
 import h2.config
 import h2.connection
 import h2.events
 import h2.exceptions
+import hpack
 import hyperframe.frame
 import pytest
 
@@ -210,3 +212,169 @@ def test_data_on_a_stream_reset_long_ago_matches_h2() -> None:
     outcome, _, sent = _same_transcript(script)
     assert outcome == "events"
     assert sent, "a frame on a reset stream is answered with RST_STREAM"
+
+
+# -- HPACK: cached encoder and decoder ------------------------------------------------------
+
+FIELDS = [
+    (b":method", b"POST"),
+    (b":scheme", b"http"),
+    (b":path", b"/pkg.Service/Method"),
+    (b":path", b"/pkg.Service/Other"),
+    (b":authority", b"127.0.0.1:50051"),
+    (b"te", b"trailers"),
+    (b"content-type", b"application/grpc"),
+    (b"user-agent", b"wove_h2grpc/test"),
+    (b"x-request-id", b"a"),
+    (b"x-request-id", b"b"),
+    (b"x-blob-bin", b"AAEC"),
+]
+
+
+def _header_lists(seed: int, count: int, with_timeout: bool) -> List[List[Any]]:
+    """Deterministic pseudo-random header lists: repeats, new values, sensitive fields."""
+    import random
+
+    rng = random.Random(seed)
+    lists = []
+    for i in range(count):
+        fields: List[Any] = [hpack.HeaderTuple(n, v) for n, v in rng.sample(FIELDS, 6)]
+        if rng.random() < 0.2:
+            fields.append(hpack.HeaderTuple(b"x-new", b"value-%d" % i))
+        if rng.random() < 0.1:
+            fields.append(hpack.NeverIndexedHeaderTuple(b"authorization", b"Bearer %d" % i))
+        if rng.random() < 0.1:
+            fields.append((b"x-plain-tuple", b"v"))
+        if with_timeout:
+            fields.append(hpack.HeaderTuple(b"grpc-timeout", b"%dm" % rng.randrange(1, 99999)))
+        lists.append(fields)
+    return lists
+
+
+def _as_pairs(headers: Any) -> List[Tuple[bytes, bytes]]:
+    return [(bytes(n), bytes(v)) for n, v in headers]
+
+
+@pytest.mark.parametrize("table_size", [4096, 200, 0])
+def test_cached_encoder_emits_exactly_hpacks_bytes(table_size: int) -> None:
+    ours, plain = _h2compat.CachingEncoder(), hpack.Encoder()
+    ours.header_table_size = plain.header_table_size = table_size
+    decoder = hpack.Decoder()
+    for step, headers in enumerate(_header_lists(table_size, 300, with_timeout=False)):
+        if step in (100, 200):  # the peer lowers SETTINGS_HEADER_TABLE_SIZE mid-way
+            ours.header_table_size = plain.header_table_size = table_size // (step // 50)
+        block = ours.encode(headers)
+        assert block == plain.encode(headers), f"step {step}"
+        assert _as_pairs(decoder.decode(block, raw=True)) == _as_pairs(headers)
+    assert ours._indexed, "repeated fields were served from the cache"
+
+
+def test_cached_encoder_sends_grpc_timeout_without_indexing() -> None:
+    ours = _h2compat.CachingEncoder()
+    decoder = hpack.Decoder()
+    sizes = []
+    for headers in _header_lists(7, 200, with_timeout=True):
+        block = ours.encode(headers)
+        assert _as_pairs(decoder.decode(block, raw=True)) == _as_pairs(headers)
+        sizes.append(len(decoder.header_table.dynamic_entries))
+    # Per-call timeouts never enter the table, so it is not churned by them.
+    assert not any(n == b"grpc-timeout" for n, _ in decoder.header_table.dynamic_entries)
+    assert ours.header_table.dynamic_entries == decoder.header_table.dynamic_entries
+
+
+def test_cached_encoder_takes_hpacks_path_for_dicts_and_unhuffman() -> None:
+    ours, plain = _h2compat.CachingEncoder(), hpack.Encoder()
+    assert ours.encode({b":method": b"GET", b"x": b"y"}) == plain.encode(
+        {b":method": b"GET", b"x": b"y"}
+    )
+    assert ours.encode([(b"x", b"y")], huffman=False) == plain.encode([(b"x", b"y")], huffman=False)
+    assert ours.encode([(b"k", b"v", True)]) == plain.encode([(b"k", b"v", True)])
+
+
+@pytest.mark.parametrize("table_size", [4096, 150])
+def test_cached_decoder_matches_hpack(table_size: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    encoder = hpack.Encoder()
+    ours, plain = _h2compat.CachingDecoder(), hpack.Decoder()
+    blocks = []
+    lists = _header_lists(table_size + 1, 100, with_timeout=False)
+    for step, headers in enumerate(h for h in lists for _ in range(3)):
+        if step == 150:
+            encoder.header_table_size = table_size // 2  # emits a size update in the block
+        blocks.append(encoder.encode(headers))
+    # Each header list is sent three times in a row: once indexed, the repeats are
+    # identical bytes over an unchanged table, so they are served from the cache.
+    slow_path = collections.Counter()
+    hpack_decode = hpack.Decoder.decode
+
+    def counting_decode(self: Any, data: Any, raw: bool = False) -> Any:
+        slow_path[type(self).__name__] += 1
+        return hpack_decode(self, data, raw)
+
+    monkeypatch.setattr(hpack.Decoder, "decode", counting_decode)
+    for block in blocks:
+        assert ours.decode(block) == plain.decode(block)
+    assert slow_path["Decoder"] == len(blocks)
+    # The third of each triple repeats the second (fully indexed) block byte for byte.
+    assert slow_path["CachingDecoder"] <= len(blocks) * 0.75, "repeats came from the cache"
+    again, fresh = _h2compat.CachingDecoder(), hpack.Decoder()
+    for block in blocks:
+        assert again.decode(block, raw=True) == fresh.decode(block, raw=True)
+    assert ours._blocks, "blocks that left the table alone were cached"
+
+
+def test_cached_decoder_result_is_a_fresh_list_each_time() -> None:
+    decoder = _h2compat.CachingDecoder()
+    block = hpack.Encoder().encode([(b":method", b"POST")])  # static index only
+    first = decoder.decode(block)
+    first.append(("mutated", "by caller"))
+    assert decoder.decode(block) == [(":method", "POST")]
+
+
+def test_cached_decoder_respects_a_lowered_header_list_limit() -> None:
+    decoder = _h2compat.CachingDecoder()
+    block = hpack.Encoder().encode([(b"x-big", b"v" * 500)])
+    decoder.decode(block)
+    decoder.decode(block)
+    decoder.max_header_list_size = 100
+    with pytest.raises(hpack.OversizedHeaderListError):
+        decoder.decode(block)
+
+
+def test_table_generation_counts_every_change() -> None:
+    table = _h2compat._CountingHeaderTable()
+    start = table.generation
+    table.add(b"a", b"b")
+    table.maxsize = 100
+    table.maxsize = 0
+    assert table.generation == start + 3
+    assert table.dynamic_entries == collections.deque()
+
+
+def test_connections_use_the_cached_hpack_contexts_end_to_end() -> None:
+    client = _h2compat.make_h2_connection(client_side=True)
+    server = _h2compat.make_h2_connection(client_side=False)
+    assert isinstance(client.encoder, _h2compat.CachingEncoder)
+    assert isinstance(client.decoder, _h2compat.CachingDecoder)
+    client.initiate_connection()
+    server.initiate_connection()
+    server.receive_data(client.data_to_send())
+    client.receive_data(server.data_to_send())
+    server.receive_data(client.data_to_send())
+    for index, headers in enumerate(_header_lists(3, 60, with_timeout=True)):
+        stream_id = 1 + 2 * index
+        request = [
+            (b":method", b"POST"),
+            (b":scheme", b"http"),
+            (b":path", b"/pkg.Service/Method"),
+            (b":authority", b"localhost"),
+            *[(bytes(n), bytes(v)) for n, v in headers if not bytes(n).startswith(b":")],
+        ]
+        client.send_headers(stream_id, request, end_stream=True)
+        events = server.receive_data(client.data_to_send())
+        received = [e for e in events if isinstance(e, h2.events.RequestReceived)]
+        assert [(bytes(n), bytes(v)) for n, v in received[0].headers] == request
+        reply = [(b":status", b"200"), (b"grpc-status", b"0"), (b"x-i", b"%d" % (index % 3))]
+        server.send_headers(stream_id, reply, end_stream=True)
+        events = client.receive_data(server.data_to_send())
+        got = [e for e in events if isinstance(e, h2.events.ResponseReceived)]
+        assert [(bytes(n), bytes(v)) for n, v in got[0].headers] == reply
