@@ -199,6 +199,9 @@ async def test_bearer_token() -> None:
     assert events[-1]["result"] == 16
     with pytest.raises(WorkerPermissionError):
         await service.handle(body, [("authorization", "Bearer nope")])
+    # A mapping works too, and -bin (bytes) metadata takes no part in verification.
+    metadata = {"authorization": "Bearer tok", "x-trace-bin": b"\x00\xff"}
+    assert decode_events(await service.handle(body, metadata))[-1]["result"] == 16
 
 
 async def test_unsigned_requests_need_allow_unsigned() -> None:

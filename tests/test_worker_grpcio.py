@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from typing import Any, Dict, Iterator, List
+from typing import Any, Dict, Iterator, List, Tuple
 
 import cloudpickle
 import pytest
@@ -33,6 +33,14 @@ def cube(x: int) -> int:
 async def slow(seconds: float) -> str:
     await asyncio.sleep(seconds)
     return "done"
+
+
+def size_of(data: bytes) -> int:
+    return len(data)
+
+
+def make_bytes(size: int) -> bytes:
+    return b"\xab" * size
 
 
 class Refused(Exception):
@@ -62,9 +70,34 @@ def grpcio_worker(certs: Certs) -> Iterator[HelperProcess]:
     helper.stop()
 
 
-def _channel(helper: HelperProcess, certs: Certs) -> Channel:
+@pytest.fixture(scope="module")
+def grpcio_mtls_worker(certs: Certs) -> Iterator[HelperProcess]:
+    helper = start_helper(
+        "grpcio_worker_host.py",
+        [
+            "--tls-cert",
+            certs.server_cert_file,
+            "--tls-key",
+            certs.server_key_file,
+            "--client-ca",
+            certs.ca_file,
+            "--security",
+            "env:WOVE_TEST_WORKER_SECRET",
+        ],
+        python=grpcio_python(),
+        env={"WOVE_TEST_WORKER_SECRET": SECRET},
+    )
+    yield helper
+    helper.stop()
+
+
+def _channel(helper: HelperProcess, certs: Certs, **options: Any) -> Channel:
     return Channel(
-        f"localhost:{helper.port}", secure=True, root_certificates=certs.ca_pem, timeout=20.0
+        f"localhost:{helper.port}",
+        secure=True,
+        root_certificates=certs.ca_pem,
+        timeout=20.0,
+        **options,
     )
 
 
@@ -73,13 +106,19 @@ def _frame(func: Any, args: Dict[str, Any], run_id: str) -> Dict[str, Any]:
 
 
 async def _send(
-    channel: Channel, frame: Dict[str, Any], codec: str = "json", secret: str = SECRET
+    channel: Channel,
+    frame: Dict[str, Any],
+    codec: str = "json",
+    secret: str = SECRET,
+    extra_metadata: Tuple[Tuple[str, Any], ...] = (),
+    timeout: float = 20.0,
 ) -> bytes:
     body = encode_command(frame, codec)
     security = NetworkExecutorSecurity(mode="signed", secret=secret)
     metadata = security.metadata_for(transport="grpc", target=DEFAULT_METHOD, body=body)
     rpc = channel.unary_unary(DEFAULT_METHOD)
-    return await asyncio.wait_for(rpc(body, metadata=metadata), 30)
+    call = rpc(body, metadata=(*extra_metadata, *metadata), timeout=timeout)
+    return await asyncio.wait_for(call, 30)
 
 
 @pytest.mark.parametrize("codec", ["json", "msgpack"])
@@ -127,6 +166,47 @@ async def test_cancel_task_over_the_wire(grpcio_worker: HelperProcess, certs: Ce
         assert decode_events(await _send(channel, cancel)) == ()
         events = decode_events(await asyncio.wait_for(run, 10))
     assert [e["type"] for e in events] == ["task_started", "task_cancelled"]
+
+
+@pytest.mark.parametrize("codec", ["json", "msgpack"])
+async def test_8_mib_each_way_with_binary_metadata(
+    grpcio_worker: HelperProcess, certs: Certs, codec: str
+) -> None:
+    size = 8 * 1024 * 1024
+    trace = (("x-trace-bin", bytes(range(256))), ("x-project", "interop-d"))
+    async with _channel(grpcio_worker, certs, max_receive_message_length=32 << 20) as channel:
+        up = _frame(size_of, {"data": b"\x01" * size}, "big-up")
+        events = decode_events(await _send(channel, up, codec, extra_metadata=trace))
+        assert events[-1]["result"] == size
+        down = _frame(make_bytes, {"size": size}, "big-down")
+        events = decode_events(await _send(channel, down, codec, extra_metadata=trace))
+        assert events[-1]["result"] == b"\xab" * size
+
+
+async def test_deadline_exceeded_while_the_task_runs(
+    grpcio_worker: HelperProcess, certs: Certs
+) -> None:
+    async with _channel(grpcio_worker, certs) as channel:
+        with pytest.raises(GrpcError) as info:
+            await _send(channel, _frame(slow, {"seconds": 30}, "late-1"), timeout=0.5)
+        assert info.value.code() == StatusCode.DEADLINE_EXCEEDED
+        # The worker is still healthy afterwards.
+        events = decode_events(await _send(channel, _frame(cube, {"x": 2}, "after-1")))
+        assert events[-1]["result"] == 8
+
+
+async def test_mutual_tls(grpcio_mtls_worker: HelperProcess, certs: Certs) -> None:
+    client_cert = {
+        "private_key": certs.client_key_pem,
+        "certificate_chain": certs.client_cert_pem,
+    }
+    async with _channel(grpcio_mtls_worker, certs, **client_cert) as channel:
+        events = decode_events(await _send(channel, _frame(cube, {"x": 4}, "mtls-1")))
+    assert events[-1]["result"] == 64
+    async with _channel(grpcio_mtls_worker, certs, connect_timeout=5.0) as channel:
+        with pytest.raises(GrpcError) as info:
+            await _send(channel, _frame(cube, {"x": 4}, "mtls-2"), timeout=2.0)
+    assert info.value.code() == StatusCode.UNAVAILABLE
 
 
 async def test_stock_wove_over_h2_against_grpcio_worker(

@@ -30,7 +30,7 @@ import heapq
 import inspect
 import logging
 import time
-from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Set, Tuple, Union
 
 from wove.environment import normalize_exception
 from wove.security import NetworkExecutorSecurity
@@ -59,6 +59,9 @@ _OFFLOAD_BYTES = 256 * 1024
 # arrive, is answered task_cancelled instead of running. Bounded in count and age.
 _EARLY_CANCEL_LIMIT = 4096
 _EARLY_CANCEL_TTL = 300.0
+
+#: Call metadata as ``(key, value)`` pairs (grpcio and our Server give tuples) or a mapping.
+MetadataInput = Union[Iterable[Tuple[str, Any]], Mapping[str, Any]]
 
 # wove.security's signed-request headers, as lowercase gRPC metadata keys.
 _NONCE_HEADER = "x-wove-nonce"
@@ -176,8 +179,10 @@ class WorkerService:
 
     # -- verification ------------------------------------------------------------------
 
-    def verify(self, request: bytes, metadata: Iterable[Tuple[str, Any]]) -> None:
+    def verify(self, request: bytes, metadata: MetadataInput) -> None:
         """Check the request's credentials over its raw bytes; raise ``WorkerPermissionError``.
+
+        ``metadata`` is the call's metadata as ``(key, value)`` pairs or a mapping.
 
         Runs before anything is unpickled: an unverified request never reaches cloudpickle.
         """
@@ -189,7 +194,7 @@ class WorkerService:
                 "requests (start it with a security secret, or allow_unsigned=True)",
                 StatusCode.PERMISSION_DENIED,
             )
-        pairs = _text_metadata(metadata)
+        pairs = _text_metadata(metadata.items() if isinstance(metadata, Mapping) else metadata)
         try:
             self._security.verify_metadata(
                 metadata=pairs, transport="grpc", target=self._method, body=bytes(request)
@@ -208,7 +213,7 @@ class WorkerService:
 
     # -- the transport-agnostic entry point --------------------------------------------
 
-    async def handle(self, request: bytes, metadata: Iterable[Tuple[str, Any]] = ()) -> bytes:
+    async def handle(self, request: bytes, metadata: MetadataInput = ()) -> bytes:
         """Answer one unary call: verify, decode, run or cancel, and encode the events.
 
         Raises ``WorkerPermissionError`` (a ``PermissionError``) when the request is refused
