@@ -73,6 +73,7 @@ def test_stock_wove_grpcio_executor_against_our_worker(tls_worker: int, certs: C
     assert result["total"] == sum(i * 2 for i in range(30))
     # The task's own exception type comes back through the pickled exception.
     assert result["error"] == {"type": "Rejected", "message": "no thanks"}
+    assert result["payload_size"] == 8 * 1024 * 1024
 
 
 def test_stock_wove_with_the_wrong_secret_is_refused(tls_worker: int, certs: Certs) -> None:

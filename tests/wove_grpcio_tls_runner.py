@@ -68,6 +68,15 @@ def run(target: str, ca: bytes, secret_env: str, items: int) -> Dict[str, Any]:
         report["error"] = {"type": "Rejected", "message": str(exc)}
     except Exception as exc:
         report["error"] = {"type": type(exc).__name__, "message": str(exc)}
+    # 8 MiB up (captured by the pickled callable), small answer back.
+    payload = b"\x5a" * (8 * 1024 * 1024)
+    with wove.weave(environment="grpcio_tls") as w3:
+
+        @w3.do
+        def payload_size() -> int:
+            return len(payload)
+
+    report["payload_size"] = w3.result.payload_size
     report["grpc_imported"] = "grpc" in sys.modules
     return report
 
