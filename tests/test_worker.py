@@ -419,3 +419,22 @@ async def test_many_signed_requests_verify_in_linear_time() -> None:
     assert elapsed < 5.0, elapsed
     with pytest.raises(WorkerPermissionError, match="Replayed"):
         service.verify(body, metadata[1234])
+
+
+def _exits() -> None:
+    raise SystemExit(3)
+
+
+async def _exits_async() -> None:
+    raise SystemExit("bye")
+
+
+async def test_sys_exit_in_a_task_fails_the_task_not_the_worker() -> None:
+    service = WorkerService(_signed_security())
+    for run_id, func in (("exit-sync", _exits), ("exit-async", _exits_async)):
+        events = await _call(service, _run_frame(func, {}, run_id=run_id))
+        assert [e["type"] for e in events] == ["task_started", "task_error"]
+        assert events[1]["error"]["kind"] == "SystemExit"
+        assert events[1]["error"]["source"] == "task"
+        assert "exception" not in events[1]  # never re-raised in the caller's process
+    assert (await _call(service, _run_frame(_square, {"x": 6}, run_id="after")))[-1]["result"] == 36

@@ -80,6 +80,14 @@ class InvalidRequestError(ValueError):
     """A verified request that is not a Wove command frame (answered ``INVALID_ARGUMENT``)."""
 
 
+class _TaskExited(Exception):
+    """Carries a task's SystemExit or KeyboardInterrupt out of its asyncio task."""
+
+    def __init__(self, original: BaseException) -> None:
+        super().__init__(repr(original))
+        self.original = original
+
+
 def _security_from(security: Any) -> Optional[NetworkExecutorSecurity]:
     if security is None:
         return None
@@ -356,15 +364,20 @@ class WorkerService:
             return await self._encode([started, error_event], codec)
 
     async def _invoke(self, func: Callable[..., Any], args: Dict[str, Any]) -> Any:
-        if _is_async_callable(func):
-            result = func(**args)
-        else:
-            # A sync task must not block the loop that serves every other call. A thread
-            # cannot be interrupted: on cancel the answer is sent at once and the thread
-            # finishes in the background, its result discarded.
-            result = await asyncio.to_thread(func, **args)
-        if inspect.isawaitable(result):
-            result = await result
+        try:
+            if _is_async_callable(func):
+                result = func(**args)
+            else:
+                # A sync task must not block the loop that serves every other call. A thread
+                # cannot be interrupted: on cancel the answer is sent at once and the thread
+                # finishes in the background, its result discarded.
+                result = await asyncio.to_thread(func, **args)
+            if inspect.isawaitable(result):
+                result = await result
+        except (SystemExit, KeyboardInterrupt) as exc:
+            # Raised out of an asyncio task, these would stop the event loop and with it the
+            # whole worker. A task calling sys.exit() fails; the worker keeps serving.
+            raise _TaskExited(exc) from exc
         return result
 
     def _cancel(self, run_id: Any) -> None:
@@ -409,7 +422,11 @@ class WorkerService:
             "run_id": frame.get("run_id"),
             "task_id": frame.get("task_id"),
         }
-        if _exception_survives_pickle(exc):
+        if isinstance(exc, _TaskExited):
+            # Reported as the SystemExit/KeyboardInterrupt it was, but never re-raised on
+            # the client (Wove would raise the pickled exception in the caller's process).
+            exc = exc.original
+        elif _exception_survives_pickle(exc):
             event["exception"] = exc
         event["error"] = normalize_exception(exc, source=source)
         return event
