@@ -23,7 +23,7 @@ import h2.events
 import h2.exceptions
 import h2.settings
 
-from ._h2compat import make_h2_connection
+from ._h2compat import make_h2_connection, pending_frame_problem
 from .errors import GrpcError, Metadata
 from .framing import MessageDecoder, decompress
 from .metadata import decode_grpc_message, decode_metadata
@@ -133,6 +133,14 @@ class Call:
         self.timer: Optional[asyncio.TimerHandle] = None
 
 
+def _is_grpc_content_type(value: Optional[bytes]) -> bool:
+    """``application/grpc``, optionally followed by ``+proto``-style or ``;`` parameters."""
+    if value is None or not value.startswith(b"application/grpc"):
+        return False
+    rest = value[16:]
+    return not rest or rest[:1] in (b"+", b";")
+
+
 def _header(headers: Sequence[Tuple[bytes, bytes]], name: bytes) -> Optional[bytes]:
     for key, value in headers:
         if key == name:
@@ -164,6 +172,8 @@ class ClientConnection(asyncio.Protocol):
         self._flush_scheduled = False
         self._max_streams = 100  # until the server's SETTINGS say otherwise (RFC 9113 6.5.2)
         self._goaway_last_id: Optional[int] = None
+        self.goaway_reason = ""
+        self.proven = False  # the server answered a request here (resets reconnect backoff)
         self._error: Optional[GrpcError] = None
         self.ready: asyncio.Future[None] = loop.create_future()
         self.closed: asyncio.Future[None] = loop.create_future()
@@ -224,6 +234,10 @@ class ClientConnection(asyncio.Protocol):
         self._last_read = time.monotonic()
         try:
             events = self._h2.receive_data(data)
+            problem = pending_frame_problem(self._h2, first=not self.ready.done())
+            if problem:
+                self._h2.close_connection(_ErrorCodes.FRAME_SIZE_ERROR)
+                raise h2.exceptions.ProtocolError(problem)
         except h2.exceptions.ProtocolError as exc:
             # h2 has queued a GOAWAY; send it, then fail everything on this connection.
             self._flush()
@@ -292,9 +306,10 @@ class ClientConnection(asyncio.Protocol):
         call.conn = self
         if call.deadline is not None:
             call.timer = self._loop.call_at(call.deadline, self._on_deadline, call)
-        if self._error is not None:
+        if self._error is not None or self._goaway_last_id is not None:
             # Never sent: the channel may dispatch it elsewhere.
-            call.future.set_exception(RetryCall(self._error.details(), sent=False))
+            reason = self._error.details() if self._error is not None else self.goaway_reason
+            call.future.set_exception(RetryCall(reason, sent=False))
             return
         streams = self._streams
         if len(streams) < self._max_streams and not self._queue:
@@ -415,6 +430,12 @@ class ClientConnection(asyncio.Protocol):
             call.http_status = int(status) if status is not None else 0
         except ValueError:
             call.http_status = 0
+        self.proven = True
+        if call.http_status != 200 or not _is_grpc_content_type(_header(headers, b"content-type")):
+            # Not a gRPC response (an error page, a proxy's answer): its body is not
+            # length-prefixed messages. Leave decoder unset; DATA is acknowledged and
+            # dropped, and the status comes from the HTTP status (PROTOCOL-HTTP2).
+            return
         encoding = _header(headers, b"grpc-encoding")
         call.encoding = encoding.decode("ascii", "replace") if encoding is not None else None
         call.decoder = MessageDecoder(self._settings.max_receive_message_length)
@@ -485,7 +506,7 @@ class ClientConnection(asyncio.Protocol):
                     f" (mapped to {code.name})",
                 )
             content_type = _header(headers, b"content-type") or b""
-            if not content_type.startswith(b"application/grpc"):
+            if not _is_grpc_content_type(content_type):
                 return self._error_for(
                     call,
                     StatusCode.UNKNOWN,
@@ -619,6 +640,7 @@ class ClientConnection(asyncio.Protocol):
         reason = f"GOAWAY {h2_error_name(code)} from {self.peer}"
         if debug:
             reason += f" ({debug[:200].decode('utf-8', 'replace')})"
+        self.goaway_reason = reason
         for sid, call in list(self._streams.items()):
             if sid > last_id:
                 if call.timer is not None:
@@ -637,7 +659,7 @@ class ClientConnection(asyncio.Protocol):
             if not call.future.done():
                 call.future.set_exception(RetryCall(reason, sent=False))
         if not self._streams:
-            self.close()
+            self.close(error=GrpcError(StatusCode.UNAVAILABLE, reason))
         elif code != _ErrorCodes.NO_ERROR:
             # A GOAWAY with an error ends the connection (h2 closes it): streams at or
             # below last-stream-id may have run, so they fail instead of retrying.
@@ -719,13 +741,18 @@ class ClientConnection(asyncio.Protocol):
         if self.on_idle is not None:
             self.on_idle(self)
 
-    def close(self, error_code: int = _ErrorCodes.NO_ERROR) -> None:
-        """Send GOAWAY and close the transport; calls still open fail as CANCELLED."""
+    def close(
+        self, error_code: int = _ErrorCodes.NO_ERROR, *, error: Optional[GrpcError] = None
+    ) -> None:
+        """Send GOAWAY and close the transport; calls still open fail with ``error``.
+
+        The default error is CANCELLED (the client closed the channel).
+        """
         if self._transport is not None and self._error is None:
             with contextlib.suppress(h2.exceptions.H2Error):
                 self._h2.close_connection(error_code)
             self._flush()
-        self._fail(GrpcError(StatusCode.CANCELLED, "connection closed by the client"))
+        self._fail(error or GrpcError(StatusCode.CANCELLED, "connection closed by the client"))
 
     def abandon(self) -> None:
         """Forget the connection without touching its socket (used in a forked child)."""
