@@ -7,6 +7,7 @@ import asyncio
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -304,3 +305,15 @@ def test_demo_without_arguments() -> None:
     result = _run_cli(["demo"])
     assert result.returncode == 0, result.stderr
     assert "total: 2470 (expected 2470)" in result.stdout  # sum of squares 0..19
+
+
+def test_serve_on_a_busy_port_is_a_one_line_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as busy:
+        busy.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 0)
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        assert main(["serve", "--bind", f"127.0.0.1:{port}"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert err.startswith(f"wove-h2grpc serve: error: cannot listen on 127.0.0.1:{port}")

@@ -276,11 +276,6 @@ async def _serve(args: argparse.Namespace) -> int:
         service = WorkerService(security, method=method, allow_unsigned=security is None)
     except ValueError as exc:
         raise CliError(str(exc)) from None
-    if security is None:
-        logger.warning(
-            "running unsigned requests: anyone who can connect to %s can run code here",
-            args.bind,
-        )
 
     from .server import Server
 
@@ -293,6 +288,11 @@ async def _serve(args: argparse.Namespace) -> int:
         port = await server.start(args.bind, ssl_context=ssl_context)
     except OSError as exc:
         raise CliError(f"cannot listen on {args.bind}: {exc}") from None
+    if security is None:
+        logger.warning(
+            "running unsigned requests: anyone who can connect to %s can run code here",
+            args.bind,
+        )
 
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
