@@ -317,3 +317,29 @@ def test_serve_on_a_busy_port_is_a_one_line_error(capsys: pytest.CaptureFixture[
     err = capsys.readouterr().err
     assert err.count("\n") == 1, err
     assert err.startswith(f"wove-h2grpc serve: error: cannot listen on 127.0.0.1:{port}")
+
+
+def test_sigterm_stops_in_bounded_time_even_with_a_stuck_sync_task(
+    processes: List[CliProcess],
+) -> None:
+    cli = CliProcess(["serve", "--bind", "127.0.0.1:0", "--grace", "0.5", "--threads", "2"])
+    processes.append(cli)
+    port = cli.wait_for_port()
+
+    async def scenario() -> StatusCode:
+        body = encode_command(_run_frame("stuck", _slow_task, {"seconds": 120.0}))
+        async with Channel(f"127.0.0.1:{port}") as channel:
+            call = asyncio.ensure_future(channel.unary_unary(DEFAULT_METHOD)(body, timeout=60))
+            await asyncio.sleep(0.5)
+            cli.proc.send_signal(signal.SIGTERM)
+            with pytest.raises(GrpcError) as info:
+                await asyncio.wait_for(call, 20)
+            return info.value.code()
+
+    started = time.monotonic()
+    code = asyncio.run(scenario())
+    assert code in {StatusCode.CANCELLED, StatusCode.UNAVAILABLE}
+    assert cli.wait(timeout=20) == 0
+    assert time.monotonic() - started < 15
+    assert cli.lines[-1] == "wove-h2grpc: stopped"
+    assert any("still running" in line for line in cli.stderr_lines), cli.stderr_lines

@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import contextlib
 import ipaddress
 import json
 import logging
+import os
 import secrets
 import signal
 import ssl
 import sys
+import threading
 import time
 from typing import Any, Callable, List, NoReturn, Optional, Sequence, Tuple
 
@@ -109,6 +112,13 @@ def _build_parser() -> argparse.ArgumentParser:
         default=10.0,
         metavar="SECONDS",
         help="on SIGTERM/SIGINT, let in-flight tasks finish this long (default: 10)",
+    )
+    serve.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="threads running sync tasks at once (default: Python's, min(32, CPUs + 4))",
     )
     serve.add_argument(
         "--max-receive-message-length",
@@ -295,6 +305,8 @@ async def _serve(args: argparse.Namespace) -> int:
         )
 
     loop = asyncio.get_running_loop()
+    pool = _TaskThreadPool(args.threads)
+    loop.set_default_executor(pool)  # sync tasks run here (WorkerService uses to_thread)
     stopping = asyncio.Event()
     _install_stop_handlers(loop, stopping.set)
     tls = "plaintext" if ssl_context is None else ("mTLS" if args.client_ca else "TLS")
@@ -309,8 +321,45 @@ async def _serve(args: argparse.Namespace) -> int:
     finally:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(server.wait_closed(), timeout=args.grace + 5.0)
+    pool.shutdown(wait=False, cancel_futures=True)
     _out(f"{PROG}: stopped")
+    busy = pool.busy
+    if busy:
+        # Their calls were cancelled, but a thread cannot be interrupted, and both asyncio.run
+        # and the interpreter would wait for it: a SIGTERM must stop the worker in bounded
+        # time, so leave now (output flushed) instead of waiting for the stuck task code.
+        logger.warning("exiting with %d sync task thread(s) still running", busy)
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     return 0
+
+
+class _TaskThreadPool(concurrent.futures.ThreadPoolExecutor):
+    """The worker's thread pool for sync tasks, counting work that has not finished."""
+
+    def __init__(self, max_workers: Optional[int]) -> None:
+        super().__init__(max_workers=max_workers, thread_name_prefix="wove-task")
+        self._busy = 0
+        self._busy_lock = threading.Lock()
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        future = super().submit(fn, *args, **kwargs)
+        with self._busy_lock:
+            self._busy += 1
+        future.add_done_callback(self._finished)
+        return future
+
+    def _finished(self, _future: Any) -> None:
+        with self._busy_lock:
+            self._busy -= 1
+
+    @property
+    def busy(self) -> int:
+        """Submitted calls that have not finished (running or queued)."""
+        with self._busy_lock:
+            return self._busy
 
 
 # -- demo --------------------------------------------------------------------------------
