@@ -238,10 +238,10 @@ async def test_sync_callable_runs_in_a_thread_async_on_the_loop() -> None:
 
 async def test_sync_task_does_not_block_the_loop() -> None:
     service = WorkerService(_signed_security())
-    slow = asyncio.ensure_future(_call(service, _run_frame(_sync_sleep, {"seconds": 0.5})))
+    slow = asyncio.ensure_future(_call(service, _run_frame(_sync_sleep, {"seconds": 2.0})))
     started = time.monotonic()
     fast = await _call(service, _run_frame(_square, {"x": 2}, run_id="r2"))
-    assert time.monotonic() - started < 0.4
+    assert time.monotonic() - started < 1.5
     assert fast[-1]["result"] == 4
     assert (await asyncio.wait_for(slow, 10))[-1]["result"] == "slept"
 
@@ -322,7 +322,7 @@ async def test_cancel_task_cancels_the_running_task() -> None:
 
 async def test_cancel_of_a_sync_task_answers_at_once() -> None:
     service = WorkerService(_signed_security())
-    run = asyncio.ensure_future(_call(service, _run_frame(_sync_sleep, {"seconds": 1.0})))
+    run = asyncio.ensure_future(_call(service, _run_frame(_sync_sleep, {"seconds": 2.0})))
     for _ in range(200):
         if service.active_runs():
             break
@@ -330,7 +330,7 @@ async def test_cancel_of_a_sync_task_answers_at_once() -> None:
     started = time.monotonic()
     await _call(service, {"type": "cancel_task", "run_id": "r1", "task_id": "t"})
     events = await asyncio.wait_for(run, 5)
-    assert time.monotonic() - started < 0.5
+    assert time.monotonic() - started < 1.5  # the thread sleeps on for up to 2 s
     assert events[-1]["type"] == "task_cancelled"
 
 
