@@ -565,6 +565,7 @@ class _ServerProtocol(asyncio.Protocol):
 
     def _on_request(self, event: h2.events.RequestReceived) -> None:
         stream_id = event.stream_id
+        self._idle_since = self.loop.time()  # any request is activity, even a rejected one
         if self._draining or self._peer_goaway:
             # Above our GOAWAY's last stream id: never processed, so the client may retry.
             self._reset(stream_id, ErrorCodes.REFUSED_STREAM)
