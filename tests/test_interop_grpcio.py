@@ -673,3 +673,14 @@ async def test_cancelled_caller_leaves_channel_usable(channel: Channel) -> None:
 async def test_malformed_target_raises_value_error(target: str) -> None:
     with pytest.raises(ValueError):
         Channel(target)
+
+
+def test_channel_reused_from_a_second_event_loop(server: HelperProcess) -> None:
+    ch = Channel(f"127.0.0.1:{server.port}")
+
+    async def once(payload: bytes) -> bytes:
+        return await _call(ch, "/test.Test/Echo", payload)
+
+    assert asyncio.run(once(b"first loop")) == b"first loop"
+    assert asyncio.run(once(b"second loop")) == b"second loop"
+    asyncio.run(ch.close())

@@ -121,6 +121,10 @@ async def test_call_while_server_down_waits_then_unavailable_with_connect_error(
     async with Channel(f"127.0.0.1:{server.port}") as ch:
         assert await _echo(ch, b"up") == b"up"
         server.kill()
+        # Let the loop see the connection close. (A call made in the instant before that
+        # goes onto the dying connection and fails "connection lost", like any in-flight
+        # call: nothing proves the server never saw it.)
+        await asyncio.sleep(0.2)
         started = time.monotonic()
         with pytest.raises(GrpcError) as info:
             await _echo(ch, b"down", timeout=1.0)
@@ -153,6 +157,7 @@ async def test_call_queued_while_down_succeeds_when_server_returns_within_deadli
         async with Channel(bind) as ch:
             assert await _echo(ch, b"before") == b"before"
             first.kill()
+            await asyncio.sleep(0.2)  # the channel notices the loss, as above
             call = asyncio.ensure_future(_echo(ch, b"queued", timeout=15.0))
             await asyncio.sleep(0.5)
             assert not call.done(), call
@@ -191,6 +196,9 @@ def _child_after_fork(ch: Channel, write_fd: int) -> None:
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+# Python 3.12+ warns about fork() with threads alive (the helper-output pump threads here);
+# the child only runs asyncio code that never touches those threads' locks.
+@pytest.mark.filterwarnings("ignore:.*use of fork\\(\\) may lead to deadlocks:DeprecationWarning")
 async def test_fork_child_gets_fresh_connection_parent_untouched(server: HelperProcess) -> None:
     async with Channel(f"127.0.0.1:{server.port}") as ch:
         assert await _echo(ch, b"parent before") == b"parent before"
