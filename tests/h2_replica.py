@@ -11,7 +11,8 @@ Methods (raw bytes):
 - ``/test.Test/Stats``: JSON ``{"name": ..., "calls": {method: count}}``.
 
 Options: ``--bind`` (``127.0.0.1:0``, ``[::1]:PORT``; a fixed port lets a test restart the
-replica on the same address), ``--name``, ``--tls-cert``/``--tls-key``.
+replica on the same address), ``--name``, ``--tls-cert``/``--tls-key``, ``--log-starts``
+(print ``START`` as each ``Who`` call starts, so a test knows what a killed replica had begun).
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ async def serve(args: argparse.Namespace) -> None:
 
     async def who(request: bytes, context: Any) -> bytes:
         COUNTS["Who"] += 1
+        if args.log_starts:
+            sys.stdout.write("START\n")
+            sys.stdout.flush()
         if request:
             await asyncio.sleep(float(request.decode("ascii")))
         return name
@@ -70,6 +74,7 @@ def main() -> None:
     parser.add_argument("--name", default="replica")
     parser.add_argument("--tls-cert")
     parser.add_argument("--tls-key")
+    parser.add_argument("--log-starts", action="store_true")
     asyncio.run(serve(parser.parse_args()))
 
 
