@@ -260,6 +260,17 @@ async def test_oversized_header_block(server: tuple, good: RawClient) -> None:
     assert await keep_serving(good, 0.2) > 0
 
 
+async def test_oversized_frame_refused_from_its_header(server: tuple, good: RawClient) -> None:
+    """A frame announcing 16 MiB gets GOAWAY FRAME_SIZE_ERROR before its body is buffered."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", server[1])
+    writer.write(PREFACE + EMPTY_SETTINGS + b"\xff\xff\xff\x00\x00\x00\x00\x00\x01")
+    data, elapsed = await read_until_eof(reader, 5)
+    writer.close()
+    assert goaway_codes(data) == [ErrorCodes.FRAME_SIZE_ERROR]
+    assert elapsed < 0.9  # not the idle timeout
+    assert await keep_serving(good, 0.2) > 0
+
+
 async def test_continuation_flood(server: tuple, good: RawClient) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", server[1])
     out = PREFACE + EMPTY_SETTINGS + frame(HEADERS, 0, 1, b"")

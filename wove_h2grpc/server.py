@@ -46,7 +46,7 @@ import h2.settings
 from h2.errors import ErrorCodes
 from h2.settings import SettingCodes
 
-from ._h2compat import GrpcH2Connection, make_h2_connection
+from ._h2compat import GrpcH2Connection, make_h2_connection, pending_frame_problem
 from .errors import GrpcError, Metadata
 from .framing import (
     ACCEPT_ENCODING,
@@ -169,8 +169,11 @@ def _new_server_h2(options: _ServerOptions) -> h2.connection.H2Connection:
     frame is serialized, h2's own stream limit is lifted: h2 treats an excess stream as a
     connection error, while RFC 9113 section 5.1.2 lets us refuse just that stream.
     """
-    # Same configuration as every connection of ours (_h2compat), on the subclass above.
-    conn = _ServerH2Connection(config=make_h2_connection(client_side=False).config)
+    conn = make_h2_connection(client_side=False)
+    if type(conn) is GrpcH2Connection:
+        # Same object and configuration as every connection of ours (_h2compat: config,
+        # HPACK contexts), with the stream accounting above; it adds no state of its own.
+        conn.__class__ = _ServerH2Connection
     advertised = {
         SettingCodes.MAX_CONCURRENT_STREAMS: options.max_concurrent_streams,
         SettingCodes.INITIAL_WINDOW_SIZE: _INITIAL_WINDOW_SIZE,
@@ -413,6 +416,11 @@ class _ServerProtocol(asyncio.Protocol):
             return
         try:
             events = self.conn.receive_data(data)
+            # h2 checks a frame's length only once its whole body is buffered; refuse an
+            # oversized frame from its 9-byte header (RFC 9113 section 4.2).
+            problem = pending_frame_problem(self.conn, first=False)
+            if problem:
+                raise h2.exceptions.FrameTooLargeError(problem)
         except h2.exceptions.ProtocolError as exc:
             self._protocol_error(exc)
             return
