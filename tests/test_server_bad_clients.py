@@ -298,6 +298,18 @@ async def test_rst_stream_flood(server: tuple, good: RawClient) -> None:
     assert await keep_serving(good, 0.2) > 0
 
 
+async def test_resets_mixed_with_real_calls_are_not_a_flood(server: tuple) -> None:
+    """Cancelling calls is normal: resets net of completed calls stay under the limit."""
+    busy = await RawClient.connect("127.0.0.1", server[1])
+    for i in range(250):  # 250 resets > max_client_resets=100, but 250 completed calls too
+        sid = busy.start("/t.S/Echo")
+        busy.reset(sid)
+        resp = await busy.call("/t.S/Echo", b"%d" % i, timeout=5)
+        assert resp.messages() == [b"%d" % i]
+    assert busy.goaway is None
+    await busy.close()
+
+
 async def test_refused_streams_do_not_cost_the_connection(good: RawClient) -> None:
     srv = Server({"/t.S/Echo": echo}, max_concurrent_streams=2)
     port = await srv.start("127.0.0.1:0")

@@ -1001,6 +1001,10 @@ class _ServerProtocol(asyncio.Protocol):
             trailers = trailers + encode_metadata(ctx._trailing_metadata)
         conn.send_headers(stream_id, trailers, end_stream=True)
         self._forget(ctx)
+        if self._resets:
+            # A completed call earns back one reset: only resets far beyond real work (the
+            # rapid-reset pattern) reach the limit, not a busy client that cancels some calls.
+            self._resets -= 1
         self.flush_soon()
 
 
@@ -1019,8 +1023,8 @@ class Server:
       closed; clients reconnect on their next call (None: no limit).
     - ``max_header_list_size``: bytes of decoded request headers; a larger header block is a
       denial-of-service attempt and costs the connection (GOAWAY ENHANCE_YOUR_CALM).
-    - ``max_client_resets``: RST_STREAM frames a connection may send per 10 seconds before it
-      gets GOAWAY ENHANCE_YOUR_CALM (None: no limit).
+    - ``max_client_resets``: RST_STREAM frames a connection may send per 10 seconds, net of
+      calls it completed, before it gets GOAWAY ENHANCE_YOUR_CALM (None: no limit).
     """
 
     def __init__(
