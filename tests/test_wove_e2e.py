@@ -105,13 +105,13 @@ def test_plaintext_loopback_without_security(worker: Worker) -> None:
         check_mapped(mapped_weave(env))
 
 
-async def test_async_weave_1000_items_whole_weave_remote(worker: Worker) -> None:
+async def test_async_weave_1000_items_msgpack(worker: Worker) -> None:
     config = {"target": f"127.0.0.1:{worker.port}", "codec": "msgpack", "timeout": 60.0}
     with environment(H2GrpcExecutor(), config) as env:
-        async with wove.weave(environment=env) as w:
-            w.do(range(ITEMS))(wove_tasks.square)
-            w.do(range(ITEMS))(wove_tasks.cube)
-            w.do(wove_tasks.total)
+        async with wove.weave() as w:
+            w.do(range(ITEMS), environment=env)(wove_tasks.square)
+            w.do(range(ITEMS), environment=env)(wove_tasks.cube)
+            w.do(environment=env)(wove_tasks.total)
         check_mapped({"square": w.result.square, "cube": w.result.cube, "total": w.result.total})
 
 

@@ -3,7 +3,9 @@
 cloudpickle pickles module-level functions of an importable module *by reference*, so the
 worker (whose ``sys.path[0]`` is ``tests/``) imports them instead of receiving bytecode:
 that keeps the tests valid when the test process and the grpcio worker run on different
-interpreters (PyPy against CPython). Only the standard library is imported at top level.
+interpreters (PyPy against CPython). For the same reason the tests put tasks, not whole
+weaves, on the remote environment: a weave's seed task is a lambda inside Wove, which
+cloudpickle sends by value. Only the standard library is imported at top level.
 """
 
 from __future__ import annotations
@@ -48,19 +50,21 @@ def standard_weave(environment: str, items: int) -> Dict[str, Any]:
     """The weave both transports run: mapped sync + async tasks, a join, odd values, an error."""
     import wove
 
-    with wove.weave(environment=environment) as w:
-        w.do(range(items))(square)
-        w.do(range(items))(cube)
-        w.do(total)
-        w.do(text)
+    # Each task names the environment; the weave itself (and its seed task, a lambda that
+    # cloudpickle would send by value) stays local.
+    with wove.weave() as w:
+        w.do(range(items), environment=environment)(square)
+        w.do(range(items), environment=environment)(cube)
+        w.do(environment=environment)(total)
+        w.do(environment=environment)(text)
     out: Dict[str, Any] = {
         "square": w.result.square,
         "cube": w.result.cube,
         "total": w.result.total,
         "text": repr(w.result.text),
     }
-    with wove.weave(environment=environment) as w2:
-        w2.do(fails)
+    with wove.weave() as w2:
+        w2.do(environment=environment)(fails)
     try:
         out["error"] = repr(w2.result.fails)  # raises the task's exception
     except Exception as exc:

@@ -33,8 +33,8 @@ def echo(name: str) -> Dict[str, Any]:
     import wove
     from wove_tasks import text
 
-    with wove.weave(environment=name) as w:
-        w.do(text)  # the worker answers with what it received instead of running it
+    with wove.weave() as w:
+        w.do(environment=name)(text)  # the worker answers with what it received instead
 
     result = w.result.text
     return {
