@@ -421,7 +421,13 @@ class Channel:
             return
         if self._subchannels:
             return
-        await asyncio.shield(self._start_resolution())
+        task = self._start_resolution()
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if not task.cancelled():
+                raise  # the caller was cancelled
+            raise GrpcError(StatusCode.CANCELLED, "channel is closed") from None
         if not self._subchannels:
             raise self._resolve_error or GrpcError(
                 StatusCode.UNAVAILABLE, f"{opts.target.original} resolved to no address"
