@@ -108,11 +108,14 @@ async def test_round_robin_replica_killed_and_restarted(replicas: Replicas) -> N
             loop = asyncio.get_running_loop()
             await loop.run_in_executor(None, killed.wait, 10)
             await replicas.restart("b", b_bind)
-            marks["restarted_at"] = time.monotonic()
+            restarted = time.monotonic()
             run.phase = "b-restarted"
+            await wait_for(lambda: run.ok("b-restarted")["b"] > 0, RUN_BOUND, "b's first reply")
+            marks["rejoin_seconds"] = time.monotonic() - restarted
+            run.phase = "b-rejoined"
 
         def more() -> bool:
-            return run.started < 3000 or run.ok("b-restarted")["b"] < 200
+            return run.started < 3000 or run.ok("b-rejoined")["b"] < 200
 
         conduct = asyncio.ensure_future(conductor())
         await run.drive(concurrency, more)
@@ -120,13 +123,14 @@ async def test_round_robin_replica_killed_and_restarted(replicas: Replicas) -> N
 
     total = run.done
     print(f"\nround_robin kill/restart: {total} calls, {concurrency} in flight")
-    for phase in ("before-kill", "b-killed", "b-down", "b-restarting", "b-restarted"):
+    for phase in ("before-kill", "b-killed", "b-down", "b-restarting", "b-restarted", "b-rejoined"):
         print(
             f"  {phase:13s} ok per replica {dict(sorted(run.ok(phase).items()))} "
             f"failures {dict(run.failures[phase])}"
         )
     print(
-        f"  failed {run.failed()} (in flight at the kill: {marks['in_flight_at_kill']}); "
+        f"  b answered again {marks['rejoin_seconds']:.2f}s after its restart; "
+        f"failed {run.failed()} (in flight at the kill: {marks['in_flight_at_kill']}); "
         f"first details: {run.details[:2]}"
     )
     assert total >= 3000
@@ -139,8 +143,10 @@ async def test_round_robin_replica_killed_and_restarted(replicas: Replicas) -> N
     # While b was down nothing was answered by b; a and c took every call.
     assert run.ok("b-down")["b"] == 0
     assert run.ok("b-down")["a"] > 0 and run.ok("b-down")["c"] > 0
-    # b rejoined and received calls again.
-    assert run.ok("b-restarted")["b"] >= 200
+    # b rejoined and received its share of calls again.
+    rejoined = run.ok("b-rejoined")
+    assert rejoined["b"] >= 200
+    assert rejoined["b"] > 0.25 * sum(rejoined.values()), dict(rejoined)
     before = run.ok("before-kill")
     assert min(before.values()) > 0.25 * sum(before.values()), dict(before)
 
@@ -348,3 +354,43 @@ async def test_dns_reresolved_at_an_interval_picks_up_new_replicas(
         await run.calls(run.started + 100, concurrency=10)
     assert run.failed() == 0, run.details[:5]
     assert run.ok("scaled-in") == {"127.0.0.2": 100}
+
+
+async def test_dns_failure_fails_calls_at_their_deadline_with_the_resolver_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    dns = FakeDns(monkeypatch, "nowhere.headless.test")  # answers nothing: NXDOMAIN
+    async with Channel("nowhere.headless.test:9000", lb_policy="round_robin") as channel:
+        rpc = channel.unary_unary(WHO)
+        started = time.monotonic()
+        with pytest.raises(GrpcError) as info:
+            await asyncio.wait_for(rpc(b"", timeout=0.8), 5.0)
+        assert 0.7 < time.monotonic() - started < 3.0
+        assert info.value.code() == StatusCode.UNAVAILABLE
+        assert "DNS resolution failed for nowhere.headless.test:9000" in info.value.details()
+        assert dns.lookups >= 1
+        with pytest.raises(GrpcError) as ready:
+            await asyncio.wait_for(channel.channel_ready(), 5.0)
+        assert ready.value.code() == StatusCode.UNAVAILABLE
+
+
+async def test_close_during_the_first_resolution_ends_waiting_calls(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    loop = asyncio.get_running_loop()
+    original = type(loop).getaddrinfo
+
+    async def slow_getaddrinfo(self_loop: Any, host: Any, *args: Any, **kw: Any) -> Any:
+        if host == "slow.headless.test":
+            await asyncio.sleep(30)
+        return await original(self_loop, host, *args, **kw)
+
+    monkeypatch.setattr(type(loop), "getaddrinfo", slow_getaddrinfo)
+    channel = Channel("slow.headless.test:9000", lb_policy="round_robin")
+    rpc = channel.unary_unary(WHO)
+    call = asyncio.ensure_future(rpc(b"", timeout=20.0))
+    await asyncio.sleep(0.1)
+    await asyncio.wait_for(channel.close(), 5.0)
+    with pytest.raises(GrpcError) as info:
+        await asyncio.wait_for(call, 5.0)
+    assert info.value.code() == StatusCode.CANCELLED
