@@ -90,6 +90,8 @@ class RawClient:
         self.closed = asyncio.Event()
         self._window = asyncio.Event()
         self._task: Optional[asyncio.Task[None]] = None
+        self.auto_ack = True  # False: never hand flow-control window back (a client that stalls)
+        self.data_event = asyncio.Event()
 
     @classmethod
     async def connect(
@@ -101,6 +103,7 @@ class RawClient:
         ssl_context: Optional[ssl.SSLContext] = None,
         server_hostname: Optional[str] = None,
         timeout: float = 10.0,
+        initial_window: Optional[int] = None,
     ) -> RawClient:
         if path is not None:
             opener = asyncio.open_unix_connection(
@@ -112,6 +115,12 @@ class RawClient:
             )
         reader, writer = await asyncio.wait_for(opener, timeout)
         client = cls(reader, writer)
+        if initial_window is not None:
+            from h2.settings import SettingCodes, Settings
+
+            client.conn.local_settings = Settings(
+                client=True, initial_values={SettingCodes.INITIAL_WINDOW_SIZE: initial_window}
+            )
         client.conn.initiate_connection()
         client.flush()
         client._task = asyncio.ensure_future(client._read_loop())
@@ -177,7 +186,9 @@ class RawClient:
                 stream.response.trailers_only = True
         elif isinstance(event, h2.events.DataReceived):
             stream.body.append(event.data)
-            self.conn.acknowledge_received_data(event.flow_controlled_length, stream_id)
+            self.data_event.set()
+            if self.auto_ack:
+                self.conn.acknowledge_received_data(event.flow_controlled_length, stream_id)
         elif isinstance(event, h2.events.TrailersReceived):
             stream.response.trailers = list(event.headers)
         elif isinstance(event, h2.events.StreamEnded):

@@ -9,7 +9,7 @@ import os
 import ssl
 import tempfile
 import time
-from typing import Any, AsyncIterator, Dict, List
+from typing import Any, AsyncIterator, Dict, List, Optional
 
 import pytest
 from _server_raw_client import RawClient, grpc_message
@@ -263,6 +263,57 @@ async def test_8mib_both_ways(rec: Recorder) -> None:
         await c.close()
     finally:
         await asyncio.wait_for(srv.stop(), 10)
+
+
+async def _blocked_big_call(port: int, grpc_timeout: Optional[str] = None) -> tuple:
+    """A client with a 1000-byte window that never hands it back asks for 1 MiB: the
+    server's handler is left waiting on flow control inside its reply."""
+    c = await RawClient.connect("127.0.0.1", port, initial_window=1000)
+    c.auto_ack = False
+    sid = c.start("/test.S/Big", grpc_timeout=grpc_timeout)
+    await c.send_body(sid, grpc_message(b"%d|" % (1 << 20)))
+    await asyncio.wait_for(c.data_event.wait(), 5)
+    return c, sid
+
+
+async def _until(predicate: Any, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.01)
+
+
+async def test_reset_while_reply_waits_on_flow_control(server: tuple) -> None:
+    srv, port = server
+    c, sid = await _blocked_big_call(port)
+    (proto,) = [p for p in srv._connections if p.calls]
+    ctx = proto.calls[sid]
+    assert ctx._task is not None and not ctx._task.done()
+    c.reset(sid)
+    await _until(lambda: ctx._task.done() and not proto.calls)
+    assert ctx.cancelled() and ctx._task.exception() is None
+    assert (await c.call("/test.S/Echo", b"x")).status == 0  # small: fits the window
+    await c.close()
+
+
+async def test_deadline_while_reply_waits_on_flow_control(server: tuple) -> None:
+    srv, port = server
+    c, sid = await _blocked_big_call(port, grpc_timeout="300m")
+    resp = await c.response(sid, 5)  # trailers are HEADERS: not flow controlled
+    assert resp.status == StatusCode.DEADLINE_EXCEEDED
+    assert not any(p.calls for p in srv._connections)
+    await c.close()
+
+
+async def test_connection_lost_while_reply_waits_on_flow_control(server: tuple) -> None:
+    srv, port = server
+    c, sid = await _blocked_big_call(port)
+    (proto,) = [p for p in srv._connections if p.calls]
+    ctx = proto.calls[sid]
+    c.writer.transport.abort()
+    await _until(lambda: ctx._task.done() and proto.closed.done())
+    assert ctx.cancelled()
+    await c.close()
 
 
 async def test_gzip_request_gets_gzip_response(client: RawClient) -> None:
