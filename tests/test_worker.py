@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import socket
 import threading
 import time
 from typing import Any, Dict, List, Tuple
@@ -84,8 +85,12 @@ def _boom_unpicklable() -> None:
     raise NeedsTwoArgs("x", "y")
 
 
-def _returns_lock() -> Any:
-    return threading.Lock()
+def _returns_socket() -> Any:
+    # A socket refuses to pickle on every interpreter (a lock or a generator pickles on
+    # PyPy and only fails to unpickle).
+    sock = socket.socket()
+    sock.close()
+    return sock
 
 
 async def _sleep_forever() -> str:
@@ -273,7 +278,7 @@ async def test_exception_that_cannot_round_trip_is_sent_as_payload_only() -> Non
 
 async def test_unpicklable_result_still_ends_in_one_terminal_event() -> None:
     service = WorkerService(_signed_security())
-    events = await _call(service, _run_frame(_returns_lock, {}))
+    events = await _call(service, _run_frame(_returns_socket, {}))
     assert [e["type"] for e in events] == ["task_started", "task_error"]
     assert events[1]["error"]["source"] == "worker"
 

@@ -8,12 +8,12 @@ with ``H2GrpcExecutor`` (``transport="h2"``). TLS and signed security throughout
 from __future__ import annotations
 
 import asyncio
-import sys
 from typing import Any, Dict, Iterator, List, Tuple
 
-import cloudpickle
 import pytest
+import worker_tasks
 from _support import Certs, HelperProcess, grpcio_python, start_helper
+from worker_tasks import cube, make_bytes, refuse, size_of, slow
 from wove.security import NetworkExecutorSecurity
 
 from wove_h2grpc import Channel, GrpcError, StatusCode
@@ -22,35 +22,9 @@ from wove_h2grpc.wove_codec import decode_events, encode_command
 
 SECRET = "interop-d-secret"
 
-# The helper process cannot import this test module: send its functions by value.
-cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
-
-def cube(x: int) -> int:
-    return x * x * x
-
-
-async def slow(seconds: float) -> str:
-    await asyncio.sleep(seconds)
-    return "done"
-
-
-def size_of(data: bytes) -> int:
-    return len(data)
-
-
-def make_bytes(size: int) -> bytes:
-    return b"\xab" * size
-
-
-class Refused(Exception):
-    pass
-
-
-def refuse(reason: str) -> None:
-    raise Refused(reason)
-
-
+# Tasks come from tests/worker_tasks.py so that they travel by reference: the worker may run
+# on another interpreter (the PyPy lane runs grpcio helpers on CPython).
 @pytest.fixture(scope="module")
 def grpcio_worker(certs: Certs) -> Iterator[HelperProcess]:
     helper = start_helper(
@@ -233,12 +207,10 @@ async def test_stock_wove_over_h2_against_grpcio_worker(
     )
 
     async def weave() -> List[int]:
-        async with wove.weave(environment="interop_d") as w:
-
-            @w.do(range(12))
-            def cubes(item: int) -> int:
-                return item * item * item
-
-        return list(w.result.cubes)
+        # Only the mapped task goes to the worker; the weave's own seed task (a lambda,
+        # which cloudpickle would send by value) stays local.
+        async with wove.weave() as w:
+            w.do(range(12), environment="interop_d")(worker_tasks.cube_item)
+        return list(w.result.cube_item)
 
     assert await asyncio.wait_for(weave(), 60) == [i**3 for i in range(12)]

@@ -34,7 +34,11 @@ def tls_worker(certs: Certs) -> Iterator[int]:
             "--security",
             f"env:{SECRET_ENV}",
         ],
-        env={SECRET_ENV: SECRET},
+        # The worker imports the tasks (tests/worker_tasks.py) that Wove sends by reference.
+        env={
+            SECRET_ENV: SECRET,
+            "PYTHONPATH": os.pathsep.join((str(REPO_DIR), str(TESTS_DIR))),
+        },
     )
     try:
         yield cli.wait_for_port()
@@ -72,7 +76,7 @@ def test_stock_wove_grpcio_executor_against_our_worker(tls_worker: int, certs: C
     assert result["doubled"] == [i * 2 for i in range(30)]
     assert result["total"] == sum(i * 2 for i in range(30))
     # The task's own exception type comes back through the pickled exception.
-    assert result["error"] == {"type": "Rejected", "message": "no thanks"}
+    assert result["error"] == {"type": "Refused", "message": "no thanks"}
     assert result["payload_size"] == 8 * 1024 * 1024
 
 

@@ -2,8 +2,8 @@
 
 Interop case (c) of issue 5: ``executor="grpc"`` *without* ``wove_h2grpc.install()`` is Wove's
 unmodified ``GrpcEnvironmentExecutor`` (grpcio). It runs here, in a separate process under
-``grpcio_python()``, against ``WorkerService`` on our pure-asyncio Server. The tasks are defined
-in this file (``__main__``), so cloudpickle sends them by value.
+``grpcio_python()``, against ``WorkerService`` on our pure-asyncio Server. The tasks come from
+``tests/worker_tasks.py`` and travel by reference, valid across interpreters.
 
     python tests/wove_grpcio_tls_runner.py --target localhost:PORT --ca FILE \
         --secret-env VAR [--items N]
@@ -14,14 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any, Dict, List
+from typing import Any, Dict
 
+import worker_tasks
 import wove
 from wove.environment import EnvironmentExecutionError
-
-
-class Rejected(Exception):
-    """Raised by a task on the worker; must come back as this very type."""
 
 
 def run(target: str, ca: bytes, secret_env: str, items: int) -> Dict[str, Any]:
@@ -42,40 +39,26 @@ def run(target: str, ca: bytes, secret_env: str, items: int) -> Dict[str, Any]:
     )
     report: Dict[str, Any] = {}
 
-    with wove.weave(environment="grpcio_tls") as w:
-
-        @w.do(range(items))
-        def doubled(item: int) -> int:
-            return item * 2
-
-        @w.do
-        async def total(doubled: List[int]) -> int:
-            return sum(doubled)
-
+    # Each task names the environment; the weave's seed tasks stay local.
+    with wove.weave() as w:
+        w.do(range(items), environment="grpcio_tls")(worker_tasks.doubled)
+        w.do(environment="grpcio_tls")(worker_tasks.total)
     report["doubled"] = list(w.result.doubled)
     report["total"] = w.result.total
 
-    with wove.weave(environment="grpcio_tls") as w2:
-
-        @w2.do
-        def fails() -> None:
-            raise Rejected("no thanks")
-
+    with wove.weave() as w2:
+        w2.do(environment="grpcio_tls")(worker_tasks.fails)
     try:
         w2.result.fails  # noqa: B018 - Wove raises a task's error on access
         report["error"] = None
-    except Rejected as exc:
-        report["error"] = {"type": "Rejected", "message": str(exc)}
+    except worker_tasks.Refused as exc:
+        report["error"] = {"type": "Refused", "message": str(exc)}
     except Exception as exc:
         report["error"] = {"type": type(exc).__name__, "message": str(exc)}
-    # 8 MiB up (captured by the pickled callable), small answer back.
-    payload = b"\x5a" * (8 * 1024 * 1024)
-    with wove.weave(environment="grpcio_tls") as w3:
 
-        @w3.do
-        def payload_size() -> int:
-            return len(payload)
-
+    # 8 MiB up (the task's argument), a small answer back.
+    with wove.weave(payload=b"\x5a" * (8 * 1024 * 1024)) as w3:
+        w3.do(environment="grpcio_tls")(worker_tasks.payload_size)
     report["payload_size"] = w3.result.payload_size
     report["grpc_imported"] = "grpc" in sys.modules
     return report
@@ -96,16 +79,10 @@ def run_wrong_secret(target: str, ca: bytes) -> Dict[str, Any]:
             }
         }
     )
-    with wove.weave(environment="grpcio_bad") as w:
-
-        @w.do
-        def never() -> str:
-            return "ran"
-
+    with wove.weave() as w:
+        w.do(environment="grpcio_bad")(worker_tasks.never)
     try:
-        # Every task of the weave goes to the worker, Wove's "data" seed first: its error
-        # is the refusal (the dependent task never runs).
-        return {"outcome": "ran", "value": w.result.data, "never": w.result.never}
+        return {"outcome": "ran", "value": w.result.never}
     except EnvironmentExecutionError as exc:
         return {"outcome": "refused", "payload": {k: str(v) for k, v in exc.payload.items()}}
     except Exception as exc:
