@@ -472,3 +472,23 @@ async def test_keepalive_too_many_pings_doubles_interval(
     gaps = [b - a for a, b in zip([second_request[0], *second_pings], second_pings)]
     # The interval is now 0.4 s: no gap close to the original 0.2 s.
     assert min(gaps) >= 0.35, gaps
+
+
+async def test_keepalive_long_call_against_default_grpcio_server(server: HelperProcess) -> None:
+    """A call that outlives several keepalive intervals on a grpcio server with default policy.
+
+    grpcio servers count a PING that arrives while they have sent nothing for under
+    5 minutes (``grpc.http2.min_recv_ping_interval_without_data_ms``) as a strike and, past
+    ``grpc.http2.max_ping_strikes`` (2), answer GOAWAY ENHANCE_YOUR_CALM too_many_pings,
+    ending the connection and its calls. grpcio's own client never gets there: it sends at
+    most ``grpc.http2.max_pings_without_data`` (2) PINGs before it sends data again, then
+    throttles (measured: PINGs at 0.38 s and 1.38 s of a 3 s call with keepalive_time 0.3 s).
+    The same call over our channel must succeed.
+    """
+    async with Channel(f"127.0.0.1:{server.port}", keepalive_time=0.3, keepalive_timeout=2.0) as ch:
+        rpc = ch.unary_unary("/test.Test/Sleep")
+        reply = await asyncio.wait_for(rpc(b'{"seconds": 2}', timeout=5.0), 8.0)
+        assert reply == b"woke"
+        # And again on the same channel (no GOAWAY in between).
+        reply = await asyncio.wait_for(rpc(b'{"seconds": 2}', timeout=5.0), 8.0)
+        assert reply == b"woke"
