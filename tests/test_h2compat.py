@@ -76,7 +76,7 @@ def test_verified_h2_release_uses_the_repr_free_receive_path() -> None:
     assert _h2compat._version_tuple("4.1.0") >= (4, 1)
     assert h2.__version__ == _h2compat.H2_VERSION
     in_range = (4, 1) <= _h2compat._version_tuple(h2.__version__)[:2] <= (4, 4)
-    assert _h2compat.RECEIVE_FRAME_WITHOUT_REPR is in_range
+    assert _h2compat.H2_INTERNALS_VERIFIED is in_range
     receive = _h2compat.GrpcH2Connection._receive_frame
     if in_range:
         assert receive is _h2compat._receive_frame_without_repr
@@ -85,7 +85,7 @@ def test_verified_h2_release_uses_the_repr_free_receive_path() -> None:
 
 
 def test_received_frames_are_never_formatted(monkeypatch: pytest.MonkeyPatch) -> None:
-    if not _h2compat.RECEIVE_FRAME_WITHOUT_REPR:
+    if not _h2compat.H2_INTERNALS_VERIFIED:
         pytest.skip(f"h2 {h2.__version__} keeps h2's own _receive_frame")
 
     def refuse(frame: Any) -> str:
@@ -378,3 +378,37 @@ def test_connections_use_the_cached_hpack_contexts_end_to_end() -> None:
         events = client.receive_data(server.data_to_send())
         got = [e for e in events if isinstance(e, h2.events.ResponseReceived)]
         assert [(bytes(n), bytes(v)) for n, v in got[0].headers] == reply
+
+
+# -- DATA frames appended without intermediate copies ---------------------------------------
+
+
+def test_data_frames_are_serialized_byte_for_byte_like_h2() -> None:
+    payload = bytes(range(256)) * 64  # 16 KiB
+
+    def script(client: Any, server: Any) -> Any:
+        out = []
+        client.send_headers(1, REQUEST_HEADERS)
+        client.send_data(1, payload[:100])
+        client.send_data(1, memoryview(payload)[100:5000])
+        client.send_data(1, b"")
+        client.send_data(1, b"padded", pad_length=7)
+        client.send_data(1, payload[5000:16000], end_stream=True)
+        out.append(client.data_to_send())
+        client.send_headers(3, REQUEST_HEADERS, end_stream=False)
+        client.send_data(3, b"\x00\x00\x00\x00\x00", end_stream=True)
+        client.ping(b"12345678")
+        out.append(client.data_to_send(20))
+        out.append(client.data_to_send())
+        server_events = server.receive_data(b"".join(out))
+        data = b"".join(e.data for e in server_events if isinstance(e, h2.events.DataReceived))
+        return out, data
+
+    out, data = _same_transcript(script)
+    assert len(out[1]) == 20, "data_to_send(amount) still slices h2's buffer"
+    assert data == payload[:5000] + b"padded" + payload[5000:16000] + b"\x00" * 5
+    if _h2compat.H2_INTERNALS_VERIFIED:
+        assert (
+            _h2compat.GrpcH2Connection._prepare_for_sending
+            is _h2compat._prepare_for_sending_without_copies
+        )
