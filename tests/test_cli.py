@@ -343,3 +343,11 @@ def test_sigterm_stops_in_bounded_time_even_with_a_stuck_sync_task(
     assert time.monotonic() - started < 15
     assert cli.lines[-1] == "wove-h2grpc: stopped"
     assert any("still running" in line for line in cli.stderr_lines), cli.stderr_lines
+
+
+def test_demo_gives_up_at_its_timeout() -> None:
+    result = _run_cli(["demo", "--tasks", "3000", "--timeout", "0.05"])
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        "wove-h2grpc demo: error: the demo weave did not finish within 0.05 s"
+    )

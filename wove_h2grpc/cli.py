@@ -157,7 +157,24 @@ def _build_parser() -> argparse.ArgumentParser:
         default="json",
         help="wire codec of the Wove frames (default: json, Wove's own format)",
     )
+    demo.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=300.0,
+        metavar="SECONDS",
+        help="give up (exit 1) if the weave has not finished by then (default: 300)",
+    )
     return parser
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number")
+    return value
 
 
 def _positive_int(text: str) -> int:
@@ -432,7 +449,12 @@ async def _demo(args: argparse.Namespace) -> int:
             f"running {args.tasks} mapped tasks over h2 ({args.codec})"
         )
         started = time.perf_counter()
-        squares, total = await _run_demo_weave(environment, args.tasks)
+        try:
+            squares, total = await asyncio.wait_for(
+                _run_demo_weave(environment, args.tasks), timeout=args.timeout
+            )
+        except asyncio.TimeoutError:
+            raise CliError(f"the demo weave did not finish within {args.timeout:g} s") from None
         elapsed = time.perf_counter() - started
     finally:
         await server.stop(grace=1.0)
