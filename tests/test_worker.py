@@ -443,3 +443,72 @@ async def test_sys_exit_in_a_task_fails_the_task_not_the_worker() -> None:
         assert events[1]["error"]["source"] == "task"
         assert "exception" not in events[1]  # never re-raised in the caller's process
     assert (await _call(service, _run_frame(_square, {"x": 6}, run_id="after")))[-1]["result"] == 36
+
+
+# -- attached to our Server, called through our Channel (in-process, loopback) -----------
+
+
+async def _serve(service: WorkerService) -> Tuple[Any, int]:
+    from wove_h2grpc import Server
+
+    server = Server()
+    service.attach(server)
+    port = await server.start("127.0.0.1:0")
+    return server, port
+
+
+async def test_attached_service_maps_refusals_to_grpc_statuses() -> None:
+    from wove_h2grpc import Channel, GrpcError
+
+    signed = WorkerService(_signed_security())
+    closed = WorkerService()  # no security, unsigned not allowed
+    server, port = await _serve(signed)
+    closed_server, closed_port = await _serve(closed)
+    body = encode_command(_run_frame(_square, {"x": 11}))
+    try:
+        async with Channel(f"127.0.0.1:{port}", timeout=10) as channel:
+            rpc = channel.unary_unary(DEFAULT_METHOD)
+            reply = await rpc(body, metadata=_signed(_signed_security(), body))
+            assert decode_events(reply)[-1]["result"] == 121
+            with pytest.raises(GrpcError) as info:
+                await rpc(body, metadata=_signed(_signed_security("wrong"), body))
+            assert info.value.code() == StatusCode.UNAUTHENTICATED
+            assert info.value.details() == "Invalid Wove network executor signature."
+            garbage = b"\x07garbage"
+            with pytest.raises(GrpcError) as info:
+                await rpc(garbage, metadata=_signed(_signed_security(), garbage))
+            assert info.value.code() == StatusCode.INVALID_ARGUMENT
+        async with Channel(f"127.0.0.1:{closed_port}", timeout=10) as channel:
+            with pytest.raises(GrpcError) as info:
+                await channel.unary_unary(DEFAULT_METHOD)(body)
+            assert info.value.code() == StatusCode.PERMISSION_DENIED
+    finally:
+        await server.stop(grace=1.0)
+        await closed_server.stop(grace=1.0)
+    assert CALLS == []
+
+
+async def test_deadline_cancels_the_running_task() -> None:
+    from wove_h2grpc import Channel, GrpcError
+
+    service = WorkerService(_signed_security())
+    server, port = await _serve(service)
+    body = encode_command(_run_frame(_watched_sleep, {}, run_id="deadline"))
+    try:
+        async with Channel(f"127.0.0.1:{port}") as channel:
+            with pytest.raises(GrpcError) as info:
+                await asyncio.wait_for(
+                    channel.unary_unary(DEFAULT_METHOD)(
+                        body, metadata=_signed(_signed_security(), body), timeout=0.3
+                    ),
+                    10,
+                )
+            assert info.value.code() == StatusCode.DEADLINE_EXCEEDED
+        for _ in range(200):
+            if CALLS:
+                break
+            await asyncio.sleep(0.01)
+        assert CALLS == ["cleaned up"]
+        assert service.active_runs() == ()
+    finally:
+        await server.stop(grace=1.0)
