@@ -325,9 +325,8 @@ def pending_frame_problem(conn: h2.connection.H2Connection, *, first: bool) -> s
     """
     buffer = conn.incoming_buffer
     # h2 >= 4.2 keeps the bytes in ``_data`` (a bytearray); 4.1 in ``data``.
-    data = getattr(buffer, "_data", None)
-    if data is None:
-        data = getattr(buffer, "data", b"")
+    raw = getattr(buffer, "_data", None) or getattr(buffer, "data", None)
+    data = bytes(memoryview(raw)[:9]) if raw else b""  # never copy the whole buffer
     if len(data) < 9:
         if first and len(data) >= 4 and data[3] != 0x4:
             return "the server's first frame is not SETTINGS: it does not speak HTTP/2"

@@ -344,6 +344,15 @@ class Channel:
         if self._closed:
             return
         self._closed = True
+        if self._loop is not asyncio.get_running_loop() or self._fork_gen != _fork_generation[0]:
+            # Connections, timers and tasks of another event loop (a finished asyncio.run(),
+            # or the parent before a fork) cannot be touched from this one: drop them.
+            for conn in self._conns:
+                conn.abandon()
+            self._conns.clear()
+            self._subchannels = []
+            self._resolve_timer = self._resolving = self._lb_changed = None
+            return
         self._stop_lb()
         for sub in self._subchannels:
             if sub.task is not None and not sub.task.done():

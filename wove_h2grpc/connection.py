@@ -48,6 +48,9 @@ STREAM_WINDOW = 16 * 1024 * 1024
 CONNECTION_WINDOW = 64 * 1024 * 1024
 MAX_FRAME_SIZE = 1024 * 1024
 MAX_HEADER_LIST_SIZE = 64 * 1024
+# grpcio's GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA: a grpcio server answers more keepalive
+# PINGs than this between our DATA/HEADERS frames with GOAWAY too_many_pings.
+_MAX_PINGS_WITHOUT_DATA = 2
 
 
 class RetryCall(Exception):
@@ -173,6 +176,7 @@ class ClientConnection(asyncio.Protocol):
         self._max_streams = 100  # until the server's SETTINGS say otherwise (RFC 9113 6.5.2)
         self._goaway_last_id: Optional[int] = None
         self.goaway_reason = ""
+        self._pings_without_data = 0
         self.proven = False  # the server answered a request here (resets reconnect backoff)
         self._error: Optional[GrpcError] = None
         self.ready: asyncio.Future[None] = loop.create_future()
@@ -330,6 +334,7 @@ class ClientConnection(asyncio.Protocol):
         call.stream_id = stream_id
         self._streams[stream_id] = call
         h2c.send_headers(stream_id, call.request_headers)
+        self._pings_without_data = 0
         self._send_body(call)
 
     def _send_body(self, call: Call) -> None:
@@ -679,7 +684,13 @@ class ClientConnection(asyncio.Protocol):
         if self._error is not None or interval is None:
             return
         idle = time.monotonic() - self._last_read
-        if self._streams and idle >= interval and self._ping_deadline is None:
+        if (
+            self._streams
+            and idle >= interval
+            and self._ping_deadline is None
+            and self._pings_without_data < _MAX_PINGS_WITHOUT_DATA
+        ):
+            self._pings_without_data += 1
             try:
                 self._h2.ping(b"wovekalv")
             except h2.exceptions.H2Error:
