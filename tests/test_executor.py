@@ -15,7 +15,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Dict, Iterator, List
+from typing import Any, Dict, Iterator, List, Set
 
 import pytest
 import wove.environment
@@ -514,8 +514,17 @@ async def test_shutdown_cancels_in_flight_calls(tmp_path: Path) -> None:
         w.stop()
 
 
-def _fd_count() -> int:
-    return len(os.listdir("/proc/self/fd"))
+def _open_sockets() -> Set[str]:
+    """Sockets this process holds (fd -> ``socket:[inode]``); pipes and files are not ours."""
+    found = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            link = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if link.startswith("socket:"):
+            found.add(f"{fd}:{link}")
+    return found
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc")
@@ -523,7 +532,7 @@ async def test_stop_leaves_no_task_socket_or_warning(tmp_path: Path) -> None:
     w = start_worker(tmp_path)
     try:
         gc.collect()
-        fds_before = _fd_count()
+        sockets_before = _open_sockets()
         tasks_before = asyncio.all_tasks()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -548,7 +557,7 @@ async def test_stop_leaves_no_task_socket_or_warning(tmp_path: Path) -> None:
         ]
         assert ours == []
         assert asyncio.all_tasks() == tasks_before
-        assert _fd_count() == fds_before
+        assert _open_sockets() == sockets_before
     finally:
         w.stop()
 
