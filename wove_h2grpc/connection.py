@@ -374,7 +374,13 @@ class ClientConnection(asyncio.Protocol):
         """Stop taking calls here; close once the open ones finish (address went away)."""
         if self._goaway_last_id is None:
             self._goaway_last_id = self._h2.highest_outbound_stream_id or 0
-        if not self._streams and not self._queue:
+            self.goaway_reason = f"address {self.peer} left the target's resolved addresses"
+        queue = self._queue
+        while queue:  # never opened here: the channel sends them elsewhere
+            call = queue.popleft()
+            if not call.future.done():
+                call.future.set_exception(RetryCall(self.goaway_reason, sent=False))
+        if not self._streams:
             self.close()
 
     def cancel(self, call: Call, code: int = _ErrorCodes.CANCEL) -> None:
