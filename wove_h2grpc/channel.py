@@ -20,7 +20,7 @@ from typing import Any, Callable, Generic, List, Optional, Set, Tuple, TypeVar
 
 from ._version import __version__
 from .connection import Call, ClientConnection, ConnectionSettings, RetryCall
-from .dial import build_ssl_context, dial, resolve
+from .dial import ConnectError, build_ssl_context, dial, resolve
 from .errors import GrpcError
 from .framing import encode_message_prefix, gzip_compress, too_large
 from .metadata import MetadataLike, encode_grpc_timeout, encode_metadata, normalize_metadata
@@ -598,6 +598,13 @@ class Channel:
                     raise self._unavailable(False)
             elif ready is not None:
                 return ready
+            elif subs and all(
+                s.state == "failed"
+                and isinstance(s.last_error, ConnectError)
+                and s.last_error.permanent
+                for s in subs
+            ):
+                raise self._unavailable(False)  # TLS or protocol failure: waiting cannot help
             remaining = limit - loop.time()
             if remaining <= 0:
                 raise self._unavailable(deadline is not None)
@@ -673,8 +680,9 @@ class Channel:
                 )
                 continue
             except GrpcError as exc:
-                last = GrpcError(
-                    StatusCode.UNAVAILABLE, f"failed to connect to {peer}: {exc.details()}"
+                last = ConnectError(
+                    f"failed to connect to {peer}: {exc.details()}",
+                    permanent=conn.permanent_failure,
                 )
                 continue
             except asyncio.CancelledError:

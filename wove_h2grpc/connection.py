@@ -177,6 +177,7 @@ class ClientConnection(asyncio.Protocol):
         self._goaway_last_id: Optional[int] = None
         self.goaway_reason = ""
         self._pings_without_data = 0
+        self.permanent_failure = False  # failed in a way a reconnect cannot fix
         self.proven = False  # the server answered a request here (resets reconnect backoff)
         self._error: Optional[GrpcError] = None
         self.ready: asyncio.Future[None] = loop.create_future()
@@ -240,6 +241,7 @@ class ClientConnection(asyncio.Protocol):
             events = self._h2.receive_data(data)
             problem = pending_frame_problem(self._h2, first=not self.ready.done())
             if problem:
+                self.permanent_failure = "HTTP/2" in problem
                 self._h2.close_connection(_ErrorCodes.FRAME_SIZE_ERROR)
                 raise h2.exceptions.ProtocolError(problem)
         except h2.exceptions.ProtocolError as exc:
@@ -261,6 +263,15 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Optional[Exception]) -> None:
         reason = f": {exc}" if exc else ""
+        tls = self._transport is not None and self._transport.get_extra_info("sslcontext")
+        if tls and not self.ready.done():
+            # TLS 1.3 finishes the client's handshake before the server checks the client
+            # certificate: a refusal shows up as the connection closing before SETTINGS.
+            self.permanent_failure = True
+            reason += (
+                " before the server's HTTP/2 SETTINGS, right after the TLS handshake "
+                "(did the server refuse our client certificate, or require one?)"
+            )
         self._fail(
             GrpcError(
                 StatusCode.UNAVAILABLE,

@@ -18,9 +18,22 @@ from .errors import GrpcError
 from .status import StatusCode
 from .target import Target
 
-__all__ = ["build_ssl_context", "dial", "resolve"]
+__all__ = ["ConnectError", "build_ssl_context", "dial", "resolve"]
 
 Pem = Union[bytes, str]
+
+
+class ConnectError(GrpcError):
+    """UNAVAILABLE from a connect attempt; ``permanent`` when retrying cannot help.
+
+    Permanent: the TLS handshake failed (certificate, host name, client certificate
+    refused) or the peer does not speak HTTP/2. A call fails at once on such an error,
+    as grpcio does, instead of waiting out its deadline on reconnects.
+    """
+
+    def __init__(self, details: str, *, permanent: bool = False) -> None:
+        super().__init__(StatusCode.UNAVAILABLE, details)
+        self.permanent = permanent
 
 
 def _pem_bytes(value: Pem, name: str) -> bytes:
@@ -139,25 +152,24 @@ async def dial(
             )
         transport, protocol = await asyncio.wait_for(coro, timeout)
     except asyncio.TimeoutError:
-        raise GrpcError(
-            StatusCode.UNAVAILABLE,
-            f"failed to connect to {where}: timed out after {timeout:g}s (connect_timeout)",
+        raise ConnectError(
+            f"failed to connect to {where}: timed out after {timeout:g}s (connect_timeout)"
         ) from None
     except ssl.SSLError as exc:
-        raise GrpcError(
-            StatusCode.UNAVAILABLE, f"failed to connect to {where}: {_describe_ssl_error(exc)}"
+        raise ConnectError(
+            f"failed to connect to {where}: {_describe_ssl_error(exc)}", permanent=True
         ) from None
     except OSError as exc:
-        raise GrpcError(StatusCode.UNAVAILABLE, f"failed to connect to {where}: {exc}") from None
+        raise ConnectError(f"failed to connect to {where}: {exc}") from None
     if ssl_context is not None:
         ssl_object = transport.get_extra_info("ssl_object")
         selected = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
         if selected != "h2":
             transport.close()
-            raise GrpcError(
-                StatusCode.UNAVAILABLE,
+            raise ConnectError(
                 f"failed to connect to {where}: the server did not select HTTP/2 via ALPN "
                 f"(selected {selected!r}); is it a gRPC server?",
+                permanent=True,
             )
     sock = transport.get_extra_info("socket")
     if sock is not None and target.kind == "tcp":
