@@ -410,6 +410,8 @@ async def test_worker_down_is_a_transport_error_within_the_timeout() -> None:
         assert event["error"]["grpc_status"] in ("UNAVAILABLE", "DEADLINE_EXCEEDED")
         assert event["error"]["grpc_status"] in event["error"]["message"]
         assert event["error"]["kind"] == "GrpcError"
+        if event["error"]["grpc_status"] == "UNAVAILABLE":
+            assert event["error"]["retryable"] is True  # nothing was ever sent
     finally:
         await executor.stop()
 
@@ -439,6 +441,7 @@ def test_retryable_only_where_the_call_provably_did_not_run() -> None:
     assert _is_retryable(unsent)
     assert not _is_retryable(sent)
     assert not _is_retryable(GrpcError(StatusCode.UNAVAILABLE, "unknown whether sent"))
+    assert _is_retryable(GrpcError(StatusCode.UNAVAILABLE, "no connection to h:1; last ..."))
     calm = GrpcError(
         StatusCode.RESOURCE_EXHAUSTED, "stream reset by server (RST_STREAM ENHANCE_YOUR_CALM)"
     )

@@ -273,19 +273,28 @@ def _parse_settings(config: Mapping[str, Any]) -> _Settings:
     )
 
 
+def _request_unsent(exc: GrpcError) -> bool:
+    """True when the request provably never reached the worker's application."""
+    flag = getattr(exc, "request_sent", None)
+    if flag is not None:
+        return flag is False
+    # The Channel's "waited for a connection and got none" error: nothing was written.
+    return exc.details().startswith("no connection to ")
+
+
 def _is_retryable(exc: BaseException) -> bool:
     """True only where the call provably did not run (safe to send again)."""
     if not isinstance(exc, GrpcError):
         return False
     code = exc.code()
     # UNAVAILABLE is retryable only before the request left this process (connect failed,
-    # stream refused): after that, the worker may have run the task. The Channel marks it.
+    # stream refused): after that, the worker may have run the task.
     if code is StatusCode.UNAVAILABLE:
-        return getattr(exc, "request_sent", None) is False
+        return _request_unsent(exc)
     # RESOURCE_EXHAUSTED from the peer's flow control (RST_STREAM ENHANCE_YOUR_CALM) means
     # the server shed the stream; a local message-size limit (the task ran) is not retryable.
     if code is StatusCode.RESOURCE_EXHAUSTED:
-        return getattr(exc, "request_sent", None) is False or "ENHANCE_YOUR_CALM" in exc.details()
+        return _request_unsent(exc) or "ENHANCE_YOUR_CALM" in exc.details()
     return False
 
 
