@@ -154,6 +154,20 @@ class GrpcH2Connection(h2.connection.H2Connection):
             self.state_machine.state = previous
         return result
 
+    # h2 counts open outbound streams by walking every stream on each new request
+    # (pruning closed ones as it goes): O(streams) per call. Our client enforces the
+    # peer's MAX_CONCURRENT_STREAMS itself, by queueing (connection.ClientConnection), so
+    # the count only serves pruning, done when the table has doubled (amortised O(1)).
+    _outbound_prune_at = 64
+
+    @property
+    def open_outbound_streams(self) -> int:
+        if len(self.streams) < self._outbound_prune_at:
+            return 0
+        count = self._open_streams(int(self.config.client_side))
+        self._outbound_prune_at = max(64, 2 * len(self.streams))
+        return count
+
     if H2_INTERNALS_VERIFIED:
         _receive_frame = _receive_frame_without_repr
         _prepare_for_sending = _prepare_for_sending_without_copies

@@ -1,0 +1,63 @@
+"""GrpcH2Connection's amortised stream pruning (replacing h2's per-request scan)."""
+
+from __future__ import annotations
+
+import h2.config
+import h2.connection
+import h2.events
+
+from wove_h2grpc._h2compat import make_h2_connection
+
+REQUEST = [
+    (b":method", b"POST"),
+    (b":scheme", b"http"),
+    (b":path", b"/t.T/M"),
+    (b":authority", b"x"),
+    (b"content-type", b"application/grpc"),
+]
+
+
+def _pair() -> tuple[h2.connection.H2Connection, h2.connection.H2Connection]:
+    client = make_h2_connection(client_side=True)
+    server = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+    client.initiate_connection()
+    server.initiate_connection()
+    server.receive_data(client.data_to_send())
+    client.receive_data(server.data_to_send())
+    server.receive_data(client.data_to_send())
+    return client, server
+
+
+def _round_trip(client: h2.connection.H2Connection, server: h2.connection.H2Connection) -> None:
+    sid = client.get_next_available_stream_id()
+    client.send_headers(sid, REQUEST, end_stream=True)
+    for event in server.receive_data(client.data_to_send()):
+        if isinstance(event, h2.events.RequestReceived):
+            server.send_headers(event.stream_id, [(b":status", b"200")], end_stream=True)
+    events = client.receive_data(server.data_to_send())
+    assert any(isinstance(e, h2.events.StreamEnded) for e in events)
+
+
+def test_closed_streams_are_pruned_as_the_table_grows() -> None:
+    client, server = _pair()
+    sizes = []
+    for _ in range(2000):
+        _round_trip(client, server)
+        sizes.append(len(client.streams))
+    # Without pruning the table would hold all 2,000 closed streams.
+    assert max(sizes) <= 128, max(sizes)
+    assert min(sizes[100:]) < 64
+
+
+def test_pruning_keeps_open_streams() -> None:
+    client, server = _pair()
+    open_ids = []
+    for _ in range(100):
+        sid = client.get_next_available_stream_id()
+        client.send_headers(sid, REQUEST)  # left open: no END_STREAM
+        open_ids.append(sid)
+    server.receive_data(client.data_to_send())
+    for _ in range(1000):
+        _round_trip(client, server)
+    assert all(sid in client.streams for sid in open_ids)
+    assert len(client.streams) < 100 + 2 * 128
