@@ -52,7 +52,7 @@ def test_closed_streams_are_pruned_as_the_table_grows() -> None:
 def test_pruning_keeps_open_streams() -> None:
     client, server = _pair()
     open_ids = []
-    for _ in range(100):
+    for _ in range(50):  # the plain h2 server allows 100 concurrent streams
         sid = client.get_next_available_stream_id()
         client.send_headers(sid, REQUEST)  # left open: no END_STREAM
         open_ids.append(sid)
@@ -60,4 +60,4 @@ def test_pruning_keeps_open_streams() -> None:
     for _ in range(1000):
         _round_trip(client, server)
     assert all(sid in client.streams for sid in open_ids)
-    assert len(client.streams) < 100 + 2 * 128
+    assert len(client.streams) < 50 + 2 * 128
