@@ -40,6 +40,14 @@ class HelperProcess:
     proc: "subprocess.Popen[str]"
     info: str
     lines: List[str]
+    pump: Optional[threading.Thread] = None
+
+    def _reap(self) -> None:
+        """Join the stdout pump and close the pipe (no ResourceWarning left behind)."""
+        if self.pump is not None:
+            self.pump.join(timeout=5)
+        if self.proc.stdout is not None and (self.pump is None or not self.pump.is_alive()):
+            self.proc.stdout.close()
 
     @property
     def port(self) -> int:
@@ -53,11 +61,13 @@ class HelperProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=timeout)
+        self._reap()
 
     def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(timeout=10)
+        self._reap()
 
 
 def _pump(stream: IO[str], lines: List[str], ready: threading.Event, box: List[str]) -> None:
@@ -105,11 +115,13 @@ def start_helper(
     if not box:
         proc.kill()
         proc.wait(timeout=10)
+        thread.join(timeout=5)
+        proc.stdout.close()
         raise RuntimeError(
             f"helper {script} {' '.join(args)} did not become ready within {timeout}s "
             f"(exit code {proc.returncode}); stdout: {lines[-20:]}"
         )
-    return HelperProcess(proc, box[0], lines)
+    return HelperProcess(proc, box[0], lines, thread)
 
 
 @dataclasses.dataclass

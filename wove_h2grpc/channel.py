@@ -626,15 +626,18 @@ class Channel:
             return GrpcError(
                 StatusCode.UNAVAILABLE,
                 f"no connection to {where}; last connect error: {errors[-1].details()}",
+                request_sent=False,
             )
         if had_deadline:
             return GrpcError(
                 StatusCode.DEADLINE_EXCEEDED,
                 f"Deadline Exceeded while waiting for a connection to {where}",
+                request_sent=False,
             )
         return GrpcError(
             StatusCode.UNAVAILABLE,
             f"no connection to {where} within connect_timeout {self._opts.connect_timeout:g}s",
+            request_sent=False,
         )
 
     async def _connect(self, addresses: Optional[List[Tuple[str, int]]]) -> ClientConnection:
@@ -807,7 +810,9 @@ class UnaryUnaryMultiCallable(Generic[Req, Resp]):
             if deadline is not None:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
-                    raise GrpcError(StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
+                    raise GrpcError(
+                        StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded", request_sent=False
+                    )
                 call_headers = [
                     *headers,
                     (b"grpc-timeout", encode_grpc_timeout(remaining).encode()),
@@ -823,6 +828,7 @@ class UnaryUnaryMultiCallable(Generic[Req, Resp]):
                         raise GrpcError(
                             StatusCode.UNAVAILABLE,
                             f"{retry.reason}; not retried because transparent_retry=False",
+                            request_sent=False,
                         ) from None
                     refused += 1
                     if refused > _MAX_REFUSED_RETRIES:
@@ -830,6 +836,7 @@ class UnaryUnaryMultiCallable(Generic[Req, Resp]):
                             StatusCode.UNAVAILABLE,
                             f"{retry.reason}; gave up after {_MAX_REFUSED_RETRIES} "
                             "transparent retries",
+                            request_sent=False,
                         ) from None
                 continue
             except asyncio.CancelledError:

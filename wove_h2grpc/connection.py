@@ -48,6 +48,9 @@ STREAM_WINDOW = 16 * 1024 * 1024
 CONNECTION_WINDOW = 64 * 1024 * 1024
 MAX_FRAME_SIZE = 1024 * 1024
 MAX_HEADER_LIST_SIZE = 64 * 1024
+# Concurrent streams per connection when the server advertises no limit: grpcio servers
+# advertise none and cancel calls beyond grpc.server.max_pending_requests (default 1000).
+DEFAULT_MAX_STREAMS = 1000
 # grpcio's GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA: a grpcio server answers more keepalive
 # PINGs than this between our DATA/HEADERS frames with GOAWAY too_many_pings.
 _MAX_PINGS_WITHOUT_DATA = 2
@@ -173,7 +176,10 @@ class ClientConnection(asyncio.Protocol):
         self._queue: Deque[Call] = deque()
         self._blocked: Dict[int, Call] = {}  # streams waiting for send window
         self._flush_scheduled = False
-        self._max_streams = 100  # until the server's SETTINGS say otherwise (RFC 9113 6.5.2)
+        # Until (and unless) the server's SETTINGS give a limit. RFC 9113 6.5.2 makes the
+        # initial limit unlimited; we cap our own concurrency so that a server advertising
+        # none (grpcio's) is not sent more calls than its default pending queue takes.
+        self._max_streams = DEFAULT_MAX_STREAMS
         self._goaway_last_id: Optional[int] = None
         self.goaway_reason = ""
         self._pings_without_data = 0

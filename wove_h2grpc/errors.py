@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Tuple, Union
+from typing import Optional, Tuple, Union
 
 from .status import StatusCode
 
@@ -23,8 +23,12 @@ class GrpcError(Exception):
         initial_metadata: Metadata = (),
         trailing_metadata: Metadata = (),
         debug_error_string: str = "",
+        request_sent: Optional[bool] = None,
     ) -> None:
         super().__init__(code, details)
+        self.request_sent = request_sent
+        """False when the server provably never processed the request (no connection, or
+        its stream refused unprocessed): safe to send again. None when it may have run."""
         self._code = StatusCode(code)
         self._details = details
         self._initial_metadata = tuple(initial_metadata)
@@ -67,12 +71,18 @@ class GrpcError(Exception):
                 self._initial_metadata,
                 self._trailing_metadata,
                 self._debug,
+                self.request_sent,
             ),
         )
 
 
 def _rebuild(
-    code: int, details: str, initial: Metadata, trailing: Metadata, debug: str
+    code: int,
+    details: str,
+    initial: Metadata,
+    trailing: Metadata,
+    debug: str,
+    request_sent: Optional[bool] = None,
 ) -> GrpcError:
     return GrpcError(
         StatusCode(code),
@@ -80,4 +90,5 @@ def _rebuild(
         initial_metadata=initial,
         trailing_metadata=trailing,
         debug_error_string=debug,
+        request_sent=request_sent,
     )
