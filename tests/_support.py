@@ -37,7 +37,7 @@ def grpcio_importable_here() -> bool:
 class HelperProcess:
     """A child process that printed ``READY <info>`` on stdout once it was serving."""
 
-    proc: "subprocess.Popen[str]"
+    proc: subprocess.Popen[str]
     info: str
     lines: List[str]
     pump: Optional[threading.Thread] = None
