@@ -126,19 +126,37 @@ async def _concurrent(call: Call, payload: bytes, calls: int, concurrency: int) 
     return latencies
 
 
-async def _burst(call: Call, payload: bytes, calls: int) -> List[int]:
+async def _burst(call: Call, payload: bytes, calls: int, failures: Dict[str, int]) -> List[int]:
+    """All calls at once. A call that fails is counted by error (the server may shed load)."""
     latencies: List[int] = []
     clock = time.perf_counter_ns
 
     async def one() -> None:
         start = clock()
-        reply = await call(payload)
+        try:
+            reply = await call(payload)
+        except Exception as exc:
+            key = _describe_error(exc)
+            failures[key] = failures.get(key, 0) + 1
+            return
         latencies.append(clock() - start)
         if len(reply) != len(payload):
             raise RuntimeError("short echo")
 
     await asyncio.gather(*(one() for _ in range(calls)))
     return latencies
+
+
+def _describe_error(exc: BaseException) -> str:
+    """One line: the gRPC status and details where the library has them."""
+    code = getattr(exc, "code", None)
+    if callable(code):
+        details = getattr(exc, "details", lambda: "")
+        return f"{type(exc).__name__} {getattr(code(), 'name', code())}: {details()}"
+    status = getattr(exc, "status", None)  # grpclib.GRPCError
+    if status is not None:
+        return f"{type(exc).__name__} {getattr(status, 'name', status)}: {exc}"
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
 
 
 def _quantiles(sorted_ns: List[int]) -> List[float]:
@@ -160,6 +178,7 @@ async def _measure(spec: Dict[str, Any]) -> Dict[str, Any]:
     scenario = spec["scenario"]
     calls = spec["calls"]
     concurrency = spec.get("concurrency", 64)
+    failures: Dict[str, int] = {}
     try:
         # Warm up: connects, fills caches, lets flow-control windows open.
         first = await call(payload)
@@ -187,7 +206,7 @@ async def _measure(spec: Dict[str, Any]) -> Dict[str, Any]:
         elif scenario == "concurrent":
             latencies = await _concurrent(call, payload, calls, concurrency)
         elif scenario == "burst":
-            latencies = await _burst(call, payload, calls)
+            latencies = await _burst(call, payload, calls, failures)
         else:
             raise SystemExit(f"unknown scenario {scenario!r}")
         if profiler is not None:
@@ -200,15 +219,20 @@ async def _measure(spec: Dict[str, Any]) -> Dict[str, Any]:
 
     if profiler is not None:
         _write_profile(profiler, spec["profile"])
+    if not latencies:
+        return {"error": f"every call failed: {failures}"}
     latencies.sort()
     return {
         "calls": len(latencies),
+        "failed_calls": sum(failures.values()),
+        "failures": failures,
         "wall_s": wall,
         "calls_per_s": len(latencies) / wall,
         "p50_us": _percentile(latencies, 50),
         "p99_us": _percentile(latencies, 99),
-        "cpu_us_per_call": cpu * 1e6 / len(latencies),
-        "cpu_sys_us_per_call": system * 1e6 / len(latencies),
+        # Per call attempted: failed calls cost CPU too.
+        "cpu_us_per_call": cpu * 1e6 / calls,
+        "cpu_sys_us_per_call": system * 1e6 / calls,
         "peak_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
         "latency_quantiles_us": _quantiles(latencies),
     }
@@ -243,7 +267,10 @@ def _short(filename: str) -> str:
 
 def main() -> None:
     spec = json.loads(sys.argv[1])
-    result = asyncio.run(_measure(spec))
+    try:
+        result = asyncio.run(_measure(spec))
+    except Exception as exc:
+        result = {"error": _describe_error(exc)}
     sys.stdout.write(json.dumps(result) + "\n")
     sys.stdout.flush()
 

@@ -99,7 +99,36 @@ def client_tables(results: Dict[str, Any]) -> List[str]:
                 label = f"{scenario['title']} ({scenario['calls']:,} calls)" if first else ""
                 lines.append(f"| {label} | {title} | " + " | ".join(cells) + " |")
                 first = False
+        notes = failure_notes(server, clients)
+        if notes:
+            lines += ["", *notes]
     return lines
+
+
+def failure_notes(server: Dict[str, Any], clients: Sequence[str]) -> List[str]:
+    """Calls that failed inside a measurement (a burst may be shed by the server)."""
+    notes = []
+    for scenario in server["scenarios"].values():
+        for client in clients:
+            rounds = scenario["clients"][client]["rounds"]
+            failed = [r.get("failed_calls", 0) for r in rounds if "error" not in r]
+            if not any(failed):
+                continue
+            kinds: Dict[str, int] = {}
+            for r in rounds:
+                for kind, count in (r.get("failures") or {}).items():
+                    kinds[kind] = kinds.get(kind, 0) + count
+            worst = max(kinds.items(), key=lambda item: item[1])[0] if kinds else "?"
+            notes.append(
+                f"- {client}, {scenario['title']}: {', '.join(f'{n:,}' for n in failed)} of "
+                f"{scenario['calls']:,} calls failed in the rounds (mostly `{worst}`); its "
+                "figures cover the calls that succeeded, CPU per call counts every call."
+            )
+        for client in clients:
+            errors = [r["error"] for r in scenario["clients"][client]["rounds"] if "error" in r]
+            if errors:
+                notes.append(f"- {client}, {scenario['title']}: round failed: `{errors[0]}`")
+    return notes
 
 
 def import_table(results: Dict[str, Any]) -> List[str]:
