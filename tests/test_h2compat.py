@@ -255,18 +255,53 @@ def _as_pairs(headers: Any) -> List[Tuple[bytes, bytes]]:
     return [(bytes(n), bytes(v)) for n, v in headers]
 
 
+def _steady_lists(seed: int, count: int) -> List[List[Any]]:
+    """Header lists drawn from a fixed set of fields: no value ever changes per name."""
+    import random
+
+    rng = random.Random(seed)
+    fixed = [f for f in FIELDS if f[0] not in (b":path", b"x-request-id")]
+    fixed.append((b":path", b"/pkg.Service/Method"))
+    out = []
+    for i in range(count):
+        fields: List[Any] = [hpack.HeaderTuple(n, v) for n, v in rng.sample(fixed, 5)]
+        if i % 7 == 0:
+            fields.append(hpack.NeverIndexedHeaderTuple(b"authorization", b"Bearer t"))
+        out.append(fields)
+    return out
+
+
 @pytest.mark.parametrize("table_size", [4096, 200, 0])
 def test_cached_encoder_emits_exactly_hpacks_bytes(table_size: int) -> None:
+    """Fields whose values never change are encoded exactly as hpack encodes them."""
     ours, plain = _h2compat.CachingEncoder(), hpack.Encoder()
     ours.header_table_size = plain.header_table_size = table_size
     decoder = hpack.Decoder()
-    for step, headers in enumerate(_header_lists(table_size, 300, with_timeout=False)):
+    for step, headers in enumerate(_steady_lists(table_size, 300)):
         if step in (100, 200):  # the peer lowers SETTINGS_HEADER_TABLE_SIZE mid-way
             ours.header_table_size = plain.header_table_size = table_size // (step // 50)
         block = ours.encode(headers)
         assert block == plain.encode(headers), f"step {step}"
         assert _as_pairs(decoder.decode(block, raw=True)) == _as_pairs(headers)
     assert ours._indexed, "repeated fields were served from the cache"
+
+
+@pytest.mark.parametrize("table_size", [4096, 200, 0])
+def test_cached_encoder_round_trips_changing_values(table_size: int) -> None:
+    """Names whose values keep changing go out unindexed; everything decodes the same."""
+    ours = _h2compat.CachingEncoder()
+    ours.header_table_size = table_size
+    decoder = hpack.Decoder()
+    volatile = {b"x-request-id", b"x-new", b"grpc-timeout"}
+    for step, headers in enumerate(_header_lists(table_size + 2, 300, with_timeout=True)):
+        before = list(decoder.header_table.dynamic_entries)
+        block = ours.encode(headers)
+        assert _as_pairs(decoder.decode(block, raw=True)) == _as_pairs(headers)
+        assert ours.header_table.dynamic_entries == decoder.header_table.dynamic_entries
+        if step >= 100:  # by now each volatile name has changed value twice
+            added = [e for e in decoder.header_table.dynamic_entries if e not in before]
+            assert not [n for n, _ in added if n in volatile], f"step {step}"
+    assert {b"x-request-id", b"x-new"} <= {n for n, c in ours._changes.items() if c >= 2}
 
 
 def test_cached_encoder_sends_grpc_timeout_without_indexing() -> None:
@@ -406,9 +441,22 @@ def test_data_frames_are_serialized_byte_for_byte_like_h2() -> None:
 
     out, data = _same_transcript(script)
     assert len(out[1]) == 20, "data_to_send(amount) still slices h2's buffer"
+    assert len(out) == 3
     assert data == payload[:5000] + b"padded" + payload[5000:16000] + b"\x00" * 5
     if _h2compat.H2_INTERNALS_VERIFIED:
         assert (
             _h2compat.GrpcH2Connection._prepare_for_sending
             is _h2compat._prepare_for_sending_without_copies
         )
+
+
+def test_data_to_send_hands_over_its_buffer_without_aliasing() -> None:
+    client = _h2compat.make_h2_connection(client_side=True)
+    client.initiate_connection()
+    first = client.data_to_send()
+    assert first.startswith(b"PRI * HTTP/2.0")
+    first[:3] = b"XXX"  # the caller owns what it got; h2's next buffer is unaffected
+    client.ping(b"12345678")
+    second = client.data_to_send()
+    assert bytes(second[3:4]) == b"\x06"  # a PING frame, not the mutated preface
+    assert client.data_to_send() == b""

@@ -172,6 +172,20 @@ class GrpcH2Connection(h2.connection.H2Connection):
         _receive_frame = _receive_frame_without_repr
         _prepare_for_sending = _prepare_for_sending_without_copies
 
+    def data_to_send(self, amount: Any = None) -> Any:
+        """h2's ``data_to_send``; with no ``amount``, hands over the buffer without a copy.
+
+        h2 returns ``bytes(buffer)``: one more copy of everything sent (a 1 MiB message
+        costs a fresh 1 MiB allocation and memcpy). The whole buffer is returned as the
+        ``bytearray`` itself and h2 gets a new one, so nothing aliases it afterwards.
+        ``transport.write`` takes it as it takes bytes.
+        """
+        if amount is not None or not H2_INTERNALS_VERIFIED:
+            return super().data_to_send(amount)
+        data = self._data_to_send
+        self._data_to_send = bytearray()
+        return data
+
 
 class _CountingHeaderTable(HeaderTable):
     """hpack's HPACK dynamic table plus a generation number bumped by every change.
@@ -200,6 +214,9 @@ class _CountingHeaderTable(HeaderTable):
 # Header names whose values change on every call; encoding them with incremental indexing
 # (hpack's default) would add a table entry per call, evicting the fields that repeat.
 _UNINDEXED_NAMES = frozenset({b"grpc-timeout"})
+# Any other name whose value has changed this many times is treated the same way: Wove's
+# signed metadata (timestamp, nonce, signature) and request ids differ on every call.
+_VOLATILE_AFTER = 2
 _CACHE_LIMIT = 1024
 
 
@@ -210,9 +227,11 @@ class CachingEncoder(hpack.Encoder):
     of a small call's client CPU. gRPC repeats the same fields on every call, and once a
     field is in the dynamic table its representation (an index, RFC 7541 section 6.1)
     depends only on the table's contents, so it is cached per table generation. The bytes
-    on the wire are exactly hpack's, except ``grpc-timeout``, sent as a literal without
-    indexing (section 6.2.2) so per-call values do not churn the table. A pending table
-    size update (section 6.3) and dict input take hpack's own path.
+    on the wire are exactly hpack's, except for fields whose values change from call to
+    call (``grpc-timeout``, and any name seen with a new value twice: signatures, nonces,
+    request ids): those are sent as literals without indexing (section 6.2.2), so they
+    neither churn the table nor invalidate every cached field on every call. A pending
+    table size update (section 6.3) and dict input take hpack's own path.
     """
 
     def __init__(self) -> None:
@@ -220,6 +239,8 @@ class CachingEncoder(hpack.Encoder):
         self.header_table = _CountingHeaderTable()
         self._indexed: Dict[Any, Tuple[int, bytes]] = {}
         self._literal: Dict[Any, bytes] = {}
+        self._last_value: Dict[bytes, bytes] = {}
+        self._changes: Dict[bytes, int] = {}
 
     def encode(self, headers: Any, huffman: bool = True) -> bytes:
         """Encode a header block (same contract and output as ``hpack.Encoder.encode``)."""
@@ -243,7 +264,7 @@ class CachingEncoder(hpack.Encoder):
                 parts.append(hit[1])
                 continue
             name, value = _as_bytes(header[0]), _as_bytes(header[1])
-            if not sensitive and name in _UNINDEXED_NAMES:
+            if not sensitive and self._volatile(name, value):
                 parts.append(self._unindexed(name, value, huffman))
                 continue
             before = table.generation  # type: ignore[attr-defined]
@@ -254,6 +275,22 @@ class CachingEncoder(hpack.Encoder):
                 indexed[key] = (before, field)
             parts.append(field)
         return b"".join(parts)
+
+    def _volatile(self, name: bytes, value: bytes) -> bool:
+        """True for a name whose value keeps changing (or is known to): keep it out of the table."""
+        if name in _UNINDEXED_NAMES:
+            return True
+        changes = self._changes.get(name, 0)
+        if changes >= _VOLATILE_AFTER:
+            return True
+        last = self._last_value.get(name)
+        if last is not None and last != value:
+            self._changes[name] = changes + 1
+        if len(self._last_value) >= _CACHE_LIMIT:
+            self._last_value.clear()
+            self._changes.clear()
+        self._last_value[name] = value
+        return False
 
     def _unindexed(self, name: bytes, value: bytes, huffman: bool) -> bytes:
         """Literal header field without indexing (RFC 7541 section 6.2.2); state-free."""
