@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import struct
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Set, Tuple
 
 import h2
 import h2.config
@@ -16,6 +16,7 @@ import h2.connection
 import hpack
 from h2.errors import ErrorCodes
 from h2.exceptions import StreamClosedError, StreamIDTooLowError
+from hpack.hpack import encode_integer
 from hpack.table import HeaderTable
 from hyperframe.frame import DataFrame, RstStreamFrame
 
@@ -214,9 +215,9 @@ class _CountingHeaderTable(HeaderTable):
 # Header names whose values change on every call; encoding them with incremental indexing
 # (hpack's default) would add a table entry per call, evicting the fields that repeat.
 _UNINDEXED_NAMES = frozenset({b"grpc-timeout"})
-# Any other name whose value has changed this many times is treated the same way: Wove's
+# Any other name seen with more distinct values than this is treated the same way: Wove's
 # signed metadata (timestamp, nonce, signature) and request ids differ on every call.
-_VOLATILE_AFTER = 2
+_VOLATILE_AFTER = 8
 _CACHE_LIMIT = 1024
 
 
@@ -228,8 +229,8 @@ class CachingEncoder(hpack.Encoder):
     field is in the dynamic table its representation (an index, RFC 7541 section 6.1)
     depends only on the table's contents, so it is cached per table generation. The bytes
     on the wire are exactly hpack's, except for fields whose values change from call to
-    call (``grpc-timeout``, and any name seen with a new value twice: signatures, nonces,
-    request ids): those are sent as literals without indexing (section 6.2.2), so they
+    call (``grpc-timeout``, and any name seen with more than eight values: signatures,
+    nonces, request ids): those are sent as literals without indexing (section 6.2.2), so they
     neither churn the table nor invalidate every cached field on every call. A pending
     table size update (section 6.3) and dict input take hpack's own path.
     """
@@ -238,9 +239,9 @@ class CachingEncoder(hpack.Encoder):
         super().__init__()
         self.header_table = _CountingHeaderTable()
         self._indexed: Dict[Any, Tuple[int, bytes]] = {}
-        self._literal: Dict[Any, bytes] = {}
-        self._last_value: Dict[bytes, bytes] = {}
-        self._changes: Dict[bytes, int] = {}
+        self._literal: Dict[bytes, bytes] = {}
+        self._values: Dict[bytes, Set[bytes]] = {}
+        self._volatile_names: Set[bytes] = set()
 
     def encode(self, headers: Any, huffman: bool = True) -> bytes:
         """Encode a header block (same contract and output as ``hpack.Encoder.encode``)."""
@@ -277,35 +278,56 @@ class CachingEncoder(hpack.Encoder):
         return b"".join(parts)
 
     def _volatile(self, name: bytes, value: bytes) -> bool:
-        """True for a name whose value keeps changing (or is known to): keep it out of the table."""
-        if name in _UNINDEXED_NAMES:
+        """True for a name seen with many values (or known to vary): keep it out of the table.
+
+        A name with a few values (``:path`` of a handful of methods) stays indexed; one
+        with more than ``_VOLATILE_AFTER`` distinct values (a nonce, a signature, a
+        request id) is sent unindexed from then on.
+        """
+        if name in _UNINDEXED_NAMES or name in self._volatile_names:
             return True
-        changes = self._changes.get(name, 0)
-        if changes >= _VOLATILE_AFTER:
+        values = self._values.get(name)
+        if values is None:
+            if len(self._values) >= _CACHE_LIMIT:
+                self._values.clear()
+            values = self._values[name] = set()
+        values.add(value)
+        if len(values) > _VOLATILE_AFTER:
+            del self._values[name]
+            if len(self._volatile_names) < _CACHE_LIMIT:
+                self._volatile_names.add(name)
             return True
-        last = self._last_value.get(name)
-        if last is not None and last != value:
-            self._changes[name] = changes + 1
-        if len(self._last_value) >= _CACHE_LIMIT:
-            self._last_value.clear()
-            self._changes.clear()
-        self._last_value[name] = value
         return False
 
     def _unindexed(self, name: bytes, value: bytes, huffman: bool) -> bytes:
-        """Literal header field without indexing (RFC 7541 section 6.2.2); state-free."""
-        key = (name, value, huffman)
-        field = self._literal.get(key)
-        if field is None:
-            match = self.header_table.search(name, value)
-            if match is not None and match[0] <= HeaderTable.STATIC_TABLE_LENGTH:
-                field = self._encode_indexed_literal(match[0], value, b"\x00", huffman)
+        """Literal header field without indexing (RFC 7541 section 6.2.2); state-free.
+
+        The name part (a static-table index, or the Huffman-coded name) is computed once per
+        name. The value, new on every call, is sent as a plain string: hpack's Huffman coder
+        is pure Python and costs more CPU per call than the few bytes it would save.
+        """
+        prefix = self._literal.get(name)
+        if prefix is None:
+            index = _STATIC_NAMES.get(name)
+            if index is not None:
+                head = encode_integer(index, 4)  # 0000xxxx: without indexing, indexed name
+                prefix = bytes(head)
             else:
-                field = self._encode_literal(name, value, b"\x00", huffman)
+                coded = self.huffman_coder.encode(name) if huffman else name
+                length = encode_integer(len(coded), 7)
+                if huffman:
+                    length[0] |= 0x80
+                prefix = b"\x00" + bytes(length) + coded
             if len(self._literal) >= _CACHE_LIMIT:
                 self._literal.clear()
-            self._literal[key] = field
-        return field
+            self._literal[name] = prefix
+        return prefix + bytes(encode_integer(len(value), 7)) + value
+
+
+# RFC 7541 appendix A: the first static-table index of each header name.
+_STATIC_NAMES: Dict[bytes, int] = {}
+for _index, (_name, _value) in enumerate(HeaderTable.STATIC_TABLE, start=1):
+    _STATIC_NAMES.setdefault(_name, _index)
 
 
 class CachingDecoder(hpack.Decoder):
