@@ -51,7 +51,8 @@ def file_of(case: ET.Element) -> str:
     path = case.get("file")
     if path:
         return path.replace("\\", "/").rsplit("/", 1)[-1]
-    parts = (case.get("classname") or "").split(".")
+    # A collection error has an empty classname and the module (tests.test_x) as its name.
+    parts = (case.get("classname") or case.get("name") or "").split(".")
     # classname is like tests.test_x or tests.test_x.TestClass
     for part in parts:
         if part.startswith("test_"):
