@@ -6,6 +6,8 @@
 # start system services on install; in containers policy-rc.d refuses that, and we stop
 # nothing we did not start. Idempotent: does nothing when both are already installed.
 set -euo pipefail
+# Debian installs both into /usr/sbin, which a non-login or non-root PATH may lack.
+case ":$PATH:" in *:/usr/sbin:*) ;; *) PATH="$PATH:/usr/sbin" ;; esac
 
 need=()
 command -v nginx >/dev/null 2>&1 || need+=(nginx)
@@ -23,4 +25,6 @@ if [ "${#need[@]}" -gt 0 ]; then
         "${need[@]}" >/dev/null
 fi
 
-echo "install-balancers: $(nginx -v 2>&1); $(haproxy -v 2>&1 | head -n 1)"
+nginx_version="$(nginx -v 2>&1)"
+haproxy_version="$(haproxy -v 2>&1 | head -n 1)"
+echo "install-balancers: $(command -v nginx) ($nginx_version); $(command -v haproxy) ($haproxy_version)"
