@@ -462,3 +462,118 @@ def test_data_to_send_hands_over_its_buffer_without_aliasing() -> None:
     second = client.data_to_send()
     assert bytes(second[3:4]) == b"\x06"  # a PING frame, not the mutated preface
     assert client.data_to_send() == b""
+
+
+# -- receive buffer: frame bodies parsed from a view ----------------------------------------
+
+
+def _frame_stream() -> bytes:
+    from hyperframe import frame as hf
+
+    frames: List[Any] = [hf.SettingsFrame(0, settings={4: 1 << 20, 5: 1 << 20})]
+    head = hf.HeadersFrame(1, data=b"\x82\x86\x84")
+    cont = hf.ContinuationFrame(1, data=b"\x41\x03abc")
+    cont.flags.add("END_HEADERS")
+    frames += [head, cont]
+    for index in range(40):
+        data = hf.DataFrame(1, data=bytes([index % 251]) * (index * 997 % 20000))
+        if index % 5 == 0:
+            data.flags.add("PADDED")
+            data.pad_length = index % 7
+        frames.append(data)
+        if index % 9 == 0:
+            frames.append(hf.PingFrame(0, opaque_data=b"%08d" % index))
+            frames.append(hf.WindowUpdateFrame(1, window_increment=index + 1))
+    frames += [
+        hf.RstStreamFrame(3, error_code=8),
+        hf.GoAwayFrame(0, last_stream_id=1, error_code=0, additional_data=b"bye"),
+    ]
+    unknown = b"\x00\x00\x07\xfa\x00\x00\x00\x00\x00unknown"  # an extension frame type
+    return unknown + b"".join(f.serialize() for f in frames)
+
+
+def _frames_out(buffer: Any, chunks: List[bytes]) -> List[Any]:
+    out = []
+    for chunk in chunks:
+        buffer.add_data(chunk)
+        for frame in buffer:
+            out.append((type(frame).__name__, frame.stream_id, frame.serialize()))
+    return out
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_frame_buffer_yields_what_h2s_yields(seed: int) -> None:
+    import random
+
+    import h2.frame_buffer
+
+    stream = _frame_stream()
+    rng = random.Random(seed)
+    chunks, pos = [], 0
+    while pos < len(stream):
+        step = rng.choice([1, 9, 10, 100, 4096, 70000])
+        chunks.append(stream[pos : pos + step])
+        pos += step
+    ours, plain = _h2compat._FrameBuffer(), h2.frame_buffer.FrameBuffer()
+    ours.max_frame_size = plain.max_frame_size = 1 << 20
+    mine = _frames_out(ours, chunks)
+    assert mine == _frames_out(plain, chunks)
+    assert len(mine) > 50
+    assert ours._data == bytearray()
+
+
+def test_frame_buffer_errors_match_h2() -> None:
+    import h2.frame_buffer
+    from hyperframe import frame as hf
+
+    def outcome(buffer: Any, data: bytes, max_size: int = 16384) -> str:
+        buffer.max_frame_size = max_size
+        try:
+            _frames_out(buffer, [data])
+        except Exception as exc:
+            return type(exc).__name__
+        return "ok"
+
+    big = hf.DataFrame(1, data=b"x" * 20000).serialize()
+    bad_padding = bytearray(hf.DataFrame(1, data=b"abc").serialize())
+    bad_padding[4] |= 0x08  # PADDED, and a pad length larger than the body
+    bad_padding[9] = 200
+    lone_continuation = hf.ContinuationFrame(1, data=b"x").serialize()
+    head = hf.HeadersFrame(1, data=b"\x82").serialize()
+    for data in (big, bytes(bad_padding), head + big[:20], head + lone_continuation):
+        for server in (False,):
+            assert outcome(_h2compat._FrameBuffer(server), data) == outcome(
+                h2.frame_buffer.FrameBuffer(server), data
+            )
+    preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+    for data in (preface[:10], preface + head, b"GET / HTTP/1.1\r\n\r\n"):
+        assert outcome(_h2compat._FrameBuffer(True), data) == outcome(
+            h2.frame_buffer.FrameBuffer(True), data
+        )
+    assert outcome(_h2compat._FrameBuffer(True), b"GET / HTTP/1.1\r\n\r\n") == "ProtocolError"
+
+
+def test_frame_buffer_survives_a_frame_that_keeps_a_view(monkeypatch: pytest.MonkeyPatch) -> None:
+    from hyperframe import frame as hf
+
+    kept = []
+
+    def keep_view(self: Any, data: memoryview) -> None:
+        kept.append(data)  # a frame class that holds on to its body view
+        self.opaque_data = data.tobytes()
+        self.body_len = 8
+
+    monkeypatch.setattr(hf.PingFrame, "parse_body", keep_view)
+    ping = hf.PingFrame(0, opaque_data=b"12345678").serialize()
+    data = hf.DataFrame(1, data=b"after").serialize()
+    buffer = _h2compat._FrameBuffer()
+    buffer.max_frame_size = 16384
+    frames = _frames_out(buffer, [ping + data])
+    assert [name for name, *_ in frames] == ["PingFrame", "DataFrame"]
+    assert bytes(kept[0]) == b"12345678"
+
+
+def test_connections_use_the_view_parsing_buffer() -> None:
+    client = _h2compat.make_h2_connection(client_side=True)
+    if _h2compat.H2_INTERNALS_VERIFIED:
+        assert isinstance(client.incoming_buffer, _h2compat._FrameBuffer)

@@ -13,12 +13,19 @@ from typing import Any, Dict, List, Set, Tuple
 import h2
 import h2.config
 import h2.connection
+import h2.frame_buffer
 import hpack
 from h2.errors import ErrorCodes
-from h2.exceptions import StreamClosedError, StreamIDTooLowError
+from h2.exceptions import (
+    FrameDataMissingError,
+    ProtocolError,
+    StreamClosedError,
+    StreamIDTooLowError,
+)
 from hpack.hpack import encode_integer
 from hpack.table import HeaderTable
-from hyperframe.frame import DataFrame, RstStreamFrame
+from hyperframe.exceptions import InvalidDataError, InvalidFrameError
+from hyperframe.frame import DataFrame, Frame, RstStreamFrame
 
 __all__ = [
     "H2_INTERNALS_VERIFIED",
@@ -133,6 +140,61 @@ def _prepare_for_sending_without_copies(
             buffer += data
         else:
             buffer += frame.serialize()
+
+
+class _FrameBuffer(h2.frame_buffer.FrameBuffer):
+    """h2's ``FrameBuffer`` that parses each frame body from a view of its buffer.
+
+    h2 slices the body out of the receive buffer (a copy; before 4.4 it also copied the
+    rest of the buffer for every frame) and hyperframe then copies it again into the
+    frame. Here the body is a ``memoryview`` of the buffer, so a DATA payload is copied
+    once, and consumed bytes are deleted in place (CPython makes that cheap for a
+    bytearray's front). Validation, CONTINUATION handling and errors are h2's own.
+    The pending bytes stay in ``_data`` (a bytearray), as in h2 4.2+.
+    """
+
+    def __init__(self, server: bool = False) -> None:
+        super().__init__(server=server)
+        self._data = bytearray()
+
+    def add_data(self, data: Any) -> None:
+        """Append received bytes, checking the client preface first (server side)."""
+        view = memoryview(data)
+        if self._preamble_len:
+            size = min(self._preamble_len, len(view))
+            if self._preamble[:size] != view[:size]:
+                raise ProtocolError("Invalid HTTP/2 preamble.")
+            view = view[size:]
+            self._preamble_len -= size
+            self._preamble = self._preamble[size:]
+        self._data += view
+
+    def __next__(self) -> Any:
+        data = self._data
+        if len(data) < 9:
+            raise StopIteration
+        try:
+            frame, length = Frame.parse_frame_header(memoryview(bytes(data[:9])))
+        except (InvalidDataError, InvalidFrameError) as err:  # pragma: no cover - as h2
+            raise ProtocolError(f"Received frame with invalid header: {err!s}") from err
+        if len(data) < length + 9:
+            raise StopIteration
+        self._validate_frame_length(length)
+        view = memoryview(data)
+        try:
+            frame.parse_body(view[9 : 9 + length])
+        except InvalidDataError as err:
+            raise ProtocolError("Received frame with non-compliant data") from err
+        except InvalidFrameError as err:
+            raise FrameDataMissingError("Frame data missing or invalid") from err
+        finally:
+            view.release()
+        try:
+            del data[: 9 + length]
+        except BufferError:  # a frame kept a view of the buffer: leave that buffer to it
+            self._data = data[9 + length :]
+        new_frame = self._update_header_buffer(frame)
+        return new_frame if new_frame is not None else self.__next__()
 
 
 class GrpcH2Connection(h2.connection.H2Connection):
@@ -384,6 +446,10 @@ def make_h2_connection(*, client_side: bool) -> h2.connection.H2Connection:
     # Fresh connection, nothing encoded or decoded yet: swapping the HPACK contexts is safe.
     connection.encoder = CachingEncoder()
     connection.decoder = CachingDecoder(connection.decoder.max_header_list_size)
+    if H2_INTERNALS_VERIFIED:
+        frames = _FrameBuffer(server=not client_side)
+        frames.max_frame_size = connection.incoming_buffer.max_frame_size
+        connection.incoming_buffer = frames
     return connection
 
 
