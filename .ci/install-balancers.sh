@@ -26,5 +26,5 @@ if [ "${#need[@]}" -gt 0 ]; then
 fi
 
 nginx_version="$(nginx -v 2>&1)"
-haproxy_version="$(haproxy -v 2>&1 | head -n 1)"
+haproxy_version="$(haproxy -v 2>&1 | sed -n 1p)"
 echo "install-balancers: $(command -v nginx) ($nginx_version); $(command -v haproxy) ($haproxy_version)"
