@@ -48,6 +48,8 @@ STREAM_WINDOW = 16 * 1024 * 1024
 CONNECTION_WINDOW = 64 * 1024 * 1024
 MAX_FRAME_SIZE = 1024 * 1024
 MAX_HEADER_LIST_SIZE = 64 * 1024
+# Framed request bytes that trigger an immediate write (see _send_body).
+_FLUSH_THRESHOLD = 256 * 1024
 # Concurrent streams per connection when the server advertises no limit: grpcio servers
 # advertise none and cancel calls beyond grpc.server.max_pending_requests (default 1000).
 DEFAULT_MAX_STREAMS = 1000
@@ -176,6 +178,10 @@ class ClientConnection(asyncio.Protocol):
         self._queue: Deque[Call] = deque()
         self._blocked: Dict[int, Call] = {}  # streams waiting for send window
         self._flush_scheduled = False
+        # The transport's buffer is over its high-water mark: request bodies wait (in
+        # _blocked) instead of piling up copies in asyncio's write buffer.
+        self._write_paused = False
+        self._unflushed = 0  # request bytes framed since the last write
         # Until (and unless) the server's SETTINGS give a limit. RFC 9113 6.5.2 makes the
         # initial limit unlimited; we cap our own concurrency so that a server advertising
         # none (grpcio's) is not sent more calls than its default pending queue takes.
@@ -289,6 +295,16 @@ class ClientConnection(asyncio.Protocol):
         if not self.closed.done():
             self.closed.set_result(None)
 
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self._blocked and self._error is None:
+            for call in list(self._blocked.values()):
+                self._send_body(call)
+            self._flush()
+
     def eof_received(self) -> Optional[bool]:
         return False  # close the transport; connection_lost fails what is left
 
@@ -311,6 +327,7 @@ class ClientConnection(asyncio.Protocol):
     def _flush(self) -> None:
         """Write whatever h2 has queued, in one write (the only place that writes)."""
         self._flush_scheduled = False
+        self._unflushed = 0
         data = self._h2.data_to_send()
         if data and self._transport is not None:
             self._transport.write(data)
@@ -361,7 +378,7 @@ class ClientConnection(asyncio.Protocol):
         out = call.out
         total = len(out)
         pos = call.out_pos
-        while pos < total:
+        while pos < total and not self._write_paused:
             window = h2c.local_flow_control_window(sid)
             if window <= 0:
                 break
@@ -372,6 +389,11 @@ class ClientConnection(asyncio.Protocol):
             else:
                 h2c.send_data(sid, memoryview(out)[pos:end], end_stream=end == total)
             pos = end
+            self._unflushed += size
+            if self._unflushed >= _FLUSH_THRESHOLD:
+                # Hand large bodies to the transport as they are framed, so that its
+                # pause_writing() can stop the rest (instead of h2 buffering them all).
+                self._flush()
         call.out_pos = pos
         if pos >= total:
             if total == 0:

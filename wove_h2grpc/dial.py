@@ -11,7 +11,6 @@ import contextlib
 import os
 import socket
 import ssl
-import tempfile
 from typing import Callable, List, Optional, Tuple, Union
 
 from .errors import GrpcError
@@ -70,6 +69,8 @@ def build_ssl_context(
         key = _pem_bytes(private_key, "private_key")
         chain = _pem_bytes(certificate_chain, "certificate_chain")
         # ssl only loads certificates from files: write both to a private temp dir briefly.
+        import tempfile  # only here: it costs import time every other user would pay
+
         with tempfile.TemporaryDirectory(prefix="wove-h2grpc-") as tmp:
             key_path = os.path.join(tmp, "key.pem")
             chain_path = os.path.join(tmp, "chain.pem")
