@@ -90,6 +90,8 @@ def _validate_pair(key: object, value: object) -> Tuple[str, MetadataValue]:
             ) from None
     if not isinstance(value, str):
         raise TypeError(f"value of metadata key {key!r} must be str, not {type(value).__name__}")
+    if value.isascii() and value.isprintable():  # exactly 0x20-0x7E, checked in C
+        return key, value
     for ch in value:
         if not " " <= ch <= "~":
             raise ValueError(
