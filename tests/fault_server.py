@@ -61,7 +61,12 @@ def _hpack_int(value: int, prefix_bits: int) -> bytes:
 
 
 def _b(value: Any) -> bytes:
-    return value if isinstance(value, bytes) else str(value).encode("utf-8")
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, int):
+        # int(): str() of an IntEnum is its name before Python 3.11, its value after.
+        return str(int(value)).encode("ascii")
+    return str(value).encode("utf-8")
 
 
 class FaultStream:
@@ -170,7 +175,7 @@ class FaultStream:
         self.send_trailers(status, message, trailers)
 
     def trailers_only(self, status: int, message: Optional[str] = None) -> None:
-        headers: List[Tuple[str, str]] = [("grpc-status", str(status))]
+        headers: List[Tuple[str, str]] = [("grpc-status", str(int(status)))]
         if message is not None:
             headers.append(("grpc-message", message))
         self.send_headers(extra=headers, end_stream=True)
