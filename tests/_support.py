@@ -167,3 +167,34 @@ def make_certs(directory: Path) -> Certs:
         client_key_file=str(directory / "client.key"),
         other_ca_pem=other.cert_pem.bytes(),
     )
+
+
+class TracedMemory:
+    """``tracemalloc`` figures for a block, or ``None`` where the interpreter has no
+    tracemalloc (PyPy): memory bounds are then checked on the CPython lanes only, while
+    the behaviour around them is checked everywhere."""
+
+    def __init__(self) -> None:
+        try:
+            import tracemalloc
+        except ImportError:
+            self._tm = None
+        else:
+            self._tm = tracemalloc
+        self.peak: Optional[int] = None
+
+    def __enter__(self) -> TracedMemory:
+        if self._tm is not None:
+            import gc
+
+            gc.collect()
+            self._tm.start()
+        return self
+
+    def current(self) -> Optional[int]:
+        return self._tm.get_traced_memory()[0] if self._tm is not None else None
+
+    def __exit__(self, *exc: object) -> None:
+        if self._tm is not None:
+            self.peak = self._tm.get_traced_memory()[1]
+            self._tm.stop()

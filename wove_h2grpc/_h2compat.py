@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import struct
+import sys
 from typing import Any, Dict, List, Set, Tuple
 
 import h2
@@ -49,6 +50,9 @@ def _version_tuple(version: str) -> Tuple[int, ...]:
 # ``_prepare_for_sending_without_copies`` below (4.1.0 .. 4.4.x; neither body changed since
 # 4.1, and ``_data_to_send`` is a bytearray throughout). Other releases keep h2's methods.
 H2_INTERNALS_VERIFIED = (4, 1) <= _version_tuple(H2_VERSION)[:2] <= (4, 4)
+# _FrameBuffer relies on CPython refusing to resize a bytearray while a view of it exists
+# (BufferError) and on cheap deletion at a bytearray's front; PyPy guarantees neither.
+VIEW_FRAME_BUFFER = sys.implementation.name == "cpython"
 
 
 class _NullLogger:
@@ -446,7 +450,7 @@ def make_h2_connection(*, client_side: bool) -> h2.connection.H2Connection:
     # Fresh connection, nothing encoded or decoded yet: swapping the HPACK contexts is safe.
     connection.encoder = CachingEncoder()
     connection.decoder = CachingDecoder(connection.decoder.max_header_list_size)
-    if H2_INTERNALS_VERIFIED:
+    if H2_INTERNALS_VERIFIED and VIEW_FRAME_BUFFER:
         frames = _FrameBuffer(server=not client_side)
         frames.max_frame_size = connection.incoming_buffer.max_frame_size
         connection.incoming_buffer = frames
