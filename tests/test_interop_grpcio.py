@@ -195,6 +195,9 @@ async def test_round_robin_spreads_calls_over_every_address() -> None:
     try:
         target = f"ipv4:127.0.0.1:{first.port},127.0.0.1:{second.port}"
         async with Channel(target, lb_policy="round_robin") as ch:
+            # round_robin spreads over READY addresses; without this, fast sequential calls
+            # may all finish before the second connection is up (as with grpcio).
+            await asyncio.wait_for(ch.channel_ready(), 10)
             for i in range(20):
                 assert await _call(ch, "/test.Test/Echo", b"%d" % i) == b"%d" % i
         counts = []
