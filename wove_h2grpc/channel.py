@@ -784,9 +784,9 @@ class UnaryUnaryMultiCallable(Generic[Req, Resp]):
         if algo is not None:
             payload = gzip_compress(payload)
             headers = [*headers, (b"grpc-encoding", b"gzip")]
-            out = encode_message_prefix(len(payload), True) + payload
+            prefix = encode_message_prefix(len(payload), True)
         else:
-            out = encode_message_prefix(len(payload)) + payload
+            prefix = encode_message_prefix(len(payload))
         loop = asyncio.get_running_loop()
         if timeout is None:
             timeout = opts.timeout
@@ -818,7 +818,7 @@ class UnaryUnaryMultiCallable(Generic[Req, Resp]):
                     (b"grpc-timeout", encode_grpc_timeout(remaining).encode()),
                 ]
             future: asyncio.Future[bytes] = loop.create_future()
-            call = Call(future, call_headers, out, deadline, self._method)
+            call = Call(future, call_headers, prefix, payload, deadline, self._method)
             conn.start(call)
             try:
                 response = await future

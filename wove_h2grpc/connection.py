@@ -108,6 +108,7 @@ class Call:
         "method",
         "out",
         "out_pos",
+        "prefix",
         "request_headers",
         "sent_end",
         "stream_id",
@@ -119,14 +120,18 @@ class Call:
         self,
         future: asyncio.Future[bytes],
         request_headers: List[Tuple[bytes, bytes]],
+        prefix: bytes,
         out: bytes,
         deadline: Optional[float],
         method: str,
     ) -> None:
         self.future = future
         self.request_headers = request_headers
-        self.out: Any = out  # prefix + message (bytes) or a memoryview as it drains
-        self.out_pos = 0
+        # The 5-byte message prefix and the message, kept apart: joining them would copy
+        # the whole request (a Wove task's arguments) once more for as long as it waits.
+        self.prefix = prefix
+        self.out = out
+        self.out_pos = 0  # bytes of prefix + message sent
         self.deadline = deadline
         self.method = method
         self.stream_id = 0
@@ -301,8 +306,7 @@ class ClientConnection(asyncio.Protocol):
     def resume_writing(self) -> None:
         self._write_paused = False
         if self._blocked and self._error is None:
-            for call in list(self._blocked.values()):
-                self._send_body(call)
+            self._send_blocked()
             self._flush()
 
     def eof_received(self) -> Optional[bool]:
@@ -375,8 +379,10 @@ class ClientConnection(asyncio.Protocol):
         """Send as much of the request as the windows allow (RFC 9113 section 5.2)."""
         h2c = self._h2
         sid = call.stream_id
-        out = call.out
-        total = len(out)
+        prefix = call.prefix
+        body = call.out
+        head = len(prefix)
+        total = head + len(body)
         pos = call.out_pos
         while pos < total and not self._write_paused:
             window = h2c.local_flow_control_window(sid)
@@ -384,10 +390,14 @@ class ClientConnection(asyncio.Protocol):
                 break
             size = min(total - pos, window, h2c.max_outbound_frame_size)
             end = pos + size
-            if pos == 0 and end == total:
-                h2c.send_data(sid, out, end_stream=True)
+            if pos < head:
+                # The frame with the prefix: copies at most one frame of the message.
+                data: Any = prefix[pos:] + body[: end - head]
+            elif pos == head and end == total:
+                data = body
             else:
-                h2c.send_data(sid, memoryview(out)[pos:end], end_stream=end == total)
+                data = memoryview(body)[pos - head : end - head]
+            h2c.send_data(sid, data, end_stream=end == total)
             pos = end
             self._unflushed += size
             if self._unflushed >= _FLUSH_THRESHOLD:
@@ -396,13 +406,24 @@ class ClientConnection(asyncio.Protocol):
                 self._flush()
         call.out_pos = pos
         if pos >= total:
-            if total == 0:
-                h2c.end_stream(sid)
             call.sent_end = True
-            call.out = b""
+            call.out = call.prefix = b""
             self._blocked.pop(sid, None)
         else:
             self._blocked[sid] = call
+
+    def _send_blocked(self) -> None:
+        """Resume waiting request bodies, oldest first, while the connection can take data.
+
+        Stops at the first call the connection window or a paused transport holds back:
+        with hundreds of large requests waiting, visiting all of them on every
+        connection-level WINDOW_UPDATE would cost O(waiting) per update.
+        """
+        h2c = self._h2
+        for call in list(self._blocked.values()):
+            if self._write_paused or h2c.outbound_flow_control_window <= 0:
+                break
+            self._send_body(call)
 
     def pending_futures(self) -> List[asyncio.Future[bytes]]:
         """Futures of the calls open or queued here (for a graceful close)."""
@@ -655,8 +676,7 @@ class ClientConnection(asyncio.Protocol):
             if call is not None:
                 self._send_body(call)
         else:
-            for call in list(self._blocked.values()):
-                self._send_body(call)
+            self._send_blocked()
 
     def _on_remote_settings(self, event: Any) -> None:
         changed = event.changed_settings.get(_SettingCodes.MAX_CONCURRENT_STREAMS)
@@ -668,8 +688,7 @@ class ClientConnection(asyncio.Protocol):
         if changed is not None:
             self._drain_queue()
         if _SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings and self._blocked:
-            for call in list(self._blocked.values()):
-                self._send_body(call)
+            self._send_blocked()
 
     def _on_goaway(self, event: Any) -> None:
         """GOAWAY: streams at or below last-stream-id finish; the rest never ran (RFC 9113 6.8)."""
