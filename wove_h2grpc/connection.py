@@ -542,15 +542,20 @@ class ClientConnection(asyncio.Protocol):
         if call is not None:
             call.trailers = event.headers
 
+    def _take(self, stream_id: int) -> Optional[Call]:
+        """Detach the call of a stream that ended on the wire (timer stopped, slot freed)."""
+        call = self._streams.get(stream_id)
+        if call is not None:
+            if call.timer is not None:
+                call.timer.cancel()
+                call.timer = None
+            self._forget(stream_id)
+        return call
+
     def _on_stream_ended(self, event: Any) -> None:
-        sid = event.stream_id
-        call = self._streams.get(sid)
+        call = self._take(event.stream_id)
         if call is None:
             return
-        if call.timer is not None:
-            call.timer.cancel()
-            call.timer = None
-        self._forget(sid)
         if not call.future.done():
             outcome = self._outcome(call)
             if isinstance(outcome, bytes):
@@ -642,14 +647,9 @@ class ClientConnection(asyncio.Protocol):
             call.future.set_exception(self._error_for(call, error.code(), error.details()))
 
     def _on_stream_reset(self, event: Any) -> None:
-        sid = event.stream_id
-        call = self._streams.get(sid)
+        call = self._take(event.stream_id)
         if call is None:
             return
-        if call.timer is not None:
-            call.timer.cancel()
-            call.timer = None
-        self._forget(sid)
         code = int(event.error_code)
         if not call.future.done():
             name = h2_error_name(code)
@@ -712,10 +712,7 @@ class ClientConnection(asyncio.Protocol):
         self.goaway_reason = reason
         for sid, call in list(self._streams.items()):
             if sid > last_id:
-                if call.timer is not None:
-                    call.timer.cancel()
-                    call.timer = None
-                self._forget(sid)
+                self._take(sid)
                 if not call.future.done():
                     call.future.set_exception(
                         RetryCall(

@@ -786,13 +786,12 @@ class _ServerProtocol(asyncio.Protocol):
         ]
         if code is StatusCode.UNIMPLEMENTED:
             headers.append((b"grpc-accept-encoding", ACCEPT_ENCODING.encode("ascii")))
-        try:
+        # The client may have reset the stream meanwhile: then there is nothing to answer.
+        with contextlib.suppress(h2.exceptions.ProtocolError):
             conn.send_headers(stream_id, headers, end_stream=True)
             if not ended:
                 # RFC 9113 section 8.1: a complete response before the request ended.
                 conn.reset_stream(stream_id, ErrorCodes.NO_ERROR)
-        except h2.exceptions.ProtocolError:
-            pass
 
     def _deadline_expired(self, ctx: ServicerContext) -> None:
         ctx._deadline_handle = None
@@ -842,12 +841,11 @@ class _ServerProtocol(asyncio.Protocol):
                 block.extend(encode_metadata(ctx._initial_metadata))
         if ctx._trailing_metadata:
             block.extend(encode_metadata(ctx._trailing_metadata))
-        try:
+        # The client may have reset the stream meanwhile: then there is nothing to answer.
+        with contextlib.suppress(h2.exceptions.ProtocolError):
             conn.send_headers(ctx._stream_id, block, end_stream=True)
             if not ctx._request_complete:
                 conn.reset_stream(ctx._stream_id, ErrorCodes.NO_ERROR)
-        except h2.exceptions.ProtocolError:
-            pass
         self.flush_soon()
 
     def send_response_headers(self, ctx: ServicerContext) -> None:
@@ -1195,8 +1193,7 @@ class Server:
 
 
 def _unlink_socket(path: str) -> None:
-    try:
+    # Already gone, or not ours to remove: nothing to clean up.
+    with contextlib.suppress(OSError):
         if stat.S_ISSOCK(os.stat(path).st_mode):
             os.unlink(path)
-    except OSError:
-        pass
