@@ -198,3 +198,27 @@ class TracedMemory:
         if self._tm is not None:
             self.peak = self._tm.get_traced_memory()[1]
             self._tm.stop()
+
+
+def doc_python_blocks(doc: str) -> List[str]:
+    """The ``python`` code blocks of ``docs/<doc>``, each a complete script."""
+    import re
+
+    text = (REPO_DIR / "docs" / doc).read_text(encoding="utf-8")
+    return re.findall(r"^```python\n(.*?)^```", text, re.S | re.M)
+
+
+def run_doc_example(code: str, directory: Path, name: str) -> subprocess.CompletedProcess[str]:
+    """Run one docs example as a script in ``directory`` (the repository on PYTHONPATH)."""
+    script = directory / f"{name}.py"
+    script.write_text(code, encoding="utf-8")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_DIR), env.get("PYTHONPATH")) if p)
+    return subprocess.run(
+        [sys.executable, str(script)],
+        cwd=directory,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
