@@ -165,7 +165,7 @@ def median_of(runs: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
 
 def available_clients(requested: Sequence[str]) -> Dict[str, Optional[str]]:
     """Each requested client -> ``None`` if usable, else the reason it is skipped."""
-    needs = {"wove_h2grpc": "wove_h2grpc.channel", "grpc.aio": "grpc", "grpclib": "grpclib"}
+    needs = {"wove_h2grpc": "wove_h2grpc.client", "grpc.aio": "grpc", "grpclib": "grpclib"}
     out: Dict[str, Optional[str]] = {}
     for client in requested:
         module = needs[client]
@@ -248,7 +248,7 @@ def bench_wove(args: argparse.Namespace, skipped: List[str]) -> Dict[str, Any]:
     """Wove level: mapped tasks through executor="grpc" over each transport and codec."""
     missing = [
         m
-        for m in ("wove_h2grpc.executor", "wove_h2grpc.worker", "wove_h2grpc.server")
+        for m in ("wove_h2grpc.wove.executor", "wove_h2grpc.worker", "wove_h2grpc.server")
         if importlib.util.find_spec(m) is None
     ]
     if missing:

@@ -45,7 +45,7 @@ class RawResponse:
 
     @property
     def message(self) -> str:
-        from wove_h2grpc.metadata import decode_grpc_message
+        from wove_h2grpc.protocol.metadata import decode_grpc_message
 
         return decode_grpc_message(self.header(b"grpc-message") or b"")
 

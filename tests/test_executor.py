@@ -26,7 +26,8 @@ from wove.security import NetworkExecutorSecurity, _ensure_network_executor_secu
 
 import wove_h2grpc
 from wove_h2grpc import GrpcError, H2GrpcExecutor, StatusCode
-from wove_h2grpc.executor import (
+from wove_h2grpc.wove.codec import encode_command
+from wove_h2grpc.wove.executor import (
     CONFIG_KEYS,
     ConfigKeyWarning,
     _is_retryable,
@@ -34,7 +35,6 @@ from wove_h2grpc.executor import (
     installed,
     uninstall,
 )
-from wove_h2grpc.wove_codec import encode_command
 
 TERMINAL = {"task_result", "task_error", "task_cancelled"}
 

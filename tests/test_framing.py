@@ -11,7 +11,7 @@ import pytest
 from _support import TracedMemory
 
 from wove_h2grpc import GrpcError, StatusCode
-from wove_h2grpc.framing import (
+from wove_h2grpc.protocol.framing import (
     ACCEPT_ENCODING,
     SUPPORTED_ENCODINGS,
     MessageDecoder,

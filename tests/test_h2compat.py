@@ -1,4 +1,4 @@
-"""The h2 workarounds in ``wove_h2grpc._h2compat`` behave exactly like h2 itself.
+"""The h2 workarounds in ``wove_h2grpc.aio._h2compat`` behave exactly like h2 itself.
 
 Each test drives our ``GrpcH2Connection`` and a plain ``h2.connection.H2Connection`` (same
 configuration) through the same bytes from a real h2 peer and compares what comes out:
@@ -21,7 +21,7 @@ import hpack
 import hyperframe.frame
 import pytest
 
-from wove_h2grpc import _h2compat
+from wove_h2grpc.aio import _h2compat
 
 REQUEST_HEADERS = [
     (b":method", b"POST"),

@@ -6,7 +6,7 @@ import h2.config
 import h2.connection
 import h2.events
 
-from wove_h2grpc._h2compat import make_h2_connection
+from wove_h2grpc.aio._h2compat import make_h2_connection
 
 REQUEST = [
     (b":method", b"POST"),

@@ -1,7 +1,7 @@
-"""The layering of COMMON.md / STYLE.md as a check: walk every module's imports with ``ast``.
+"""The package's layering as a check: walk every module's imports with ``ast``.
 
-codecs (stdlib + h2.errors) < _h2compat/dial/connection (asyncio, ssl, h2) < channel/server
-< wove_codec/executor/worker < cli. Lower layers never import higher ones; wove only from the
+protocol/ and errors (stdlib, h2 events, hpack; no IO) < aio/ (asyncio, ssl, h2) < client /
+server < wove/ < cli. Lower layers never import higher ones; wove only from the
 Wove layer up; grpc only inside ``WorkerService.grpcio_handler``; no ``print(`` in the library.
 """
 
@@ -22,44 +22,81 @@ PACKAGE = "wove_h2grpc"
 PACKAGE_DIR = Path(__file__).resolve().parent.parent / PACKAGE
 REPO_DIR = PACKAGE_DIR.parent
 
-CODECS = {"status", "errors", "framing", "metadata", "target", "_version"}
-# Module -> layer rank. A module may import only modules of its own rank or lower.
+# Rank of each layer: a module may import only modules of its own rank or lower.
+PROTOCOL, AIO, API, WOVE_LAYER, CLI = 0, 1, 2, 3, 4
+# Every module of the package, by dotted name below ``wove_h2grpc``, and its layer. A module
+# named here that is gone fails the tests below (the table follows the layout), and a module
+# that is not named fails test_every_module_is_in_a_layer.
 LAYERS: Dict[str, int] = {
-    **{name: 0 for name in CODECS},
-    "_h2compat": 1,
-    "dial": 1,
-    "connection": 1,
-    "channel": 2,
-    "server": 2,
-    "wove_codec": 3,
-    "executor": 3,
-    "worker": 3,
-    "cli": 4,
-    "__main__": 4,
+    "_version": PROTOCOL,
+    "errors": PROTOCOL,
+    "protocol": PROTOCOL,
+    "protocol.status": PROTOCOL,
+    "protocol.metadata": PROTOCOL,
+    "protocol.framing": PROTOCOL,
+    "protocol.target": PROTOCOL,
+    "aio": AIO,
+    "aio._h2compat": AIO,
+    "aio.dial": AIO,
+    "aio.connection": AIO,
+    "client": API,
+    "server": API,
+    "wove": WOVE_LAYER,
+    "wove.codec": WOVE_LAYER,
+    "wove.executor": WOVE_LAYER,
+    "wove.worker": WOVE_LAYER,
+    "worker": WOVE_LAYER,
+    "cli": CLI,
+    "__main__": CLI,
 }
-WOVE_LAYER = 3
+# The IO-free layer: stdlib (minus IO), h2's events/errors and hpack only; never awaits.
+CODECS = sorted(name for name, rank in LAYERS.items() if rank == PROTOCOL)
+CODEC_ALLOWED_THIRD_PARTY = ("h2.errors", "h2.events", "hpack")
 # Stdlib modules a codec must not use: codecs do no IO and never await.
 CODEC_FORBIDDEN_STDLIB = {"asyncio", "socket", "ssl", "selectors", "threading", "subprocess"}
 
 
+def _path(module: str) -> Path:
+    """The file of a dotted module name (a package is its ``__init__.py``)."""
+    base = PACKAGE_DIR.joinpath(*module.split("."))
+    return base / "__init__.py" if base.is_dir() else base.with_suffix(".py")
+
+
 def _modules() -> List[str]:
-    return sorted(p.stem for p in PACKAGE_DIR.glob("*.py") if p.stem != "__init__")
+    """Every module of the package (packages by their own name), ``__init__`` excluded."""
+    out = []
+    for path in PACKAGE_DIR.rglob("*.py"):
+        rel = path.relative_to(PACKAGE_DIR).with_suffix("")
+        parts = rel.parts[:-1] if rel.name == "__init__" else rel.parts
+        if parts:
+            out.append(".".join(parts))
+    return sorted(out)
 
 
 def _tree(module: str) -> ast.Module:
-    path = PACKAGE_DIR / f"{module}.py"
+    path = PACKAGE_DIR / "__init__.py" if module == "__init__" else _path(module)
+    assert path.exists(), f"{module} is named in tests/test_layers.py LAYERS but {path} is gone"
     return ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
 
 
-def _imports(tree: ast.AST) -> Iterator[Tuple[ast.stmt, str]]:
+def _package_of(module: str) -> str:
+    """The package a module's relative imports start from."""
+    if module == "__init__" or _path(module).name == "__init__.py":
+        return ".".join(p for p in (PACKAGE, "" if module == "__init__" else module) if p)
+    return ".".join([PACKAGE, *module.split(".")[:-1]])
+
+
+def _imports(tree: ast.AST, module: str) -> Iterator[Tuple[ast.stmt, str]]:
     """Every imported module as an absolute dotted name (relative ones resolved)."""
+    package = _package_of(module)
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             for alias in node.names:
                 yield node, alias.name
         elif isinstance(node, ast.ImportFrom):
             if node.level:
-                base = PACKAGE if node.level == 1 else ""
+                parts = package.split(".")
+                base = ".".join(parts[: len(parts) - (node.level - 1)])
                 if node.module:
                     yield node, f"{base}.{node.module}"
                 else:
@@ -67,6 +104,16 @@ def _imports(tree: ast.AST) -> Iterator[Tuple[ast.stmt, str]]:
                         yield node, f"{base}.{alias.name}"
             elif node.module:
                 yield node, node.module
+
+
+def _internal(name: str) -> str:
+    """``wove_h2grpc.aio.dial.x`` -> the longest LAYERS key it names (``aio.dial``)."""
+    parts = name.split(".")[1:]
+    for size in range(len(parts), 0, -1):
+        candidate = ".".join(parts[:size])
+        if candidate in LAYERS:
+            return candidate
+    return ".".join(parts)
 
 
 def _is_stdlib(name: str) -> bool:
@@ -86,7 +133,7 @@ def _is_stdlib(name: str) -> bool:
 
 
 def _where(module: str, node: ast.stmt) -> str:
-    return f"{PACKAGE}/{module}.py:{node.lineno}"
+    return f"{_path(module).relative_to(REPO_DIR)}:{node.lineno}"
 
 
 def test_every_module_is_in_a_layer() -> None:
@@ -96,21 +143,37 @@ def test_every_module_is_in_a_layer() -> None:
     )
 
 
-@pytest.mark.parametrize("module", sorted(CODECS))
-def test_codecs_import_only_stdlib_h2_errors_and_codecs(module: str) -> None:
-    if not (PACKAGE_DIR / f"{module}.py").exists():
-        pytest.skip(f"{module}.py not present")
+@pytest.mark.parametrize("module", sorted(LAYERS))
+def test_every_named_module_exists(module: str) -> None:
+    assert _path(module).exists(), f"LAYERS names {module}, but {_path(module)} does not exist"
+
+
+def test_layout_puts_each_layer_in_its_package() -> None:
+    # The tree shows the architecture: IO-free code under protocol/, asyncio under aio/,
+    # the Wove integration under wove/ (``worker`` is the public alias of wove.worker).
+    for module, rank in LAYERS.items():
+        top = module.split(".")[0]
+        if top == "protocol":
+            assert rank == PROTOCOL, module
+        elif top == "aio":
+            assert rank == AIO, module
+        elif top == "wove":
+            assert rank == WOVE_LAYER, module
+
+
+@pytest.mark.parametrize("module", CODECS)
+def test_codecs_import_only_stdlib_h2_events_and_codecs(module: str) -> None:
     bad = []
-    for node, name in _imports(_tree(module)):
+    for node, name in _imports(_tree(module), module):
         if name == "__future__":
             continue
         if name.startswith(f"{PACKAGE}."):
-            if name.split(".")[1] not in CODECS:
+            if LAYERS.get(_internal(name)) != PROTOCOL:
                 bad.append(f"{_where(module, node)} imports {name} (codecs import only codecs)")
-        elif name == "h2.errors":
+        elif name in CODEC_ALLOWED_THIRD_PARTY or name.startswith("hpack."):
             continue
         elif not _is_stdlib(name):
-            bad.append(f"{_where(module, node)} imports {name} (not stdlib or h2.errors)")
+            bad.append(f"{_where(module, node)} imports {name} (not stdlib, h2 events or hpack)")
         elif name.split(".")[0] in CODEC_FORBIDDEN_STDLIB:
             bad.append(f"{_where(module, node)} imports {name} (codecs do no IO)")
     assert not bad, "\n".join(bad)
@@ -118,16 +181,14 @@ def test_codecs_import_only_stdlib_h2_errors_and_codecs(module: str) -> None:
 
 @pytest.mark.parametrize("module", sorted(LAYERS))
 def test_lower_layers_never_import_higher(module: str) -> None:
-    if not (PACKAGE_DIR / f"{module}.py").exists():
-        pytest.skip(f"{module}.py not present")
     rank = LAYERS[module]
     bad = []
-    for node, name in _imports(_tree(module)):
+    for node, name in _imports(_tree(module), module):
         if name == PACKAGE or not name.startswith(f"{PACKAGE}."):
             if name == PACKAGE:
                 bad.append(f"{_where(module, node)} imports the package itself (import submodules)")
             continue
-        target = name.split(".")[1]
+        target = _internal(name)
         target_rank = LAYERS.get(target)
         if target_rank is None:
             bad.append(f"{_where(module, node)} imports unknown module {name}")
@@ -141,13 +202,11 @@ def test_lower_layers_never_import_higher(module: str) -> None:
 
 @pytest.mark.parametrize("module", sorted(LAYERS))
 def test_wove_only_in_wove_layer(module: str) -> None:
-    if not (PACKAGE_DIR / f"{module}.py").exists():
-        pytest.skip(f"{module}.py not present")
     if LAYERS[module] >= WOVE_LAYER:
         return
     bad = [
         f"{_where(module, node)} imports {name}"
-        for node, name in _imports(_tree(module))
+        for node, name in _imports(_tree(module), module)
         if name == "wove" or name.startswith("wove.")
     ]
     assert not bad, "wove imported below the Wove layer:\n" + "\n".join(bad)
@@ -183,7 +242,7 @@ def test_grpc_imported_only_inside_grpcio_handler() -> None:
     for module in [*_modules(), "__init__"]:
         for node, chain in _grpc_imports(_tree(module)):
             # Inside the method body (possibly in a nested helper of it), never at class level.
-            if module == "worker" and chain[:2] == allowed:
+            if module == "wove.worker" and chain[:2] == allowed:
                 continue
             place = " > ".join(chain) or "module level"
             bad.append(f"{_where(module, node)} imports grpc at {place}")
@@ -226,7 +285,7 @@ def test_no_print_calls_in_library() -> None:
                 and isinstance(node.func, ast.Name)
                 and node.func.id == "print"
             ):
-                bad.append(f"{PACKAGE}/{module}.py:{node.lineno}")
+                bad.append(_where(module, node))
     assert not bad, (
         "print() in the library (use logging, or sys.stdout.write in cli):\n" + "\n".join(bad)
     )
@@ -234,12 +293,10 @@ def test_no_print_calls_in_library() -> None:
 
 def test_codecs_never_await() -> None:
     bad = []
-    for module in sorted(CODECS):
-        if not (PACKAGE_DIR / f"{module}.py").exists():
-            continue
+    for module in CODECS:
         for node in ast.walk(_tree(module)):
             if isinstance(node, (ast.Await, ast.AsyncFunctionDef, ast.AsyncWith, ast.AsyncFor)):
-                bad.append(f"{PACKAGE}/{module}.py:{node.lineno}")
+                bad.append(_where(module, node))
     assert not bad, "codecs must be synchronous:\n" + "\n".join(bad)
 
 
@@ -289,7 +346,7 @@ def test_importing_channel_does_not_import_grpc_or_wove() -> None:
     result = _run_python(
         """
         import sys
-        import wove_h2grpc.channel
+        import wove_h2grpc.client
         import wove_h2grpc
         wove_h2grpc.Channel
         loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("grpc", "wove"))
@@ -319,6 +376,7 @@ def test_import_wove_h2grpc_is_cheap() -> None:
 
 def test_layer_table_matches_style_sketch() -> None:
     # The table above is the rule; spot-check a few edges so an edit to it is deliberate.
-    assert LAYERS["framing"] < LAYERS["connection"] < LAYERS["channel"] < LAYERS["worker"]
-    assert LAYERS["server"] == LAYERS["channel"]
-    assert LAYERS["cli"] > LAYERS["executor"]
+    assert LAYERS["protocol.framing"] < LAYERS["aio.connection"] < LAYERS["client"]
+    assert LAYERS["client"] < LAYERS["wove.worker"] < LAYERS["cli"]
+    assert LAYERS["server"] == LAYERS["client"]
+    assert LAYERS["cli"] > LAYERS["wove.executor"]

@@ -8,7 +8,7 @@ from urllib.parse import quote, unquote
 
 import pytest
 
-from wove_h2grpc.metadata import (
+from wove_h2grpc.protocol.metadata import (
     decode_bin_value,
     decode_grpc_message,
     decode_metadata,

@@ -11,8 +11,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from wove_h2grpc import GrpcError, StatusCode
-from wove_h2grpc.framing import MessageDecoder, encode_message, gzip_compress, gzip_decompress
-from wove_h2grpc.metadata import (
+from wove_h2grpc.protocol.framing import (
+    MessageDecoder,
+    encode_message,
+    gzip_compress,
+    gzip_decompress,
+)
+from wove_h2grpc.protocol.metadata import (
     decode_grpc_message,
     decode_metadata,
     encode_grpc_message,
@@ -21,7 +26,7 @@ from wove_h2grpc.metadata import (
     normalize_metadata,
     parse_grpc_timeout,
 )
-from wove_h2grpc.target import parse_bind_address, parse_target
+from wove_h2grpc.protocol.target import parse_bind_address, parse_target
 
 # 200 examples keeps the file at a few seconds; raise it for a deeper local run.
 FAST = settings(

@@ -18,7 +18,7 @@ import pytest
 from _scaleout_support import RUN_BOUND, WHO, Replicas, Run, assert_share, wait_for
 from _support import HelperProcess
 
-import wove_h2grpc.channel as channel_mod
+import wove_h2grpc.client as channel_mod
 from wove_h2grpc import Channel, GrpcError, StatusCode
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from wove_h2grpc import StatusCode
-from wove_h2grpc.status import (
+from wove_h2grpc.protocol.status import (
     h2_error_name,
     parse_grpc_status,
     status_from_h2_error,

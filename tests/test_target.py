@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from wove_h2grpc.target import Target, parse_bind_address, parse_target
+from wove_h2grpc.protocol.target import Target, parse_bind_address, parse_target
 
 
 @pytest.mark.parametrize(

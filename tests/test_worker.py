@@ -14,14 +14,14 @@ import pytest
 from wove.environment import EnvironmentExecutionError
 from wove.security import NetworkExecutorSecurity
 
-from wove_h2grpc.status import StatusCode
-from wove_h2grpc.worker import (
+from wove_h2grpc.protocol.status import StatusCode
+from wove_h2grpc.wove.codec import decode_events, encode_command, load_raw
+from wove_h2grpc.wove.worker import (
     DEFAULT_METHOD,
     InvalidRequestError,
     WorkerPermissionError,
     WorkerService,
 )
-from wove_h2grpc.wove_codec import decode_events, encode_command, load_raw
 
 SECRET = "s3cret-for-tests"
 
@@ -392,7 +392,7 @@ async def test_json_answer_is_what_wove_parses() -> None:
 
 
 def test_replay_rule_matches_wove_without_mutating_the_callers_security() -> None:
-    from wove_h2grpc.worker import _NonceRegistry
+    from wove_h2grpc.wove.worker import _NonceRegistry
 
     security = _signed_security()
     service = WorkerService(security)

@@ -18,7 +18,7 @@ from wove.security import NetworkExecutorSecurity
 
 from wove_h2grpc import Channel, GrpcError, StatusCode
 from wove_h2grpc.worker import DEFAULT_METHOD
-from wove_h2grpc.wove_codec import decode_events, encode_command
+from wove_h2grpc.wove.codec import decode_events, encode_command
 
 SECRET = "interop-d-secret"
 

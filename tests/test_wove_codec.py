@@ -20,8 +20,8 @@ from wove.environment import (
     normalize_exception,
 )
 
-from wove_h2grpc import wove_codec
-from wove_h2grpc.wove_codec import (
+from wove_h2grpc.wove import codec as wove_codec
+from wove_h2grpc.wove.codec import (
     CODECS,
     decode_command,
     decode_events,

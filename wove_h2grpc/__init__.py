@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
 from .errors import GrpcError
-from .status import StatusCode
+from .protocol.status import StatusCode
 
 if TYPE_CHECKING:
-    from .channel import Channel
-    from .executor import H2GrpcExecutor, install, uninstall
+    from .client import Channel
     from .server import Server, ServicerContext
+    from .wove.executor import H2GrpcExecutor, install, uninstall
 
 __all__ = [
     "Channel",
@@ -30,12 +30,12 @@ __all__ = [
 ]
 
 _LAZY = {
-    "Channel": "channel",
+    "Channel": "client",
     "Server": "server",
     "ServicerContext": "server",
-    "H2GrpcExecutor": "executor",
-    "install": "executor",
-    "uninstall": "executor",
+    "H2GrpcExecutor": "wove.executor",
+    "install": "wove.executor",
+    "uninstall": "wove.executor",
 }
 
 

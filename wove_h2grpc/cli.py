@@ -26,7 +26,7 @@ import time
 from typing import Any, Callable, List, NoReturn, Optional, Sequence, Tuple
 
 from ._version import __version__
-from .target import parse_bind_address
+from .protocol.target import parse_bind_address
 
 __all__ = ["main"]
 
@@ -279,7 +279,7 @@ def _install_stop_handlers(loop: asyncio.AbstractEventLoop, stop: Callable[[], N
 
 
 async def _serve(args: argparse.Namespace) -> int:
-    from .worker import DEFAULT_METHOD, WorkerService
+    from .wove.worker import DEFAULT_METHOD, WorkerService
 
     try:
         local = _is_local_bind(args.bind)
@@ -413,9 +413,9 @@ async def _demo(args: argparse.Namespace) -> int:
     import wove
     from wove.security import NetworkExecutorSecurity
 
-    from .executor import H2GrpcExecutor
     from .server import Server
-    from .worker import WorkerService
+    from .wove.executor import H2GrpcExecutor
+    from .wove.worker import WorkerService
 
     secret = secrets.token_hex(32)
     service = WorkerService(NetworkExecutorSecurity(mode="signed", secret=secret))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Optional, Tuple, Union
 
-from .status import StatusCode
+from .protocol.status import StatusCode
 
 __all__ = ["GrpcError", "Metadata", "MetadataValue"]
 

@@ -46,16 +46,16 @@ import h2.settings
 from h2.errors import ErrorCodes
 from h2.settings import SettingCodes
 
-from ._h2compat import GrpcH2Connection, make_h2_connection, pending_frame_problem
+from .aio._h2compat import GrpcH2Connection, make_h2_connection, pending_frame_problem
 from .errors import GrpcError, Metadata
-from .framing import (
+from .protocol.framing import (
     ACCEPT_ENCODING,
     MessageDecoder,
     decompress,
     encode_message_prefix,
     gzip_compress,
 )
-from .metadata import (
+from .protocol.metadata import (
     MetadataLike,
     decode_metadata,
     encode_grpc_message,
@@ -63,8 +63,8 @@ from .metadata import (
     normalize_metadata,
     parse_grpc_timeout,
 )
-from .status import StatusCode
-from .target import parse_bind_address
+from .protocol.status import StatusCode
+from .protocol.target import parse_bind_address
 
 __all__ = ["Handler", "Server", "ServicerContext"]
 

@@ -14,7 +14,7 @@ import math
 import re
 from typing import Any, Iterable, List, Mapping, Tuple, Union
 
-from .errors import Metadata, MetadataValue
+from ..errors import Metadata, MetadataValue
 
 __all__ = [
     "MetadataLike",

@@ -37,11 +37,11 @@ from wove.security import (
 )
 from wove.serialization import require_dispatch
 
-from .channel import Channel
-from .errors import GrpcError
-from .metadata import normalize_metadata
-from .status import StatusCode
-from .wove_codec import CODECS, decode_events, encode_command
+from ..client import Channel
+from ..errors import GrpcError
+from ..protocol.metadata import normalize_metadata
+from ..protocol.status import StatusCode
+from .codec import CODECS, decode_events, encode_command
 
 __all__ = [
     "CONFIG_KEYS",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import zlib
 from typing import List, Optional, Tuple
 
-from .errors import GrpcError
+from ..errors import GrpcError
 from .status import StatusCode
 
 __all__ = [

@@ -19,13 +19,18 @@ import time
 from typing import Any, Callable, Generic, List, Optional, Set, Tuple, TypeVar
 
 from ._version import __version__
-from .connection import Call, ClientConnection, ConnectionSettings, RetryCall
-from .dial import ConnectError, build_ssl_context, dial, resolve
+from .aio.connection import Call, ClientConnection, ConnectionSettings, RetryCall
+from .aio.dial import ConnectError, build_ssl_context, dial, resolve
 from .errors import GrpcError
-from .framing import encode_message_prefix, gzip_compress, too_large
-from .metadata import MetadataLike, encode_grpc_timeout, encode_metadata, normalize_metadata
-from .status import StatusCode
-from .target import Target, parse_target
+from .protocol.framing import encode_message_prefix, gzip_compress, too_large
+from .protocol.metadata import (
+    MetadataLike,
+    encode_grpc_timeout,
+    encode_metadata,
+    normalize_metadata,
+)
+from .protocol.status import StatusCode
+from .protocol.target import Target, parse_target
 
 __all__ = ["Channel", "UnaryUnaryMultiCallable"]
 

@@ -13,9 +13,9 @@ import socket
 import ssl
 from typing import Callable, List, Optional, Tuple, Union
 
-from .errors import GrpcError
-from .status import StatusCode
-from .target import Target
+from ..errors import GrpcError
+from ..protocol.status import StatusCode
+from ..protocol.target import Target
 
 __all__ = ["ConnectError", "build_ssl_context", "dial", "resolve"]
 

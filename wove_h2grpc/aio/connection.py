@@ -23,17 +23,17 @@ import h2.events
 import h2.exceptions
 import h2.settings
 
-from ._h2compat import make_h2_connection, pending_frame_problem
-from .errors import GrpcError, Metadata
-from .framing import MessageDecoder, decompress
-from .metadata import decode_grpc_message, decode_metadata
-from .status import (
+from ..errors import GrpcError, Metadata
+from ..protocol.framing import MessageDecoder, decompress
+from ..protocol.metadata import decode_grpc_message, decode_metadata
+from ..protocol.status import (
     StatusCode,
     h2_error_name,
     parse_grpc_status,
     status_from_h2_error,
     status_from_http,
 )
+from ._h2compat import make_h2_connection, pending_frame_problem
 
 __all__ = ["Call", "ClientConnection", "ConnectionSettings", "RetryCall"]
 

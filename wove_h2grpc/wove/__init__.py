@@ -1,0 +1,1 @@
+"""Wove integration: the command/event codec, the executor, ``install()`` and the worker."""
