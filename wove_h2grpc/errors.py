@@ -1,4 +1,4 @@
-"""The error a failed call raises: GrpcError, shaped like grpc.aio.AioRpcError."""
+"""The error a failed call raises: GrpcError, shaped like grpc.aio.AioRpcError, with its cause as data."""
 
 from __future__ import annotations
 
@@ -24,11 +24,19 @@ class GrpcError(Exception):
         trailing_metadata: Metadata = (),
         debug_error_string: str = "",
         request_sent: Optional[bool] = None,
+        h2_error_code: Optional[int] = None,
     ) -> None:
         super().__init__(code, details)
         self.request_sent = request_sent
-        """False when the server provably never processed the request (no connection, or
-        its stream refused unprocessed): safe to send again. None when it may have run."""
+        """Whether the request reached the server's application, as data for retry decisions.
+
+        False: provably never processed (no connection, still queued, stream refused or
+        above a GOAWAY's last stream id), so sending it again cannot run it twice. True:
+        the server answered it (response headers arrived). None: unknown, it may have run.
+        """
+        self.h2_error_code = h2_error_code
+        """The HTTP/2 error code (RFC 9113 section 7) of the RST_STREAM or GOAWAY that ended
+        the call, or None when the call did not end that way."""
         self._code = StatusCode(code)
         self._details = details
         self._initial_metadata = tuple(initial_metadata)
@@ -72,6 +80,7 @@ class GrpcError(Exception):
                 self._trailing_metadata,
                 self._debug,
                 self.request_sent,
+                self.h2_error_code,
             ),
         )
 
@@ -83,6 +92,7 @@ def _rebuild(
     trailing: Metadata,
     debug: str,
     request_sent: Optional[bool] = None,
+    h2_error_code: Optional[int] = None,
 ) -> GrpcError:
     return GrpcError(
         StatusCode(code),
@@ -91,4 +101,5 @@ def _rebuild(
         trailing_metadata=trailing,
         debug_error_string=debug,
         request_sent=request_sent,
+        h2_error_code=h2_error_code,
     )
