@@ -1,4 +1,4 @@
-"""The error a failed call raises: GrpcError, shaped like grpc.aio.AioRpcError, with its cause as data."""
+"""The error a failed call raises: GrpcError (as grpc.aio.AioRpcError), its cause as data."""
 
 from __future__ import annotations
 
