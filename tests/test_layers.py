@@ -38,6 +38,7 @@ LAYERS: Dict[str, int] = {
     "aio": AIO,
     "aio._h2compat": AIO,
     "aio.dial": AIO,
+    "aio.options": AIO,
     "aio.connection": AIO,
     "client": API,
     "server": API,

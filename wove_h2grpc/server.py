@@ -47,6 +47,7 @@ from h2.errors import ErrorCodes
 from h2.settings import SettingCodes
 
 from .aio._h2compat import GrpcH2Connection, make_h2_connection, pending_frame_problem
+from .aio.options import ServerOptions
 from .errors import GrpcError, Metadata
 from .protocol.framing import (
     ACCEPT_ENCODING,
@@ -103,44 +104,6 @@ class _AbortError(Exception):
     """Raised by ``ServicerContext.abort()``; the call's status has already been sent."""
 
 
-@dataclass(frozen=True)
-class _ServerOptions:
-    """Validated ``Server`` options (each error names the keyword)."""
-
-    max_receive_message_length: int
-    max_concurrent_streams: int
-    debug: bool
-    handshake_timeout: Optional[float]
-    idle_timeout: Optional[float]
-    max_header_list_size: int
-    max_client_resets: Optional[int]
-
-    def __post_init__(self) -> None:
-        _check_int("max_receive_message_length", self.max_receive_message_length, -1)
-        if self.max_receive_message_length == 0:
-            raise ValueError("max_receive_message_length must be positive or -1 (unlimited)")
-        _check_int("max_concurrent_streams", self.max_concurrent_streams, 1, 2**31 - 1)
-        _check_int("max_header_list_size", self.max_header_list_size, 1024, 2**31 - 1)
-        if self.max_client_resets is not None:
-            _check_int("max_client_resets", self.max_client_resets, 1)
-        for name in ("handshake_timeout", "idle_timeout"):
-            value = getattr(self, name)
-            if value is None:
-                continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise TypeError(f"{name} must be a number of seconds or None")
-            if not value > 0:
-                raise ValueError(f"{name} must be positive or None, got {value!r}")
-
-
-def _check_int(name: str, value: object, low: int, high: Optional[int] = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
-    if value < low or (high is not None and value > high):
-        bound = f">= {low}" if high is None else f"between {low} and {high}"
-        raise ValueError(f"{name} must be {bound}, got {value}")
-
-
 class _ServerH2Connection(GrpcH2Connection):
     """Server-side ``H2Connection`` without h2's O(open streams) scan per new stream.
 
@@ -162,7 +125,7 @@ class _ServerH2Connection(GrpcH2Connection):
         return count
 
 
-def _new_server_h2(options: _ServerOptions) -> h2.connection.H2Connection:
+def _new_server_h2(options: ServerOptions) -> h2.connection.H2Connection:
     """A server ``H2Connection`` with our SETTINGS queued for sending.
 
     Settings are installed as ``initial_values`` (the pattern hypercorn uses) so they apply
@@ -1039,7 +1002,7 @@ class Server:
         max_header_list_size: int = 16 * 1024,
         max_client_resets: Optional[int] = 2000,
     ) -> None:
-        self._options = _ServerOptions(
+        self._options = ServerOptions(
             max_receive_message_length=max_receive_message_length,
             max_concurrent_streams=max_concurrent_streams,
             debug=bool(debug),
