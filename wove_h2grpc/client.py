@@ -19,10 +19,11 @@ import time
 from typing import Any, Callable, Generic, List, Optional, Set, Tuple, TypeVar
 
 from ._version import __version__
-from .aio.connection import Call, ClientConnection, ConnectionSettings, RetryCall
+from .aio.connection import ClientConnection, ConnectionSettings, WireCall
 from .aio.dial import ConnectError, build_ssl_context, dial, resolve
 from .errors import GrpcError
-from .protocol.framing import encode_message_prefix, gzip_compress, too_large
+from .protocol.call import Outcome, Retry
+from .protocol.framing import frame_message, too_large
 from .protocol.metadata import (
     MetadataLike,
     encode_grpc_timeout,
@@ -787,22 +788,20 @@ class UnaryUnaryMultiCallable(Generic[Req, Resp]):
             headers = headers + encode_metadata(normalize_metadata(metadata))
         algo = opts.compression if compression is None else _compression(compression)
         if algo is not None:
-            payload = gzip_compress(payload)
             headers = [*headers, (b"grpc-encoding", b"gzip")]
-            prefix = encode_message_prefix(len(payload), True)
-        else:
-            prefix = encode_message_prefix(len(payload))
+        prefix, payload = frame_message(payload, algo is not None)
         loop = asyncio.get_running_loop()
         if timeout is None:
             timeout = opts.timeout
         elif isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
             raise TypeError(f"timeout must be a number of seconds, not {type(timeout).__name__}")
-        deadline = None if timeout is None else loop.time() + timeout
+        start = loop.time()
+        deadline = None if timeout is None else start + timeout
         refused = 0
         yielded = False
         while True:
             ready = channel._ready_conn()
-            if ready is None or ready._loop is not loop:
+            if ready is None or ready.loop is not loop:
                 ready = await channel._wait_conn(deadline)
             if not yielded and ready.input_pending():
                 yielded = True
@@ -822,31 +821,49 @@ class UnaryUnaryMultiCallable(Generic[Req, Resp]):
                     *headers,
                     (b"grpc-timeout", encode_grpc_timeout(remaining).encode()),
                 ]
-            future: asyncio.Future[bytes] = loop.create_future()
-            call = Call(future, call_headers, prefix, payload, deadline, self._method)
+            future: asyncio.Future[Outcome] = loop.create_future()
+            call = WireCall(
+                self._method,
+                call_headers,
+                prefix,
+                payload,
+                future=future,
+                deadline=deadline,
+                max_receive=opts.max_receive_message_length,
+            )
             conn.start(call)
             try:
-                response = await future
-            except RetryCall as retry:
-                if retry.sent:
-                    if not opts.transparent_retry:
-                        raise GrpcError(
-                            StatusCode.UNAVAILABLE,
-                            f"{retry.reason}; not retried because transparent_retry=False",
-                            request_sent=False,
-                        ) from None
-                    refused += 1
-                    if refused > _MAX_REFUSED_RETRIES:
-                        raise GrpcError(
-                            StatusCode.UNAVAILABLE,
-                            f"{retry.reason}; gave up after {_MAX_REFUSED_RETRIES} "
-                            "transparent retries",
-                            request_sent=False,
-                        ) from None
-                continue
+                outcome = await future
             except asyncio.CancelledError:
                 conn.cancel(call)
                 raise
+            if outcome.retry is Retry.REFUSED:
+                # gRFC A6: the server refused the stream unprocessed; a bounded retry.
+                if not opts.transparent_retry:
+                    raise _not_retried(call, outcome, "not retried because transparent_retry=False")
+                refused += 1
+                if refused > _MAX_REFUSED_RETRIES:
+                    raise _not_retried(
+                        call, outcome, f"gave up after {_MAX_REFUSED_RETRIES} transparent retries"
+                    )
+                continue
+            if outcome.retry is Retry.UNSENT:
+                continue  # never left this process: send it on another connection
+            if not outcome.ok:
+                raise call.error(outcome, target=opts.target.original, elapsed=loop.time() - start)
+            response = outcome.message or b""  # set on every OK unary outcome
             if self._deserializer is not None:
                 return self._deserializer(response)
             return response  # type: ignore[return-value]
+
+
+def _not_retried(call: WireCall, outcome: Outcome, why: str) -> GrpcError:
+    """The refused call's error when it is not sent again; it provably never ran."""
+    error = call.error(outcome)
+    return GrpcError(
+        error.code(),
+        f"{error.details()}; {why}",
+        debug_error_string=error.debug_error_string(),
+        request_sent=False,
+        h2_error_code=outcome.h2_error_code,
+    )

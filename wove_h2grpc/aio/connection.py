@@ -1,45 +1,37 @@
-"""One client HTTP/2 connection on asyncio around ``h2``: streams, flow control, PING, GOAWAY.
+"""One client HTTP/2 connection: streams for calls, request bodies under flow control, keepalive.
 
-The connection is an ``asyncio.Protocol``: bytes in -> h2 events -> call outcomes, and all
-writes go through one ``_flush`` per event-loop turn. It knows nothing about targets,
-reconnects or retries; it tells the channel, per call, whether the server provably never
-processed the stream (then the channel may retry it, gRFC A6).
+Built on the shared ``H2Driver``; every call is a ``protocol.call.ClientCall`` fed the
+events of its stream, and ends through ``_end`` alone, which stops its timer, frees its
+stream slot, resets the stream when the outcome says so and hands the outcome to the
+waiting caller. The connection knows nothing about targets, reconnects or retries; the
+outcome tells the caller whether the server provably never ran the call.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import select
 import time
 from collections import deque
-from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Deque, Dict, List, Optional
 
-import h2.connection
-import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
+from h2.errors import ErrorCodes
 
-from ..errors import GrpcError, Metadata
-from ..protocol.framing import MessageDecoder, decompress
-from ..protocol.metadata import decode_grpc_message, decode_metadata
-from ..protocol.status import (
-    StatusCode,
-    h2_error_name,
-    parse_grpc_status,
-    status_from_h2_error,
-    status_from_http,
-)
-from ._h2compat import make_h2_connection, pending_frame_problem
+from ..errors import GrpcError
+from ..protocol.call import ClientCall, Headers, Outcome
+from ..protocol.status import StatusCode, h2_error_name, status_from_h2_error
+from ._h2compat import make_h2_connection
+from .driver import H2Driver
 
-__all__ = ["Call", "ClientConnection", "ConnectionSettings", "RetryCall"]
+__all__ = ["ClientConnection", "ConnectionSettings", "WireCall"]
 
 logger = logging.getLogger(__name__)
 
-_ErrorCodes = h2.errors.ErrorCodes
 _SettingCodes = h2.settings.SettingCodes
 
 # Receive side: large windows so a multi-megabyte response streams without waiting for
@@ -56,20 +48,6 @@ DEFAULT_MAX_STREAMS = 1000
 # grpcio's GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA: a grpcio server answers more keepalive
 # PINGs than this between our DATA/HEADERS frames with GOAWAY too_many_pings.
 _MAX_PINGS_WITHOUT_DATA = 2
-
-
-class RetryCall(Exception):
-    """Internal: the call never reached the server's application and may be sent again.
-
-    ``sent`` is False when no byte of the call left the client (queued, never opened);
-    True when the server refused the stream before processing it (REFUSED_STREAM, or a
-    GOAWAY whose last-stream-id is below the stream).
-    """
-
-    def __init__(self, reason: str, *, sent: bool) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.sent = sent
 
 
 class ConnectionSettings:
@@ -93,99 +71,54 @@ class ConnectionSettings:
         self.keepalive_timeout = keepalive_timeout
 
 
-class Call:
-    """One unary call on the wire: request bytes out, one response message or an error in."""
+class WireCall(ClientCall):
+    """A ClientCall with what carrying it over asyncio needs: the caller's future, the
+    deadline timer and the request bytes still to send."""
 
-    __slots__ = (
-        "conn",
-        "deadline",
-        "decoder",
-        "encoding",
-        "future",
-        "headers",
-        "http_status",
-        "message",
-        "method",
-        "out",
-        "out_pos",
-        "prefix",
-        "request_headers",
-        "sent_end",
-        "stream_id",
-        "timer",
-        "trailers",
-    )
+    __slots__ = ("body", "deadline", "future", "out_pos", "prefix", "timer")
 
     def __init__(
         self,
-        future: asyncio.Future[bytes],
-        request_headers: List[Tuple[bytes, bytes]],
-        prefix: bytes,
-        out: bytes,
-        deadline: Optional[float],
         method: str,
+        request_headers: Headers,
+        prefix: bytes,
+        body: bytes,
+        *,
+        future: asyncio.Future[Outcome],
+        deadline: Optional[float],
+        max_receive: int,
     ) -> None:
+        super().__init__(method, request_headers, max_receive=max_receive)
         self.future = future
-        self.request_headers = request_headers
+        self.deadline = deadline
         # The 5-byte message prefix and the message, kept apart: joining them would copy
         # the whole request (a Wove task's arguments) once more for as long as it waits.
         self.prefix = prefix
-        self.out = out
-        self.out_pos = 0  # bytes of prefix + message sent
-        self.deadline = deadline
-        self.method = method
-        self.stream_id = 0
-        self.conn: Optional[ClientConnection] = None
-        self.decoder: Optional[MessageDecoder] = None
-        self.headers: Optional[List[Tuple[bytes, bytes]]] = None
-        self.trailers: Optional[List[Tuple[bytes, bytes]]] = None
-        self.http_status = 0
-        self.encoding: Optional[str] = None
-        self.message: Optional[bytes] = None
-        self.sent_end = False
+        self.body = body
+        self.out_pos = 0  # bytes of prefix + body sent
         self.timer: Optional[asyncio.TimerHandle] = None
 
 
-def _is_grpc_content_type(value: Optional[bytes]) -> bool:
-    """``application/grpc``, optionally followed by ``+proto``-style or ``;`` parameters."""
-    if value is None or not value.startswith(b"application/grpc"):
-        return False
-    rest = value[16:]
-    return not rest or rest[:1] in (b"+", b";")
-
-
-def _header(headers: Sequence[Tuple[bytes, bytes]], name: bytes) -> Optional[bytes]:
-    for key, value in headers:
-        if key == name:
-            return value
-    return None
-
-
-class ClientConnection(asyncio.Protocol):
-    """An HTTP/2 client connection multiplexing unary gRPC calls.
+class ClientConnection(H2Driver):
+    """An HTTP/2 client connection multiplexing gRPC calls.
 
     Lifecycle: ``connection_made`` sends the preface; ``ready`` resolves when the server's
     SETTINGS arrive; ``usable`` turns False on GOAWAY or a fatal error (the first fatal
-    error sticks and fails every call on it); calls beyond the server's
+    error sticks and ends every call on it); calls beyond the server's
     MAX_CONCURRENT_STREAMS wait in a queue instead of failing.
     """
 
     def __init__(
         self, loop: asyncio.AbstractEventLoop, settings: ConnectionSettings, peer: str
     ) -> None:
-        self._loop = loop
+        super().__init__(loop, make_h2_connection(client_side=True))
         self._settings = settings
         self.peer = peer
         self._fd = -1
-        self._h2: h2.connection.H2Connection = make_h2_connection(client_side=True)
-        self._transport: Optional[asyncio.Transport] = None
-        self._streams: Dict[int, Call] = {}
-        self._queue: Deque[Call] = deque()
-        self._blocked: Dict[int, Call] = {}  # streams waiting for send window
-        self._flush_scheduled = False
-        # The transport's buffer is over its high-water mark: request bodies wait (in
-        # _blocked) instead of piling up copies in asyncio's write buffer.
-        self._write_paused = False
+        self._tls = False
+        self._streams: Dict[int, WireCall] = {}
+        self._queue: Deque[WireCall] = deque()
+        self._blocked: Dict[int, WireCall] = {}  # streams waiting for send window
         self._unflushed = 0  # request bytes framed since the last write
         # Until (and unless) the server's SETTINGS give a limit. RFC 9113 6.5.2 makes the
         # initial limit unlimited; we cap our own concurrency so that a server advertising
@@ -198,13 +131,14 @@ class ClientConnection(asyncio.Protocol):
         self.proven = False  # the server answered a request here (resets reconnect backoff)
         self._error: Optional[GrpcError] = None
         self.ready: asyncio.Future[None] = loop.create_future()
-        self.closed: asyncio.Future[None] = loop.create_future()
         self.pid = os.getpid()
         self._last_read = time.monotonic()
         self._ping_timer: Optional[asyncio.TimerHandle] = None
         self._ping_deadline: Optional[asyncio.TimerHandle] = None
         self.on_idle: Optional[Callable[[ClientConnection], None]] = None
-        self._dispatch: Dict[type, Callable[[Any], None]] = {
+
+    def handlers(self) -> Dict[type, Callable[[Any], None]]:
+        return {
             h2.events.ResponseReceived: self._on_response,
             h2.events.DataReceived: self._on_data,
             h2.events.TrailersReceived: self._on_trailers,
@@ -224,22 +158,21 @@ class ClientConnection(asyncio.Protocol):
         return self._error is None and self._goaway_last_id is None
 
     @property
-    def active_calls(self) -> int:
-        """Calls open or queued on this connection."""
-        return len(self._streams) + len(self._queue)
-
-    @property
     def error(self) -> Optional[GrpcError]:
         """The sticky fatal error, if the connection failed."""
         return self._error
 
     # ------------------------------------------------------------ asyncio side
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport  # type: ignore[assignment]
+    def on_connected(self) -> None:
+        transport = self.transport
+        if transport is None:  # pragma: no cover - connection_made sets it just before
+            return
         sock = transport.get_extra_info("socket")
         self._fd = sock.fileno() if sock is not None else -1
-        h2c = self._h2
+        # Read now: a closed SSL transport cannot answer get_extra_info() any more.
+        self._tls = transport.get_extra_info("sslcontext") is not None
+        h2c = self.h2
         h2c.initiate_connection()
         h2c.update_settings(
             {
@@ -250,38 +183,23 @@ class ClientConnection(asyncio.Protocol):
             }
         )
         h2c.increment_flow_control_window(CONNECTION_WINDOW - 65535)
-        self._flush()
+        self.flush()
+
+    def expects_settings_first(self) -> bool:
+        return not self.ready.done()
 
     def data_received(self, data: bytes) -> None:
         self._last_read = time.monotonic()
-        try:
-            events = self._h2.receive_data(data)
-            problem = pending_frame_problem(self._h2, first=not self.ready.done())
-            if problem:
-                self.permanent_failure = "HTTP/2" in problem
-                self._h2.close_connection(_ErrorCodes.FRAME_SIZE_ERROR)
-                raise h2.exceptions.ProtocolError(problem)
-        except h2.exceptions.ProtocolError as exc:
-            # h2 has queued a GOAWAY; send it, then fail everything on this connection.
-            self._flush()
-            self._fail(
-                GrpcError(
-                    StatusCode.UNAVAILABLE,
-                    f"HTTP/2 protocol error from {self.peer}: {exc}",
-                )
-            )
-            return
-        dispatch = self._dispatch
-        for event in events:
-            handler = dispatch.get(type(event))
-            if handler is not None:
-                handler(event)
-        self._flush()
+        super().data_received(data)
 
-    def connection_lost(self, exc: Optional[Exception]) -> None:
+    def on_broken(self, exc: Exception, not_http2: bool) -> None:
+        if not_http2:
+            self.permanent_failure = True
+        self._fail(StatusCode.UNAVAILABLE, f"HTTP/2 protocol error from {self.peer}: {exc}")
+
+    def on_lost(self, exc: Optional[Exception]) -> None:
         reason = f": {exc}" if exc else ""
-        tls = self._transport is not None and self._transport.get_extra_info("sslcontext")
-        if tls and not self.ready.done():
+        if not self.ready.done() and self._tls:
             # TLS 1.3 finishes the client's handshake before the server checks the client
             # certificate: a refusal shows up as the connection closing before SETTINGS.
             self.permanent_failure = True
@@ -289,28 +207,12 @@ class ClientConnection(asyncio.Protocol):
                 " before the server's HTTP/2 SETTINGS, right after the TLS handshake "
                 "(did the server refuse our client certificate, or require one?)"
             )
-        self._fail(
-            GrpcError(
-                StatusCode.UNAVAILABLE,
-                f"connection to {self.peer} lost{reason}",
-            ),
-            close=False,
-        )
-        self._transport = None
-        if not self.closed.done():
-            self.closed.set_result(None)
+        self._fail(StatusCode.UNAVAILABLE, f"connection to {self.peer} lost{reason}", close=False)
 
-    def pause_writing(self) -> None:
-        self._write_paused = True
-
-    def resume_writing(self) -> None:
-        self._write_paused = False
+    def on_writable(self) -> None:
         if self._blocked and self._error is None:
             self._send_blocked()
-            self._flush()
-
-    def eof_received(self) -> Optional[bool]:
-        return False  # close the transport; connection_lost fails what is left
+            self.flush()
 
     def input_pending(self) -> bool:
         """True when the socket has unread input while no call is open here.
@@ -328,63 +230,58 @@ class ClientConnection(asyncio.Protocol):
             return False
         return bool(readable)
 
-    def _flush(self) -> None:
-        """Write whatever h2 has queued, in one write (the only place that writes)."""
-        self._flush_scheduled = False
-        self._unflushed = 0
-        data = self._h2.data_to_send()
-        if data and self._transport is not None:
-            self._transport.write(data)
-
-    def _schedule_flush(self) -> None:
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
-
     # -------------------------------------------------------------- calls out
 
-    def start(self, call: Call) -> None:
-        """Open a stream for ``call`` now, or queue it until the server allows another."""
-        call.conn = self
-        if call.deadline is not None:
-            call.timer = self._loop.call_at(call.deadline, self._on_deadline, call)
+    def start(self, call: WireCall) -> None:
+        """Open a stream for ``call`` now, or queue it until the server allows another.
+
+        ``call.future`` gets the call's one ``Outcome``; it never raises.
+        """
         if self._error is not None or self._goaway_last_id is not None:
-            # Never sent: the channel may dispatch it elsewhere.
+            # Never sent: the caller may send it elsewhere.
             reason = self._error.details() if self._error is not None else self.goaway_reason
-            call.future.set_exception(RetryCall(reason, sent=False))
+            self._deliver(call, call.on_connection_lost(StatusCode.UNAVAILABLE, reason))
             return
+        if call.deadline is not None:
+            call.timer = self.loop.call_at(call.deadline, self._on_deadline, call)
         streams = self._streams
         if len(streams) < self._max_streams and not self._queue:
             idle = not streams
             self._open(call)
-            if idle and not self._flush_scheduled:
+            if idle and not self.flush_pending:
                 # A lone call (the sequential case) goes out now: one loop turn saved.
                 # Calls started while others are open coalesce into one write per turn.
-                self._flush()
+                self.flush()
             else:
-                self._schedule_flush()
+                self.flush_soon()
         else:
             self._queue.append(call)
 
-    def _open(self, call: Call) -> None:
-        h2c = self._h2
+    def cancel(self, call: WireCall) -> None:
+        """The caller gave up on ``call``: reset its stream (or drop it from the queue)."""
+        outcome = call.on_cancel()
+        if outcome is not None:
+            self._end(call, outcome)
+
+    def _open(self, call: WireCall) -> None:
+        h2c = self.h2
         stream_id = h2c.get_next_available_stream_id()
-        call.stream_id = stream_id
         self._streams[stream_id] = call
         h2c.send_headers(stream_id, call.request_headers)
+        call.opened(stream_id, self.peer)
         self._pings_without_data = 0
         self._send_body(call)
 
-    def _send_body(self, call: Call) -> None:
+    def _send_body(self, call: WireCall) -> None:
         """Send as much of the request as the windows allow (RFC 9113 section 5.2)."""
-        h2c = self._h2
+        h2c = self.h2
         sid = call.stream_id
         prefix = call.prefix
-        body = call.out
+        body = call.body
         head = len(prefix)
         total = head + len(body)
         pos = call.out_pos
-        while pos < total and not self._write_paused:
+        while pos < total and not self.write_paused:
             window = h2c.local_flow_control_window(sid)
             if window <= 0:
                 break
@@ -403,11 +300,11 @@ class ClientConnection(asyncio.Protocol):
             if self._unflushed >= _FLUSH_THRESHOLD:
                 # Hand large bodies to the transport as they are framed, so that its
                 # pause_writing() can stop the rest (instead of h2 buffering them all).
-                self._flush()
+                self._unflushed = 0
+                self.flush()
         call.out_pos = pos
         if pos >= total:
-            call.sent_end = True
-            call.out = call.prefix = b""
+            call.body = call.prefix = b""
             self._blocked.pop(sid, None)
         else:
             self._blocked[sid] = call
@@ -419,253 +316,95 @@ class ClientConnection(asyncio.Protocol):
         with hundreds of large requests waiting, visiting all of them on every
         connection-level WINDOW_UPDATE would cost O(waiting) per update.
         """
-        h2c = self._h2
+        h2c = self.h2
         for call in list(self._blocked.values()):
-            if self._write_paused or h2c.outbound_flow_control_window <= 0:
+            if self.write_paused or h2c.outbound_flow_control_window <= 0:
                 break
             self._send_body(call)
 
-    def pending_futures(self) -> List[asyncio.Future[bytes]]:
+    def pending_futures(self) -> List[asyncio.Future[Outcome]]:
         """Futures of the calls open or queued here (for a graceful close)."""
         calls = [*self._streams.values(), *self._queue]
         return [c.future for c in calls if not c.future.done()]
-
-    def goaway_and_drain(self) -> None:
-        """Stop taking calls here; close once the open ones finish (address went away)."""
-        if self._goaway_last_id is None:
-            self._goaway_last_id = self._h2.highest_outbound_stream_id or 0
-            self.goaway_reason = f"address {self.peer} left the target's resolved addresses"
-        queue = self._queue
-        while queue:  # never opened here: the channel sends them elsewhere
-            call = queue.popleft()
-            if not call.future.done():
-                call.future.set_exception(RetryCall(self.goaway_reason, sent=False))
-        if not self._streams:
-            self.close()
-
-    def cancel(self, call: Call, code: int = _ErrorCodes.CANCEL) -> None:
-        """Reset ``call``'s stream (or drop it from the queue); the caller already gave up."""
-        if call.timer is not None:
-            call.timer.cancel()
-            call.timer = None
-        sid = call.stream_id
-        if sid and self._streams.get(sid) is call:
-            self._forget(sid)
-            if self._error is None and self._transport is not None:
-                # The stream may already be closed on the wire: nothing to reset then.
-                with contextlib.suppress(h2.exceptions.H2Error):
-                    self._h2.reset_stream(sid, code)
-                self._flush()
-            self._drain_queue()
-        elif not sid:
-            with contextlib.suppress(ValueError):
-                self._queue.remove(call)
-
-    def _forget(self, stream_id: int) -> None:
-        self._streams.pop(stream_id, None)
-        self._blocked.pop(stream_id, None)
-        if not self._streams and not self._queue and self.on_idle is not None:
-            self.on_idle(self)
 
     def _drain_queue(self) -> None:
         queue = self._queue
         opened = False
         while queue and len(self._streams) < self._max_streams and self.usable:
-            call = queue.popleft()
-            if call.future.done():
-                continue
-            self._open(call)
+            self._open(queue.popleft())
             opened = True
         if opened:
-            self._schedule_flush()
+            self.flush_soon()
 
-    def _on_deadline(self, call: Call) -> None:
+    def _on_deadline(self, call: WireCall) -> None:
         call.timer = None
-        if call.future.done():
-            return
-        self.cancel(call)
-        call.future.set_exception(
-            GrpcError(StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded", initial_metadata=())
-        )
+        outcome = call.on_deadline()
+        if outcome is not None:
+            self._end(call, outcome)
+
+    # ----------------------------------------------------------- the one exit
+
+    def _end(self, call: WireCall, outcome: Outcome) -> None:
+        """Every call ends here: timer stopped, slot freed, stream reset if the outcome says
+        so, the outcome handed to the caller, the next queued call started."""
+        timer = call.timer
+        if timer is not None:
+            timer.cancel()
+            call.timer = None
+        sid = call.stream_id
+        removed = False
+        if sid and self._streams.get(sid) is call:
+            removed = True
+            del self._streams[sid]
+            self._blocked.pop(sid, None)
+            if outcome.reset is not None and self._error is None and self.transport is not None:
+                self.reset_stream(sid, outcome.reset)
+                self.flush()
+            self._drain_queue()
+        elif not sid and self._queue:
+            try:
+                self._queue.remove(call)
+                removed = True
+            except ValueError:
+                pass  # ended by a connection-wide event that emptied the queue first
+        if not call.future.done():
+            call.future.set_result(outcome)
+        if removed and not self._streams and not self._queue and self.on_idle is not None:
+            self.on_idle(self)
 
     # ----------------------------------------------------------------- events
 
     def _on_response(self, event: Any) -> None:
         call = self._streams.get(event.stream_id)
-        if call is None:
-            return
-        headers = event.headers
-        call.headers = headers
-        status = _header(headers, b":status")
-        try:
-            call.http_status = int(status) if status is not None else 0
-        except ValueError:
-            call.http_status = 0
-        self.proven = True
-        if call.http_status != 200 or not _is_grpc_content_type(_header(headers, b"content-type")):
-            # Not a gRPC response (an error page, a proxy's answer): its body is not
-            # length-prefixed messages. Leave decoder unset; DATA is acknowledged and
-            # dropped, and the status comes from the HTTP status (PROTOCOL-HTTP2).
-            return
-        encoding = _header(headers, b"grpc-encoding")
-        call.encoding = encoding.decode("ascii", "replace") if encoding is not None else None
-        call.decoder = MessageDecoder(self._settings.max_receive_message_length)
+        if call is not None:
+            self.proven = True
+            self._deliver(call, call.on_headers(event.headers))
 
     def _on_data(self, event: Any) -> None:
         sid = event.stream_id
-        self._h2.acknowledge_received_data(event.flow_controlled_length, sid)
+        self.h2.acknowledge_received_data(event.flow_controlled_length, sid)
         call = self._streams.get(sid)
-        if call is None or call.future.done():
-            return
-        decoder = call.decoder
-        if decoder is None:  # DATA before HEADERS is a protocol error h2 already rejects
-            return
-        try:
-            messages = decoder.feed(event.data)
-            for compressed, payload in messages:
-                if call.message is not None:
-                    raise GrpcError(
-                        StatusCode.INTERNAL,
-                        f"server sent more than one response message for unary {call.method}",
-                    )
-                call.message = decompress(
-                    compressed,
-                    payload,
-                    call.encoding,
-                    self._settings.max_receive_message_length,
-                )
-        except GrpcError as exc:
-            self._abort_call(call, exc)
+        if call is not None:
+            self._deliver(call, call.on_data(event.data))
 
     def _on_trailers(self, event: Any) -> None:
         call = self._streams.get(event.stream_id)
         if call is not None:
-            call.trailers = event.headers
-
-    def _take(self, stream_id: int) -> Optional[Call]:
-        """Detach the call of a stream that ended on the wire (timer stopped, slot freed)."""
-        call = self._streams.get(stream_id)
-        if call is not None:
-            if call.timer is not None:
-                call.timer.cancel()
-                call.timer = None
-            self._forget(stream_id)
-        return call
+            call.on_trailers(event.headers)
 
     def _on_stream_ended(self, event: Any) -> None:
-        call = self._take(event.stream_id)
-        if call is None:
-            return
-        if not call.future.done():
-            outcome = self._outcome(call)
-            if isinstance(outcome, bytes):
-                call.future.set_result(outcome)
-            else:
-                call.future.set_exception(outcome)
-        self._drain_queue()
-
-    def _outcome(self, call: Call) -> bytes | GrpcError:
-        """Decide the call's result from headers, trailers and message (PROTOCOL-HTTP2)."""
-        headers = call.headers or []
-        trailers = call.trailers
-        # Trailers-Only: the status is in the only HEADERS frame.
-        status_block = trailers if trailers is not None else headers
-        raw_status = _header(status_block, b"grpc-status")
-        http_status = call.http_status
-        if raw_status is None:
-            if http_status != 200:
-                code = status_from_http(http_status)
-                return self._error_for(
-                    call,
-                    code,
-                    f"HTTP status {http_status} without grpc-status from {self.peer}"
-                    f" (mapped to {code.name})",
-                )
-            content_type = _header(headers, b"content-type") or b""
-            if not _is_grpc_content_type(content_type):
-                return self._error_for(
-                    call,
-                    StatusCode.UNKNOWN,
-                    f"response is not gRPC: content-type {content_type.decode('latin-1')!r}",
-                )
-            if trailers is None:
-                return self._error_for(
-                    call,
-                    StatusCode.INTERNAL,
-                    "server closed the stream without trailers (grpc-status missing)",
-                )
-            return self._error_for(
-                call, StatusCode.INTERNAL, "trailers arrived without grpc-status"
-            )
-        try:
-            code = parse_grpc_status(raw_status.decode("ascii", "replace"))
-        except ValueError as exc:
-            return self._error_for(call, StatusCode.INTERNAL, str(exc))
-        if code is not StatusCode.OK:
-            raw_message = _header(status_block, b"grpc-message")
-            details = decode_grpc_message(raw_message) if raw_message is not None else ""
-            return self._error_for(call, code, details)
-        decoder = call.decoder
-        if decoder is not None:
-            incomplete = decoder.incomplete_error()
-            if incomplete is not None:
-                return self._error_for(call, incomplete.code(), incomplete.details())
-        if call.message is None:
-            return self._error_for(
-                call,
-                StatusCode.INTERNAL,
-                f"server sent OK but no response message for unary {call.method}",
-            )
-        return call.message
-
-    def _error_for(self, call: Call, code: StatusCode, details: str) -> GrpcError:
-        initial: Metadata = (
-            decode_metadata(call.headers)
-            if call.trailers is not None and call.headers is not None
-            else ()
-        )
-        if call.trailers is not None:
-            trailing = decode_metadata(call.trailers)
-        elif call.headers is not None:
-            trailing = decode_metadata(call.headers)  # Trailers-Only
-        else:
-            trailing = ()
-        return GrpcError(
-            code,
-            details,
-            initial_metadata=initial,
-            trailing_metadata=trailing,
-            debug_error_string=(
-                f"{code.name} from {self.peer} stream {call.stream_id} ({call.method}): {details}"
-            ),
-        )
-
-    def _abort_call(self, call: Call, error: GrpcError) -> None:
-        """Fail one call locally and reset its stream (e.g. an oversized message)."""
-        self.cancel(call)
-        if not call.future.done():
-            call.future.set_exception(self._error_for(call, error.code(), error.details()))
+        call = self._streams.get(event.stream_id)
+        if call is not None:
+            self._deliver(call, call.on_end())
 
     def _on_stream_reset(self, event: Any) -> None:
-        call = self._take(event.stream_id)
-        if call is None:
-            return
-        code = int(event.error_code)
-        if not call.future.done():
-            name = h2_error_name(code)
-            if code == _ErrorCodes.REFUSED_STREAM and call.headers is None:
-                call.future.set_exception(
-                    RetryCall(
-                        f"stream refused by {self.peer} (RST_STREAM REFUSED_STREAM)",
-                        sent=True,
-                    )
-                )
-            else:
-                status = status_from_h2_error(code)
-                call.future.set_exception(
-                    self._error_for(call, status, f"stream reset by server (RST_STREAM {name})")
-                )
-        self._drain_queue()
+        call = self._streams.get(event.stream_id)
+        if call is not None:
+            self._deliver(call, call.on_reset(int(event.error_code)))
+
+    def _deliver(self, call: WireCall, outcome: Optional[Outcome]) -> None:
+        if outcome is not None:
+            self._end(call, outcome)
 
     def _on_window_updated(self, event: Any) -> None:
         if not self._blocked:
@@ -696,7 +435,7 @@ class ClientConnection(asyncio.Protocol):
         code = int(event.error_code)
         debug = bytes(event.additional_data or b"")
         self._goaway_last_id = last_id
-        calm = code == _ErrorCodes.ENHANCE_YOUR_CALM and debug == b"too_many_pings"
+        calm = code == ErrorCodes.ENHANCE_YOUR_CALM and debug == b"too_many_pings"
         settings = self._settings
         if calm and settings.keepalive_time is not None:
             # As grpcio does: the server finds our PINGs too frequent; back off for good.
@@ -710,33 +449,38 @@ class ClientConnection(asyncio.Protocol):
         if debug:
             reason += f" ({debug[:200].decode('utf-8', 'replace')})"
         self.goaway_reason = reason
-        for sid, call in list(self._streams.items()):
-            if sid > last_id:
-                self._take(sid)
-                if not call.future.done():
-                    call.future.set_exception(
-                        RetryCall(
-                            f"{reason}: stream {sid} above last-stream-id {last_id}", sent=True
-                        )
-                    )
-        queue = self._queue
-        while queue:
-            call = queue.popleft()
-            if not call.future.done():
-                call.future.set_exception(RetryCall(reason, sent=False))
+        queued = list(self._queue)
+        self._queue.clear()
+        for call in [*self._streams.values(), *queued]:
+            outcome = call.on_goaway(last_id, code, reason)
+            if outcome is not None:
+                self._end(call, outcome)
         if not self._streams:
-            self.close(error=GrpcError(StatusCode.UNAVAILABLE, reason))
-        elif code != _ErrorCodes.NO_ERROR:
-            # A GOAWAY with an error ends the connection (h2 closes it): streams at or
-            # below last-stream-id may have run, so they fail instead of retrying.
-            self._fail(GrpcError(status_from_h2_error(code), reason))
+            self.close(code=StatusCode.UNAVAILABLE, details=reason)
+        elif code != ErrorCodes.NO_ERROR:
+            # A GOAWAY with an error ends the connection (h2 closes it).
+            self._fail(status_from_h2_error(code), reason, h2_error_code=code)
+
+    def goaway_and_drain(self) -> None:
+        """Stop taking calls here; close once the open ones finish (address went away)."""
+        if self._goaway_last_id is None:
+            self._goaway_last_id = self.h2.highest_outbound_stream_id or 0
+            self.goaway_reason = f"address {self.peer} left the target's resolved addresses"
+        queued = list(self._queue)
+        self._queue.clear()
+        for call in queued:  # never opened here: the caller sends them elsewhere
+            outcome = call.on_connection_lost(StatusCode.UNAVAILABLE, self.goaway_reason)
+            if outcome is not None:
+                self._end(call, outcome)
+        if not self._streams:
+            self.close()
 
     # -------------------------------------------------------------- keepalive
 
     def _arm_keepalive(self) -> None:
         interval = self._settings.keepalive_time
         if interval is not None and self._error is None:
-            self._ping_timer = self._loop.call_later(interval, self._keepalive_check)
+            self._ping_timer = self.loop.call_later(interval, self._keepalive_check)
 
     def _keepalive_check(self) -> None:
         """PING after keepalive_time without reads while calls are in flight (gRFC A8)."""
@@ -753,26 +497,24 @@ class ClientConnection(asyncio.Protocol):
         ):
             self._pings_without_data += 1
             try:
-                self._h2.ping(b"wovekalv")
+                self.h2.ping(b"wovekalv")
             except h2.exceptions.H2Error:
                 return
-            self._flush()
-            self._ping_deadline = self._loop.call_later(
+            self.flush()
+            self._ping_deadline = self.loop.call_later(
                 self._settings.keepalive_timeout, self._keepalive_expired
             )
-            self._ping_timer = self._loop.call_later(interval, self._keepalive_check)
+            self._ping_timer = self.loop.call_later(interval, self._keepalive_check)
         else:
             wait = max(interval - idle, 0.01) if self._streams else interval
-            self._ping_timer = self._loop.call_later(wait, self._keepalive_check)
+            self._ping_timer = self.loop.call_later(wait, self._keepalive_check)
 
     def _keepalive_expired(self) -> None:
         self._ping_deadline = None
         self._fail(
-            GrpcError(
-                StatusCode.UNAVAILABLE,
-                f"keepalive PING to {self.peer} not acknowledged within "
-                f"{self._settings.keepalive_timeout}s; connection dropped",
-            )
+            StatusCode.UNAVAILABLE,
+            f"keepalive PING to {self.peer} not acknowledged within "
+            f"{self._settings.keepalive_timeout}s; connection dropped",
         )
 
     def _on_ping_ack(self, event: Any) -> None:
@@ -782,10 +524,17 @@ class ClientConnection(asyncio.Protocol):
 
     # --------------------------------------------------------------- teardown
 
-    def _fail(self, error: GrpcError, *, close: bool = True) -> None:
-        """Make ``error`` the connection's sticky error and end every call on it."""
+    def _fail(
+        self,
+        code: StatusCode,
+        details: str,
+        *,
+        h2_error_code: Optional[int] = None,
+        close: bool = True,
+    ) -> None:
+        """Make this the connection's sticky error and end every call on it."""
         if self._error is None:
-            self._error = error
+            self._error = GrpcError(code, details, h2_error_code=h2_error_code)
         error = self._error
         for timer in (self._ping_timer, self._ping_deadline):
             if timer is not None:
@@ -794,39 +543,34 @@ class ClientConnection(asyncio.Protocol):
         if not self.ready.done():
             self.ready.set_exception(error)
             self.ready.exception()  # retrieved: the dialer reports it
-        streams = list(self._streams.values())
+        calls = [*self._streams.values(), *self._queue]
         self._streams.clear()
+        self._queue.clear()
         self._blocked.clear()
-        for call in streams:
-            if call.timer is not None:
-                call.timer.cancel()
-                call.timer = None
-            if not call.future.done():
-                call.future.set_exception(self._error_for(call, error.code(), error.details()))
-        queue = self._queue
-        while queue:
-            call = queue.popleft()
-            if not call.future.done():
-                call.future.set_exception(RetryCall(error.details(), sent=False))
-        if close and self._transport is not None:
-            self._transport.close()
+        for call in calls:
+            outcome = call.on_connection_lost(
+                error.code(), error.details(), h2_error_code=error.h2_error_code
+            )
+            if outcome is not None:
+                self._end(call, outcome)
+        if close:
+            self.close_transport()
         if self.on_idle is not None:
             self.on_idle(self)
 
     def close(
-        self, error_code: int = _ErrorCodes.NO_ERROR, *, error: Optional[GrpcError] = None
+        self,
+        error_code: int = ErrorCodes.NO_ERROR,
+        *,
+        code: StatusCode = StatusCode.CANCELLED,
+        details: str = "connection closed by the client",
     ) -> None:
-        """Send GOAWAY and close the transport; calls still open fail with ``error``.
-
-        The default error is CANCELLED (the client closed the channel).
-        """
-        if self._transport is not None and self._error is None:
-            with contextlib.suppress(h2.exceptions.H2Error):
-                self._h2.close_connection(error_code)
-            self._flush()
-        self._fail(error or GrpcError(StatusCode.CANCELLED, "connection closed by the client"))
+        """Send GOAWAY and close the transport; calls still open end with ``code``."""
+        if self.transport is not None and self._error is None:
+            self.close_with_goaway(error_code)
+        self._fail(code, details)
 
     def abandon(self) -> None:
         """Forget the connection without touching its socket (used in a forked child)."""
-        self._transport = None
+        self.transport = None
         self._error = GrpcError(StatusCode.UNAVAILABLE, "connection belongs to the parent process")

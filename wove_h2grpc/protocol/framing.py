@@ -21,6 +21,7 @@ __all__ = [
     "decompress",
     "encode_message",
     "encode_message_prefix",
+    "frame_message",
     "gzip_compress",
     "gzip_decompress",
 ]
@@ -43,6 +44,16 @@ def encode_message_prefix(length: int, compressed: bool = False) -> bytes:
     if length > _MAX_LENGTH:
         raise ValueError(f"message of {length} bytes does not fit a gRPC length prefix")
     return (b"\x01" if compressed else b"\x00") + length.to_bytes(4, "big")
+
+
+def frame_message(payload: bytes, gzip: bool = False) -> Tuple[bytes, bytes]:
+    """One message for the wire as (5-byte prefix, body), gzip-compressed when asked.
+
+    Kept as two parts so a large message is never copied just to prepend five bytes.
+    """
+    if gzip:
+        payload = gzip_compress(payload)
+    return encode_message_prefix(len(payload), gzip), payload
 
 
 def encode_message(payload: bytes, compressed: bool = False) -> bytes:

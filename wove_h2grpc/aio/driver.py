@@ -1,0 +1,225 @@
+"""One asyncio protocol around an ``H2Connection``, shared by the client and the server.
+
+It feeds received bytes to h2, dispatches h2's events through one ``{EventType: handler}``
+table the subclass provides, writes through one ``flush()`` (coalesced to one write per
+event-loop turn with ``flush_soon()``), tracks the transport's backpressure, and closes
+with GOAWAY. It decides nothing about calls: the client connection and the server
+connection do that through the call state machines of ``protocol``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import struct
+from typing import Any, Callable, Dict, Optional
+
+import h2.connection
+import h2.exceptions
+from h2.errors import ErrorCodes
+
+from ._h2compat import pending_frame_problem
+
+__all__ = ["H2Driver"]
+
+logger = logging.getLogger(__name__)
+
+# A closing transport whose peer does not read what is left is aborted after this long.
+CLOSE_ABORT_DELAY = 5.0
+
+
+class H2Driver(asyncio.Protocol):
+    """The HTTP/2 connection machinery both sides share; subclasses add the call logic.
+
+    Subclass hooks: ``handlers()`` (the dispatch table), ``on_connected()``,
+    ``on_broken(exc, not_http2)``, ``on_writable()`` and ``on_lost(exc)``.
+    """
+
+    # Stop reading while our writes are blocked (server: frames h2 answers by itself, such
+    # as PING and SETTINGS ACKs, cannot then pile up for a peer that does not read).
+    pause_reading_when_blocked = False
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, conn: h2.connection.H2Connection) -> None:
+        self.loop = loop
+        self.h2 = conn
+        self.transport: Optional[asyncio.Transport] = None
+        self.peer = "unknown"
+        self.write_paused = False
+        self.closing = False  # no more frames are read or written for calls
+        self.closed: asyncio.Future[None] = loop.create_future()
+        self._flush_scheduled = False
+        self._abort_handle: Optional[asyncio.TimerHandle] = None
+        self._dispatch: Dict[type, Callable[[Any], None]] = self.handlers()
+
+    # ------------------------------------------------------------------ hooks
+
+    def handlers(self) -> Dict[type, Callable[[Any], None]]:
+        """The h2 event types this side handles, each with its handler."""
+        return {}
+
+    def on_connected(self) -> None:
+        """The transport is up (the preface is for the subclass to send)."""
+
+    def expects_settings_first(self) -> bool:
+        """True while the peer's first frame must be SETTINGS (client, before the server's)."""
+        return False
+
+    def on_broken(self, exc: Exception, not_http2: bool) -> None:
+        """The peer broke HTTP/2 (or we failed handling it): a GOAWAY is out; end everything.
+
+        ``not_http2``: the peer's first frame was not SETTINGS, so it does not speak HTTP/2.
+        """
+
+    def on_writable(self) -> None:
+        """The transport drained below its low-water mark: blocked bodies may go on."""
+
+    def on_lost(self, exc: Optional[Exception]) -> None:
+        """The transport is gone; everything still open must end now."""
+
+    # --------------------------------------------------------- asyncio side
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.on_connected()
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return
+        h2c = self.h2
+        not_http2 = False
+        try:
+            events = h2c.receive_data(data)
+            # h2 checks a frame's length only once its whole body is buffered; refuse an
+            # oversized frame from its 9-byte header (RFC 9113 section 4.2).
+            problem = pending_frame_problem(h2c, first=False)
+            if not problem and self.expects_settings_first():
+                problem = pending_frame_problem(h2c, first=True)
+                not_http2 = bool(problem)  # RFC 9113 section 3.4: not SETTINGS first
+            if problem:
+                code = ErrorCodes.PROTOCOL_ERROR if not_http2 else ErrorCodes.FRAME_SIZE_ERROR
+                with contextlib.suppress(h2.exceptions.ProtocolError):
+                    h2c.close_connection(code)
+                raise h2.exceptions.FrameTooLargeError(problem)
+        except h2.exceptions.ProtocolError as exc:
+            self._broken(exc, not_http2=not_http2)
+            return
+        dispatch = self._dispatch
+        try:
+            for event in events:
+                handler = dispatch.get(type(event))
+                if handler is not None:
+                    handler(event)
+                if self.closing:
+                    return
+        except h2.exceptions.ProtocolError as exc:
+            self._broken(exc, not_http2=False)
+            return
+        except Exception as exc:
+            # A bug of ours must cost this connection only, and be visible.
+            logger.exception("internal error on the connection with %s; closing it", self.peer)
+            self._broken(exc, not_http2=False, code=ErrorCodes.INTERNAL_ERROR)
+            return
+        self.flush()
+
+    def _broken(self, exc: Exception, *, not_http2: bool, code: Optional[int] = None) -> None:
+        """The connection cannot go on: GOAWAY with the error's code, then the hook."""
+        if isinstance(exc, h2.exceptions.ProtocolError):
+            logger.info("HTTP/2 protocol error from %s: %s", self.peer, exc)
+        h2c = self.h2
+        if h2c.state_machine.state is not h2.connection.ConnectionState.CLOSED:
+            # h2 raises an invalid preface before it queues a GOAWAY; send one ourselves.
+            code = code or getattr(exc, "error_code", None) or ErrorCodes.PROTOCOL_ERROR
+            with contextlib.suppress(h2.exceptions.ProtocolError):
+                h2c.close_connection(error_code=code)
+        self.flush()
+        self.on_broken(exc, not_http2)
+
+    def eof_received(self) -> Optional[bool]:
+        return False  # close the transport; connection_lost ends what is left
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        if self.pause_reading_when_blocked and self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        transport = self.transport
+        if self.pause_reading_when_blocked and transport is not None and not transport.is_closing():
+            transport.resume_reading()
+        if not self.closing:
+            self.on_writable()
+
+    def connection_lost(self, exc: Optional[Exception]) -> None:
+        self.closing = True
+        if self._abort_handle is not None:
+            self._abort_handle.cancel()
+            self._abort_handle = None
+        try:
+            self.on_lost(exc)
+        finally:
+            self.transport = None
+            if not self.closed.done():
+                self.closed.set_result(None)
+
+    # ---------------------------------------------------------------- writing
+
+    def flush(self) -> None:
+        """Write whatever h2 has queued, in one write (the only place that writes frames)."""
+        self._flush_scheduled = False
+        data = self.h2.data_to_send()
+        transport = self.transport
+        if data and transport is not None and not transport.is_closing():
+            transport.write(data)
+
+    def flush_soon(self) -> None:
+        """Coalesce writes: whatever h2 has queued goes out once, at the end of this turn."""
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self.flush)
+
+    @property
+    def flush_pending(self) -> bool:
+        return self._flush_scheduled
+
+    def reset_stream(self, stream_id: int, code: int) -> None:
+        """RST_STREAM; nothing when the stream is already closed (the peer reset it first)."""
+        with contextlib.suppress(h2.exceptions.H2Error):
+            self.h2.reset_stream(stream_id, code)
+
+    def send_draining_goaway(self, last_stream_id: int) -> None:
+        """GOAWAY NO_ERROR that keeps h2's state machine open for the streams still finishing.
+
+        Written by hand, not with h2's ``close_connection()``, which closes its state machine
+        while in-flight calls still have to send their responses (RFC 9113 section 6.8): a
+        9-byte frame header (length 8, type 0x7, no flags, stream 0), the last stream id
+        we will process and the error code.
+        """
+        self.flush()
+        frame = b"\x00\x00\x08\x07\x00\x00\x00\x00\x00" + struct.pack(
+            ">II", last_stream_id & 0x7FFFFFFF, int(ErrorCodes.NO_ERROR)
+        )
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(frame)
+
+    def close_with_goaway(self, error_code: int = ErrorCodes.NO_ERROR) -> None:
+        """GOAWAY (h2's), then close the transport once it is written."""
+        if self.transport is not None and self.h2.state_machine.state is not (
+            h2.connection.ConnectionState.CLOSED
+        ):
+            with contextlib.suppress(h2.exceptions.H2Error):
+                self.h2.close_connection(error_code)
+        self.close_transport()
+
+    def close_transport(self) -> None:
+        """Close after pending writes; abort if the peer does not read them in time."""
+        self.closing = True
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        self.flush()
+        transport.close()
+        if self._abort_handle is None:
+            self._abort_handle = self.loop.call_later(CLOSE_ABORT_DELAY, transport.abort)
