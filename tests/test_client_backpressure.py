@@ -46,10 +46,10 @@ async def test_request_bodies_wait_while_the_transport_is_paused() -> None:
             await asyncio.wait_for(stop_reading.wait(), 5)
             await asyncio.sleep(0.5)
             (conn,) = channel._conns
-            transport = conn._transport
+            transport = conn.transport
             assert transport is not None
             buffered = transport.get_write_buffer_size()
-            assert conn._write_paused
+            assert conn.write_paused
             assert buffered < 4 * MiB, buffered
             assert len(conn._blocked) >= 10  # the rest of the bodies wait with the client
             results = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 10)

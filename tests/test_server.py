@@ -287,11 +287,12 @@ async def test_reset_while_reply_waits_on_flow_control(server: tuple) -> None:
     srv, port = server
     c, sid = await _blocked_big_call(port)
     (proto,) = [p for p in srv._connections if p.calls]
-    ctx = proto.calls[sid]
-    assert ctx._task is not None and not ctx._task.done()
+    call = proto.calls[sid]
+    task = call.task
+    assert task is not None and not task.done()
     c.reset(sid)
-    await _until(lambda: ctx._task.done() and not proto.calls)
-    assert ctx.cancelled() and ctx._task.exception() is None
+    await _until(lambda: task.done() and not proto.calls)
+    assert call.cancelled and task.exception() is None
     assert (await c.call("/test.S/Echo", b"x")).status == 0  # small: fits the window
     await c.close()
 
@@ -309,10 +310,12 @@ async def test_connection_lost_while_reply_waits_on_flow_control(server: tuple) 
     srv, port = server
     c, sid = await _blocked_big_call(port)
     (proto,) = [p for p in srv._connections if p.calls]
-    ctx = proto.calls[sid]
+    call = proto.calls[sid]
+    task = call.task
+    assert task is not None
     c.writer.transport.abort()
-    await _until(lambda: ctx._task.done() and proto.closed.done())
-    assert ctx.cancelled()
+    await _until(lambda: task.done() and proto.closed.done())
+    assert call.cancelled
     await c.close()
 
 
@@ -796,15 +799,15 @@ async def test_channel_retries_refused_stream(rec: Recorder) -> None:
             # as the second call's stream has been refused.
             proto.options = dataclasses.replace(proto.options, max_concurrent_streams=1)
             refused: List[int] = []
-            original_reset = proto._reset
+            original_reset = proto.reset_stream
 
-            def reset(stream_id: int, code: ErrorCodes) -> None:
+            def reset(stream_id: int, code: int) -> None:
                 if code == ErrorCodes.REFUSED_STREAM:
                     refused.append(stream_id)
                     rec.release.set()
                 original_reset(stream_id, code)
 
-            proto._reset = reset  # type: ignore[method-assign]
+            proto.reset_stream = reset  # type: ignore[method-assign]
             blocked = asyncio.ensure_future(ch.unary_unary("/test.S/Block")(b"", timeout=10))
             await asyncio.wait_for(rec.started.wait(), 5)
             assert await ch.unary_unary("/test.S/Echo")(b"retried", timeout=10) == b"retried"

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import enum
 from collections import deque
-from typing import Callable, Deque, Optional, Tuple, Union
+from typing import Callable, Deque, Optional, Tuple, Type, TypeVar, Union
 
 from h2.errors import ErrorCodes
 
@@ -91,6 +91,9 @@ def _reject(code: StatusCode, details: str, ended: bool, *, http: bytes = b"200"
     return Finish(headers, None if ended else ErrorCodes.NO_ERROR, code, details)
 
 
+C = TypeVar("C", bound="ServerCall")
+
+
 def open_call(
     stream_id: int,
     headers: Headers,
@@ -99,12 +102,14 @@ def open_call(
     now: float,
     known: Callable[[str], bool],
     max_receive: int,
+    call_type: Type[C],
     single_request: bool = True,
-) -> Union[ServerCall, Finish]:
+) -> Union[C, Finish]:
     """Check a new stream's request headers: a call to run, or the Finish that answers it.
 
     ``now`` is the clock the deadline is measured on; ``known(path)`` says whether a
-    handler serves the method.
+    handler serves the method; ``call_type`` is the ServerCall class to build (the IO
+    side may add its own fields to it).
     """
     method = path = content_type = timeout = encoding = accept = None
     for key, value in headers:
@@ -156,7 +161,7 @@ def open_call(
             return _reject(StatusCode.INTERNAL, str(exc), ended)
     # Policy: answer gzip only to a gzip request from a client that accepts gzip.
     gzip_reply = request_encoding == "gzip" and accept is not None and b"gzip" in accept
-    return ServerCall(
+    return call_type(
         stream_id,
         name,
         headers,

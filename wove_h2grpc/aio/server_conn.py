@@ -1,0 +1,494 @@
+"""One server HTTP/2 connection: request streams in, each a ``protocol.server_call.ServerCall``.
+
+Built on the shared ``H2Driver``. A stream's headers go through ``open_call``: a stream no
+handler will see is answered at once; a call is handed to the ``on_call`` callback the
+server gave (which starts its handler task). Every call ends through ``finish`` (a status
+to send) or ``_end`` (the stream is gone), which alone release its deadline timer, wake its
+writer and cancel its handler task.
+
+Robustness rules, each bounded per connection so that a bad client costs only its own
+connection: a handshake timeout (TLS + client preface), an idle timeout (no calls in
+flight), a RST_STREAM flood limit (GOAWAY ENHANCE_YOUR_CALM), garbage bytes (GOAWAY
+PROTOCOL_ERROR), and ``max_concurrent_streams`` enforced with REFUSED_STREAM (which
+clients retry) instead of a connection error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from typing import Any, Callable, Dict, Optional, cast
+
+import h2.events
+import h2.exceptions
+from h2.errors import ErrorCodes
+from h2.settings import SettingCodes
+
+from ..protocol.call import Headers
+from ..protocol.server_call import Finish, ServerCall, open_call
+from ..protocol.status import StatusCode
+from ._h2compat import make_server_h2_connection
+from .driver import H2Driver
+from .options import ServerOptions
+
+__all__ = ["ServedCall", "ServerConnection"]
+
+logger = logging.getLogger(__name__)
+
+# Flow control and framing we advertise (RFC 9113 section 6.5.2). Data is acknowledged as
+# soon as it arrives (the per-call buffer is bounded by max_receive_message_length), so the
+# windows only decide how much the client may pipeline.
+# A default-sized (4 MiB) request fits the stream window whole: no WINDOW_UPDATE round trip
+# per call (grpcio servers advertise 4-8 MiB too).
+INITIAL_WINDOW_SIZE = 8 << 20  # per stream
+CONNECTION_WINDOW_SIZE = 32 << 20
+# h2 buffers up to 64 CONTINUATION frames of this size before decoding a header block, so
+# this also bounds a trickled header block's memory (64 * 64 KiB = 4 MiB).
+MAX_FRAME_SIZE = 1 << 16
+_RESET_WINDOW = 10.0  # seconds over which client RST_STREAMs are counted
+
+
+class ServedCall(ServerCall):
+    """A ServerCall with what serving it on asyncio needs: handler task, timer, writer wake-up."""
+
+    __slots__ = ("cancelled", "task", "timer", "waiter")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.task: Optional[asyncio.Task[None]] = None
+        self.timer: Optional[asyncio.TimerHandle] = None
+        self.waiter: Optional[asyncio.Future[None]] = None
+        self.cancelled = False  # client reset, deadline passed, or the server stopped it
+
+
+def format_peer(transport: asyncio.BaseTransport) -> str:
+    """grpcio's peer format: ``ipv4:1.2.3.4:5``, ``ipv6:[::1]:5``, ``unix:/path``."""
+    sock = transport.get_extra_info("socket")
+    peer = transport.get_extra_info("peername")
+    family = getattr(sock, "family", None)
+    if family == socket.AF_UNIX or isinstance(peer, (str, bytes)) or peer is None:
+        name = peer or transport.get_extra_info("sockname") or ""
+        if isinstance(name, bytes):
+            name = name.decode("utf-8", "replace")
+        return f"unix:{name}"
+    if family == socket.AF_INET6:
+        return f"ipv6:[{peer[0]}]:{peer[1]}"
+    return f"ipv4:{peer[0]}:{peer[1]}"
+
+
+class ServerConnection(H2Driver):
+    """One client connection of a server: h2 events in, one coalesced write per loop turn out.
+
+    ``known(path)`` says whether a handler serves a method; ``on_call(conn, call)`` starts
+    the handler of a call whose request is complete; ``on_open(conn)`` and ``on_closed(conn)``
+    are told when the connection starts and when it is gone.
+    """
+
+    pause_reading_when_blocked = True
+
+    def __init__(
+        self,
+        options: ServerOptions,
+        *,
+        tls: bool,
+        known: Callable[[str], bool],
+        on_call: Callable[[ServerConnection, ServedCall], None],
+        on_open: Callable[[ServerConnection], None],
+        on_closed: Callable[[ServerConnection], None],
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        super().__init__(
+            loop,
+            make_server_h2_connection(
+                max_concurrent_streams=options.max_concurrent_streams,
+                max_header_list_size=options.max_header_list_size,
+                initial_window_size=INITIAL_WINDOW_SIZE,
+                max_frame_size=MAX_FRAME_SIZE,
+                connection_window_size=CONNECTION_WINDOW_SIZE,
+            ),
+        )
+        self.options = options
+        self.tls = tls
+        self._known = known
+        self._on_call = on_call
+        self._on_open = on_open
+        self._on_closed = on_closed
+        self.calls: Dict[int, ServedCall] = {}
+        self._started = False
+        self._draining = False  # our GOAWAY is out: no new streams, close when calls end
+        self._peer_goaway = False
+        self._handshake_handle: Optional[asyncio.TimerHandle] = None
+        self._idle_handle: Optional[asyncio.TimerHandle] = None
+        self._idle_since = loop.time()
+        self._handshake_done = False
+        self._resets = 0
+        self._reset_window_start = self._idle_since
+
+    def handlers(self) -> Dict[type, Callable[[Any], None]]:
+        return {
+            h2.events.RequestReceived: self._on_request,
+            h2.events.DataReceived: self._on_data,
+            h2.events.StreamEnded: self._on_stream_ended,
+            h2.events.StreamReset: self._on_stream_reset,
+            h2.events.WindowUpdated: self._on_window_updated,
+            h2.events.RemoteSettingsChanged: self._on_settings,
+            h2.events.ConnectionTerminated: self._on_terminated,
+        }
+
+    # -- transport callbacks -------------------------------------------------------------
+
+    def on_connected(self) -> None:
+        transport = cast(asyncio.Transport, self.transport)
+        self.peer = format_peer(transport)
+        self._on_open(self)
+        if self.tls:
+            ssl_object = transport.get_extra_info("ssl_object")
+            protocol = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
+            if protocol != "h2":
+                # gRPC over TLS requires ALPN h2 (PROTOCOL-HTTP2 "Connection").
+                logger.info(
+                    "closing TLS connection from %s: ALPN %r is not h2", self.peer, protocol
+                )
+                self.closing = True
+                transport.abort()
+                return
+        self._started = True
+        if self.options.handshake_timeout is not None:
+            self._handshake_handle = self.loop.call_later(
+                self.options.handshake_timeout, self._handshake_expired
+            )
+        self.flush()
+
+    def data_received(self, data: bytes) -> None:
+        if self._started:
+            super().data_received(data)
+
+    def eof_received(self) -> Optional[bool]:
+        # The client will send nothing more: nothing can complete, so close (no half-open).
+        self._cancel_all()
+        return False
+
+    def on_writable(self) -> None:
+        self._wake_all()
+
+    def on_broken(self, exc: Exception, not_http2: bool) -> None:
+        self._cancel_all()
+        self.close_transport()
+
+    def on_lost(self, exc: Optional[Exception]) -> None:
+        self._cancel_all()
+        for handle in (self._handshake_handle, self._idle_handle):
+            if handle is not None:
+                handle.cancel()
+        self._handshake_handle = self._idle_handle = None
+        self._on_closed(self)
+
+    def close_with_goaway(self, error_code: int = ErrorCodes.NO_ERROR, reason: str = "") -> None:
+        """Send GOAWAY with ``error_code``, cancel every call and close the connection."""
+        if self.closing:
+            return
+        level = logging.DEBUG if error_code == ErrorCodes.NO_ERROR else logging.WARNING
+        logger.log(
+            level,
+            "closing connection from %s: %s (GOAWAY %s)",
+            self.peer,
+            reason,
+            ErrorCodes(error_code).name,
+        )
+        self._cancel_all()
+        super().close_with_goaway(error_code)
+
+    # -- timers --------------------------------------------------------------------------
+
+    def _handshake_expired(self) -> None:
+        self._handshake_handle = None
+        if not self._handshake_done and not self.closing:
+            logger.info(
+                "closing connection from %s: no HTTP/2 preface within %ss",
+                self.peer,
+                self.options.handshake_timeout,
+            )
+            self.closing = True
+            if self.transport is not None:
+                self.transport.abort()
+
+    def _arm_idle(self) -> None:
+        timeout = self.options.idle_timeout
+        if timeout is None or self.closing:
+            return
+        self._idle_since = self.loop.time()
+        if self._idle_handle is None:
+            self._idle_handle = self.loop.call_later(timeout, self._idle_check)
+
+    def _idle_check(self) -> None:
+        self._idle_handle = None
+        timeout = self.options.idle_timeout
+        if self.calls or self.closing or timeout is None:
+            return  # re-armed when the last call ends
+        elapsed = self.loop.time() - self._idle_since
+        if elapsed >= timeout - 0.001:
+            self.close_with_goaway(ErrorCodes.NO_ERROR, f"idle for {timeout}s")
+        else:
+            self._idle_handle = self.loop.call_later(timeout - elapsed, self._idle_check)
+
+    # -- h2 events -----------------------------------------------------------------------
+
+    def _on_settings(self, event: Any) -> None:
+        if not self._handshake_done:
+            # The client preface and its SETTINGS arrived: the handshake is complete.
+            self._handshake_done = True
+            if self._handshake_handle is not None:
+                self._handshake_handle.cancel()
+                self._handshake_handle = None
+            self._arm_idle()
+        if SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings:
+            self._wake_all()
+
+    def _on_request(self, event: Any) -> None:
+        stream_id = event.stream_id
+        self._idle_since = self.loop.time()  # any request is activity, even a rejected one
+        if (
+            self._draining
+            or self._peer_goaway
+            or len(self.calls) >= (self.options.max_concurrent_streams)
+        ):
+            # Above our GOAWAY's last stream id, or RFC 9113 section 5.1.2: refuse the
+            # excess stream, not the connection; it was never processed, so clients retry.
+            self.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
+            return
+        headers: Headers = event.headers
+        opened = open_call(
+            stream_id,
+            headers,
+            event.stream_ended is not None,
+            now=self.loop.time(),
+            known=self._known,
+            max_receive=self.options.max_receive_message_length,
+            call_type=ServedCall,
+        )
+        if isinstance(opened, Finish):
+            self._write_finish(stream_id, opened)
+            return
+        call = opened
+        self.calls[stream_id] = call
+        if call.deadline is not None:
+            call.timer = self.loop.call_at(call.deadline, self._deadline_expired, call)
+
+    def _on_data(self, event: Any) -> None:
+        # Hand the window back at once: memory per call is bounded by the message limit.
+        if event.flow_controlled_length:
+            self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+        call = self.calls.get(event.stream_id)
+        if call is not None:
+            self._deliver(call, call.on_data(event.data))
+
+    def _on_stream_ended(self, event: Any) -> None:
+        call = self.calls.get(event.stream_id)
+        if call is None:
+            return
+        finish = call.on_end()
+        if finish is not None:
+            self._deliver(call, finish)
+        elif not call.done:
+            self._on_call(self, call)
+
+    def _on_stream_reset(self, event: Any) -> None:
+        if event.remote_reset:
+            limit = self.options.max_client_resets
+            if limit is not None:
+                now = self.loop.time()
+                if now - self._reset_window_start > _RESET_WINDOW:
+                    self._reset_window_start = now
+                    self._resets = 0
+                self._resets += 1
+                if self._resets > limit:
+                    # CVE-2023-44487 "rapid reset": the client resets faster than is plausible.
+                    self.close_with_goaway(
+                        ErrorCodes.ENHANCE_YOUR_CALM,
+                        f"more than {limit} RST_STREAM frames in {_RESET_WINDOW:.0f}s",
+                    )
+                    return
+        call = self.calls.get(event.stream_id)
+        if call is not None:
+            self._end(call, cancelled=True)
+
+    def _on_window_updated(self, event: Any) -> None:
+        if event.stream_id == 0:
+            self._wake_all()
+        else:
+            call = self.calls.get(event.stream_id)
+            if call is not None:
+                _wake(call)
+
+    def _on_terminated(self, event: Any) -> None:
+        if event.error_code != ErrorCodes.NO_ERROR or not self.calls:
+            logger.debug("client %s sent GOAWAY %s", self.peer, event.error_code)
+            self._cancel_all()
+            self.close_transport()
+            return
+        # A graceful GOAWAY from the client (RFC 9113 section 6.8): calls already started
+        # may still complete (GrpcH2Connection keeps h2's state machine open for that); the
+        # connection closes after the last call.
+        self._peer_goaway = True
+
+    # -- calls: output -------------------------------------------------------------------
+
+    def send_headers(self, call: ServedCall) -> None:
+        """Send the response HEADERS (with any initial metadata) if not sent yet."""
+        headers = call.response_headers()
+        if headers is None:
+            return
+        try:
+            self.h2.send_headers(call.stream_id, headers)
+        except h2.exceptions.ProtocolError:
+            self._end(call, cancelled=True)  # the stream is gone (reset by the client)
+            return
+        self.flush_soon()
+
+    async def send_message(self, call: ServedCall, payload: bytes) -> bool:
+        """Send one response message, waiting on flow-control windows and the socket.
+
+        Returns False when the call ended meanwhile (nothing more may be sent for it).
+        """
+        prefix, body = call.encode_response(payload)
+        self.send_headers(call)
+        message = memoryview(prefix + body) if len(body) < 65536 else None
+        parts = (message,) if message is not None else (memoryview(prefix), memoryview(body))
+        conn = self.h2
+        stream_id = call.stream_id
+        for part in parts:
+            offset = 0
+            total = len(part)
+            while True:
+                if call.done:
+                    return False
+                if not self.write_paused:
+                    frame_size = conn.max_outbound_frame_size
+                    try:
+                        while offset < total:
+                            window = conn.local_flow_control_window(stream_id)
+                            if window <= 0:
+                                break
+                            size = min(window, frame_size, total - offset)
+                            conn.send_data(stream_id, part[offset : offset + size])
+                            offset += size
+                    except h2.exceptions.ProtocolError:
+                        self._end(call, cancelled=True)  # the stream closed underneath us
+                        return False
+                if offset >= total:
+                    break
+                # Blocked on a window (or on the socket): let the data out, wait for
+                # WINDOW_UPDATE or the socket to drain.
+                self.flush_soon()
+                waiter = self.loop.create_future()
+                call.waiter = waiter
+                try:
+                    await waiter
+                finally:
+                    call.waiter = None
+        self.flush_soon()
+        return not call.done
+
+    def finish(self, call: ServedCall, code: StatusCode, details: str = "") -> None:
+        """End ``call`` with ``code`` (Trailers-Only if nothing went out yet); once."""
+        self._deliver(call, call.finish(code, details))
+
+    def _deliver(self, call: ServedCall, finish: Optional[Finish]) -> None:
+        if finish is None:
+            return
+        self._end(call, cancelled=False)
+        if not self.closing:
+            self._write_finish(call.stream_id, finish)
+        if finish.code is StatusCode.OK and self._resets:
+            # A completed call earns back one reset: only resets far beyond real work (the
+            # rapid-reset pattern) reach the limit, not a busy client that cancels some calls.
+            self._resets -= 1
+
+    def _write_finish(self, stream_id: int, finish: Finish) -> None:
+        """The one place a stream's final status goes on the wire."""
+        try:
+            if finish.headers is not None:
+                self.h2.send_headers(stream_id, finish.headers, end_stream=True)
+            if finish.reset is not None:
+                # RFC 9113 section 8.1: a complete response before the request ended.
+                self.h2.reset_stream(stream_id, finish.reset)
+        except h2.exceptions.ProtocolError:
+            pass  # the client reset the stream meanwhile: there is nothing to answer
+        self.flush_soon()
+
+    # -- calls: the one exit -------------------------------------------------------------
+
+    def _end(self, call: ServedCall, *, cancelled: bool) -> None:
+        """A call is over (status decided, or the stream gone): release what it holds.
+
+        ``cancelled``: the handler must stop (client reset, deadline, connection closing).
+        """
+        if cancelled:
+            call.cancelled = True
+            call.on_reset()
+        timer = call.timer
+        if timer is not None:
+            timer.cancel()
+            call.timer = None
+        _wake(call)
+        task = call.task
+        if cancelled and task is not None and not task.done() and task is not _current_task():
+            task.cancel()
+        if self.calls.pop(call.stream_id, None) is not None and not self.calls:
+            if self._draining or self._peer_goaway:
+                self.loop.call_soon(self._close_if_drained)
+            else:
+                self._arm_idle()
+
+    def _deadline_expired(self, call: ServedCall) -> None:
+        call.timer = None
+        if call.done:
+            return
+        finish = call.finish(StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
+        self._end(call, cancelled=True)
+        if finish is not None and not self.closing:
+            self._write_finish(call.stream_id, finish)
+
+    def _close_if_drained(self) -> None:
+        if not self.calls and not self.closing:
+            self.close_with_goaway(ErrorCodes.NO_ERROR, "drained")
+
+    def _wake_all(self) -> None:
+        for call in self.calls.values():
+            _wake(call)
+
+    def _cancel_all(self) -> None:
+        """The connection is going away: every call is cancelled, nothing more is sent."""
+        for call in list(self.calls.values()):
+            self._end(call, cancelled=True)
+
+    def cancel_calls(self) -> None:
+        """Server stop after the grace period: reset every call with CANCEL, then close."""
+        for call in list(self.calls.values()):
+            self._end(call, cancelled=True)
+            self.reset_stream(call.stream_id, ErrorCodes.CANCEL)
+        self.close_with_goaway(ErrorCodes.NO_ERROR, "server stopped")
+
+    def begin_drain(self) -> None:
+        """Server stop: GOAWAY now, finish calls already started, refuse new streams."""
+        if self.closing or self._draining:
+            return
+        if not self._started or not self.calls:
+            self.close_with_goaway(ErrorCodes.NO_ERROR, "server stopping")
+            return
+        self._draining = True
+        self.send_draining_goaway(self.h2.highest_inbound_stream_id)
+
+
+def _wake(call: ServedCall) -> None:
+    waiter = call.waiter
+    if waiter is not None and not waiter.done():
+        waiter.set_result(None)
+
+
+def _current_task() -> Optional[asyncio.Task[Any]]:
+    try:
+        return asyncio.current_task()
+    except RuntimeError:
+        return None
