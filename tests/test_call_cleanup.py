@@ -127,7 +127,7 @@ async def test_client_call_leaves_nothing_behind(
         finally:
             await channel.close()
     await _settle()
-    assert not _live_timers(loop, "_on_deadline", "_keepalive_check", "_keepalive_expired")
+    assert not _live_timers(loop, "_on_deadline", "_check", "_on_expired")
 
 
 # ------------------------------------------------------------------------------ server side

@@ -41,6 +41,7 @@ LAYERS: Dict[str, int] = {
     "aio._h2compat": AIO,
     "aio.dial": AIO,
     "aio.driver": AIO,
+    "aio.keepalive": AIO,
     "aio.server_conn": AIO,
     "aio.options": AIO,
     "aio.connection": AIO,

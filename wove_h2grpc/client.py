@@ -19,8 +19,9 @@ import time
 from typing import Any, Callable, Generic, List, Optional, Set, Tuple, TypeVar
 
 from ._version import __version__
-from .aio.connection import ClientConnection, ConnectionSettings, WireCall
+from .aio.connection import ClientConnection, WireCall
 from .aio.dial import ConnectError, build_ssl_context, dial, resolve
+from .aio.keepalive import ConnectionSettings
 from .errors import GrpcError
 from .protocol.call import Outcome, Retry
 from .protocol.framing import frame_message, too_large

@@ -27,6 +27,7 @@ from ..protocol.call import ClientCall, Headers, Outcome
 from ..protocol.status import StatusCode, h2_error_name, status_from_h2_error
 from ._h2compat import make_h2_connection
 from .driver import H2Driver
+from .keepalive import ConnectionSettings, Keepalive
 
 __all__ = ["ClientConnection", "ConnectionSettings", "WireCall"]
 
@@ -45,30 +46,6 @@ _FLUSH_THRESHOLD = 256 * 1024
 # Concurrent streams per connection when the server advertises no limit: grpcio servers
 # advertise none and cancel calls beyond grpc.server.max_pending_requests (default 1000).
 DEFAULT_MAX_STREAMS = 1000
-# grpcio's GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA: a grpcio server answers more keepalive
-# PINGs than this between our DATA/HEADERS frames with GOAWAY too_many_pings.
-_MAX_PINGS_WITHOUT_DATA = 2
-
-
-class ConnectionSettings:
-    """Knobs shared by every connection of one channel.
-
-    Shared on purpose: when a server answers GOAWAY too_many_pings, the doubled
-    keepalive_time must also hold for the channel's next connections (as in grpcio).
-    """
-
-    __slots__ = ("keepalive_time", "keepalive_timeout", "max_receive_message_length")
-
-    def __init__(
-        self,
-        *,
-        max_receive_message_length: int,
-        keepalive_time: Optional[float],
-        keepalive_timeout: float,
-    ) -> None:
-        self.max_receive_message_length = max_receive_message_length
-        self.keepalive_time = keepalive_time
-        self.keepalive_timeout = keepalive_timeout
 
 
 class WireCall(ClientCall):
@@ -126,15 +103,18 @@ class ClientConnection(H2Driver):
         self._max_streams = DEFAULT_MAX_STREAMS
         self._goaway_last_id: Optional[int] = None
         self.goaway_reason = ""
-        self._pings_without_data = 0
         self.permanent_failure = False  # failed in a way a reconnect cannot fix
         self.proven = False  # the server answered a request here (resets reconnect backoff)
         self._error: Optional[GrpcError] = None
         self.ready: asyncio.Future[None] = loop.create_future()
         self.pid = os.getpid()
-        self._last_read = time.monotonic()
-        self._ping_timer: Optional[asyncio.TimerHandle] = None
-        self._ping_deadline: Optional[asyncio.TimerHandle] = None
+        self._keepalive = Keepalive(
+            loop,
+            settings,
+            busy=self._streams.__len__,
+            ping=self._send_ping,
+            expired=self._keepalive_expired,
+        )
         self.on_idle: Optional[Callable[[ClientConnection], None]] = None
 
     def handlers(self) -> Dict[type, Callable[[Any], None]]:
@@ -189,7 +169,7 @@ class ClientConnection(H2Driver):
         return not self.ready.done()
 
     def data_received(self, data: bytes) -> None:
-        self._last_read = time.monotonic()
+        self._keepalive.last_read = time.monotonic()
         super().data_received(data)
 
     def on_broken(self, exc: Exception, not_http2: bool) -> None:
@@ -269,7 +249,7 @@ class ClientConnection(H2Driver):
         self._streams[stream_id] = call
         h2c.send_headers(stream_id, call.request_headers)
         call.opened(stream_id, self.peer)
-        self._pings_without_data = 0
+        self._keepalive.pings_without_data = 0
         self._send_body(call)
 
     def _send_body(self, call: WireCall) -> None:
@@ -423,7 +403,8 @@ class ClientConnection(H2Driver):
             self._max_streams = changed.new_value
         if not self.ready.done():
             self.ready.set_result(None)
-            self._arm_keepalive()
+            if self._error is None:
+                self._keepalive.start()
         if changed is not None:
             self._drain_queue()
         if _SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings and self._blocked:
@@ -435,16 +416,8 @@ class ClientConnection(H2Driver):
         code = int(event.error_code)
         debug = bytes(event.additional_data or b"")
         self._goaway_last_id = last_id
-        calm = code == ErrorCodes.ENHANCE_YOUR_CALM and debug == b"too_many_pings"
-        settings = self._settings
-        if calm and settings.keepalive_time is not None:
-            # As grpcio does: the server finds our PINGs too frequent; back off for good.
-            settings.keepalive_time *= 2
-            logger.warning(
-                "server %s sent GOAWAY too_many_pings; keepalive_time doubled to %.1fs",
-                self.peer,
-                settings.keepalive_time,
-            )
+        if code == ErrorCodes.ENHANCE_YOUR_CALM and debug == b"too_many_pings":
+            self._keepalive.too_many_pings(self.peer)
         reason = f"GOAWAY {h2_error_name(code)} from {self.peer}"
         if debug:
             reason += f" ({debug[:200].decode('utf-8', 'replace')})"
@@ -475,52 +448,23 @@ class ClientConnection(H2Driver):
         if not self._streams:
             self.close()
 
-    # -------------------------------------------------------------- keepalive
+    def _on_ping_ack(self, event: Any) -> None:
+        self._keepalive.acknowledged()
 
-    def _arm_keepalive(self) -> None:
-        interval = self._settings.keepalive_time
-        if interval is not None and self._error is None:
-            self._ping_timer = self.loop.call_later(interval, self._keepalive_check)
-
-    def _keepalive_check(self) -> None:
-        """PING after keepalive_time without reads while calls are in flight (gRFC A8)."""
-        self._ping_timer = None
-        interval = self._settings.keepalive_time
-        if self._error is not None or interval is None:
-            return
-        idle = time.monotonic() - self._last_read
-        if (
-            self._streams
-            and idle >= interval
-            and self._ping_deadline is None
-            and self._pings_without_data < _MAX_PINGS_WITHOUT_DATA
-        ):
-            self._pings_without_data += 1
-            try:
-                self.h2.ping(b"wovekalv")
-            except h2.exceptions.H2Error:
-                return
-            self.flush()
-            self._ping_deadline = self.loop.call_later(
-                self._settings.keepalive_timeout, self._keepalive_expired
-            )
-            self._ping_timer = self.loop.call_later(interval, self._keepalive_check)
-        else:
-            wait = max(interval - idle, 0.01) if self._streams else interval
-            self._ping_timer = self.loop.call_later(wait, self._keepalive_check)
+    def _send_ping(self) -> bool:
+        try:
+            self.h2.ping(b"wovekalv")
+        except h2.exceptions.H2Error:
+            return False
+        self.flush()
+        return True
 
     def _keepalive_expired(self) -> None:
-        self._ping_deadline = None
         self._fail(
             StatusCode.UNAVAILABLE,
             f"keepalive PING to {self.peer} not acknowledged within "
             f"{self._settings.keepalive_timeout}s; connection dropped",
         )
-
-    def _on_ping_ack(self, event: Any) -> None:
-        if self._ping_deadline is not None:
-            self._ping_deadline.cancel()
-            self._ping_deadline = None
 
     # --------------------------------------------------------------- teardown
 
@@ -536,10 +480,7 @@ class ClientConnection(H2Driver):
         if self._error is None:
             self._error = GrpcError(code, details, h2_error_code=h2_error_code)
         error = self._error
-        for timer in (self._ping_timer, self._ping_deadline):
-            if timer is not None:
-                timer.cancel()
-        self._ping_timer = self._ping_deadline = None
+        self._keepalive.stop()
         if not self.ready.done():
             self.ready.set_exception(error)
             self.ready.exception()  # retrieved: the dialer reports it
