@@ -198,8 +198,9 @@ def test_unsafe_bind_exits_non_zero_as_a_process() -> None:
         (["serve", "--bind", "127.0.0.1:0", "--security", "{oops"], "invalid JSON"),
         (
             ["serve", "--bind", "127.0.0.1:0", "--tls-cert", "/nope.pem", "--tls-key", "/no.key"],
-            "cannot load TLS files",
+            "cannot load TLS file --tls-cert /nope.pem: No such file or directory",
         ),
+        (["serve", "--bind", "unix:relative.sock"], "--bind: unix socket path 'relative.sock'"),
     ],
 )
 def test_serve_configuration_errors_are_one_line(
@@ -209,6 +210,96 @@ def test_serve_configuration_errors_are_one_line(
     assert main(argv) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and fragment in err, err
+
+
+def _tls_argv(cert: str, key: str, client_ca: Optional[str] = None) -> List[str]:
+    argv = ["serve", "--bind", "127.0.0.1:0", "--tls-cert", cert, "--tls-key", key]
+    return argv + (["--client-ca", client_ca] if client_ca else [])
+
+
+def test_missing_tls_files_are_named(
+    certs: Certs, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = str(tmp_path / "missing.pem")
+    cases = [
+        (_tls_argv(certs.server_cert_file, missing), f"--tls-key {missing}: No such file"),
+        (_tls_argv(missing, certs.server_key_file), f"--tls-cert {missing}: No such file"),
+        (
+            _tls_argv(certs.server_cert_file, certs.server_key_file, missing),
+            f"--client-ca {missing}: No such file",
+        ),
+        (_tls_argv(str(tmp_path), certs.server_key_file), f"--tls-cert {tmp_path}: Is a directory"),
+    ]
+    for argv, fragment in cases:
+        assert main(argv) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1, err
+        assert err.startswith(f"wove-h2grpc serve: error: cannot load TLS file {fragment}"), err
+
+
+def test_unusable_tls_files_are_named(
+    certs: Certs, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a PEM file\n")
+    # The client's key does not belong to the server's certificate.
+    for argv, fragment in [
+        (
+            _tls_argv(str(garbage), certs.server_key_file),
+            f"--tls-cert {garbage} and --tls-key {certs.server_key_file}",
+        ),
+        (
+            _tls_argv(certs.server_cert_file, certs.client_key_file),
+            f"--tls-cert {certs.server_cert_file} and --tls-key {certs.client_key_file}",
+        ),
+        (
+            _tls_argv(certs.server_cert_file, certs.server_key_file, str(garbage)),
+            f"--client-ca {garbage}",
+        ),
+    ]:
+        assert main(argv) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1, err
+        assert fragment in err, err
+
+
+def test_serve_help_lists_every_security_form(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for form in ("env:VARIABLE", "none", '{"type": "bearer", "token_env": "TOKEN"}'):
+        assert form in text, form
+
+
+def test_security_none_serves_unsigned_requests_on_loopback(processes: List[CliProcess]) -> None:
+    cli = CliProcess(["serve", "--bind", "127.0.0.1:0", "--security", "none"])
+    processes.append(cli)
+    port = cli.wait_for_port()
+    assert "security: none" in cli.lines[0]
+    body = encode_command(_run_frame("n1", pow, {"base": 2, "exp": 5}))
+
+    async def call() -> bytes:
+        async with Channel(f"127.0.0.1:{port}") as channel:
+            return await channel.unary_unary(DEFAULT_METHOD)(body, timeout=20)
+
+    assert decode_events(asyncio.run(call()))[-1]["result"] == 32
+    cli.proc.send_signal(signal.SIGTERM)
+    assert cli.wait(timeout=15) == 0
+
+
+def test_unsigned_warning_names_the_bound_port(processes: List[CliProcess]) -> None:
+    cli = CliProcess(["serve", "--bind", "localhost:0"])
+    processes.append(cli)
+    port = cli.wait_for_port()
+    assert port != 0
+    deadline = time.monotonic() + 10
+    while not any("unsigned" in line for line in cli.stderr_lines):
+        assert time.monotonic() < deadline, cli.stderr_lines
+        time.sleep(0.05)
+    warning = next(line for line in cli.stderr_lines if "unsigned" in line)
+    assert f"anyone who can connect to localhost:{port} can run code here" in warning, warning
+    cli.proc.send_signal(signal.SIGTERM)
+    assert cli.wait(timeout=15) == 0
 
 
 # -- serve: answering and stopping -------------------------------------------------------

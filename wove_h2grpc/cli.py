@@ -91,7 +91,8 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="SPEC",
         help=(
             "request authentication, as Wove's executor_config.security: env:VARIABLE "
-            "(HMAC-signed with the secret in that variable), or a JSON object such as "
+            "(HMAC-signed with the secret in that variable), none (unsigned requests, as "
+            "without --security), or a JSON object such as "
             '\'{"type": "bearer", "token_env": "TOKEN"}\''
         ),
     )
@@ -247,18 +248,44 @@ def _server_ssl_context(
         return None
     if not cert or not key:
         raise CliError("--tls-cert and --tls-key must be given together")
+    files = [("--tls-cert", cert), ("--tls-key", key)]
+    if client_ca:
+        files.append(("--client-ca", client_ca))
+    for option, path in files:
+        _check_readable(option, path)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     # gRPC over HTTP/2 requires TLS 1.2 or newer and ALPN "h2" (RFC 9113 section 9.2).
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.set_alpn_protocols(["h2"])
     try:
         context.load_cert_chain(cert, key)
-        if client_ca:
-            context.load_verify_locations(cafile=client_ca)
-            context.verify_mode = ssl.CERT_REQUIRED
     except (OSError, ssl.SSLError) as exc:
-        raise CliError(f"cannot load TLS files: {exc}") from None
+        raise CliError(
+            f"cannot load TLS files --tls-cert {cert} and --tls-key {key} "
+            f"(a PEM certificate chain and its private key): {exc}"
+        ) from None
+    if client_ca:
+        try:
+            context.load_verify_locations(cafile=client_ca)
+        except (OSError, ssl.SSLError) as exc:
+            raise CliError(
+                f"cannot load TLS file --client-ca {client_ca} (PEM CA certificates): {exc}"
+            ) from None
+        context.verify_mode = ssl.CERT_REQUIRED
     return context
+
+
+def _check_readable(option: str, path: str) -> None:
+    """A TLS file that cannot be opened is an error naming the option and the file.
+
+    ``ssl`` reports a missing file as a bare ``[Errno 2]`` without the file's name.
+    """
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise CliError(f"cannot load TLS file {option} {path}: {reason}") from None
 
 
 def _display_address(bind: str, port: int) -> str:
@@ -315,10 +342,11 @@ async def _serve(args: argparse.Namespace) -> int:
         port = await server.start(args.bind, ssl_context=ssl_context)
     except OSError as exc:
         raise CliError(f"cannot listen on {args.bind}: {exc}") from None
+    address = _display_address(args.bind, port)
     if security is None:
         logger.warning(
             "running unsigned requests: anyone who can connect to %s can run code here",
-            args.bind,
+            address,
         )
 
     loop = asyncio.get_running_loop()
@@ -327,10 +355,7 @@ async def _serve(args: argparse.Namespace) -> int:
     stopping = asyncio.Event()
     _install_stop_handlers(loop, stopping.set)
     tls = "plaintext" if ssl_context is None else ("mTLS" if args.client_ca else "TLS")
-    _out(
-        f"{PROG}: serving {method} on {_display_address(args.bind, port)} "
-        f"({tls}, security: {service.security_mode})"
-    )
+    _out(f"{PROG}: serving {method} on {address} ({tls}, security: {service.security_mode})")
     try:
         await stopping.wait()
         logger.info("stopping: in-flight tasks get %.1f s", args.grace)
