@@ -4,6 +4,7 @@ SIGTERM), demo (exits 0 with correct results), --help everywhere, one-line error
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -12,7 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence
+from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
 import cloudpickle
 import pytest
@@ -21,7 +22,7 @@ from _support import REPO_DIR, Certs
 from wove.security import NetworkExecutorSecurity
 
 from wove_h2grpc import Channel, GrpcError, StatusCode
-from wove_h2grpc.cli import _is_local_bind, main
+from wove_h2grpc.cli import _build_parser, _is_local_bind, main
 from wove_h2grpc.worker import DEFAULT_METHOD
 from wove_h2grpc.wove.codec import decode_events, encode_command
 
@@ -376,6 +377,131 @@ def test_serve_tls_with_client_certificates(certs: Certs, processes: List[CliPro
     assert events[-1]["error"]["kind"] == "TypeError"
     cli.proc.send_signal(signal.SIGINT)
     assert cli.wait(timeout=15) == 0
+
+
+# -- serve: progress logs ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "level", "log_format", "log_h2"),
+    [
+        (["serve", "--bind", "x:1"], None, None, False),
+        (["--log-level", "debug", "serve", "--bind", "x:1"], "debug", None, False),
+        (["serve", "--log-level", "info", "--bind", "x:1"], "info", None, False),
+        (["serve", "--bind", "x:1", "--log-format", "json", "--log-h2"], None, "json", True),
+        (["--log-level", "error", "demo", "--log-level", "debug"], "debug", None, False),
+        (["--log-format", "json", "--log-h2", "demo"], None, "json", True),
+    ],
+)
+def test_logging_options_before_or_after_the_command(
+    argv: List[str], level: Optional[str], log_format: Optional[str], log_h2: bool
+) -> None:
+    args = _build_parser().parse_args(argv)
+    assert (args.log_level, args.log_format, args.log_h2) == (level, log_format, log_h2)
+
+
+def _wait_for(lines: List[str], predicate: Callable[[str], bool], timeout: float = 15.0) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        for line in list(lines):
+            if predicate(line):
+                return line
+        assert time.monotonic() < deadline, lines[-20:]
+        time.sleep(0.05)
+
+
+def test_serve_logs_one_line_per_run_and_says_how_to_stop(processes: List[CliProcess]) -> None:
+    cli = CliProcess(
+        ["serve", "--bind", "127.0.0.1:0", "--security", "env:WOVE_CLI_TEST_SECRET"],
+        env={"WOVE_CLI_TEST_SECRET": SECRET},
+    )
+    processes.append(cli)
+    port = cli.wait_for_port()
+    assert cli.lines[0].endswith(f"; stop with Ctrl+C or kill -TERM {cli.proc.pid}"), cli.lines
+    asyncio.run(_signed_call(port, _run_frame("logged:1", pow, {"base": 2, "exp": 3})))
+    asyncio.run(_signed_call(port, _run_frame("logged:2", divmod, {})))
+    ok = _wait_for(cli.stderr_lines, lambda line: "run logged:1 " in line)
+    assert re.search(
+        r" INFO wove_h2grpc\.wove\.worker: run logged:1 task t from ipv4:127\.0\.0\.1:\d+: "
+        r"result in [0-9.]+ ms$",
+        ok,
+    ), ok
+    failed = _wait_for(cli.stderr_lines, lambda line: "run logged:2 " in line)
+    assert ": error (TypeError: " in failed, failed
+    cli.proc.send_signal(signal.SIGTERM)
+    assert cli.wait(timeout=15) == 0
+    final = _wait_for(cli.stderr_lines, lambda line: "served " in line)
+    assert final.endswith("served 2 runs (1 result, 1 error, 0 cancelled), 0 refused"), final
+    assert not any(" hpack" in line or " h2." in line for line in cli.stderr_lines)
+
+
+def test_serve_json_logs_with_periodic_summaries(processes: List[CliProcess]) -> None:
+    cli = CliProcess(
+        [
+            "serve",
+            "--bind",
+            "127.0.0.1:0",
+            "--security",
+            "env:WOVE_CLI_TEST_SECRET",
+            "--log-format",
+            "json",
+            "--summary-interval",
+            "0.3",
+        ],
+        env={"WOVE_CLI_TEST_SECRET": SECRET},
+    )
+    processes.append(cli)
+    port = cli.wait_for_port()
+    asyncio.run(_signed_call(port, _run_frame("json:1", pow, {"base": 3, "exp": 2})))
+    with pytest.raises(GrpcError):
+        asyncio.run(_signed_call(port, _run_frame("json:2", pow, {}), secret="wrong"))
+    summary = json.loads(
+        _wait_for(
+            cli.stderr_lines,
+            lambda line: '"summary": "interval"' in line and '"runs_total": 1' in line,
+        )
+    )
+    cli.proc.send_signal(signal.SIGTERM)
+    assert cli.wait(timeout=15) == 0
+    records = [json.loads(line) for line in cli.stderr_lines]  # every line is one JSON object
+    assert all({"time", "level", "logger", "message"} <= set(r) for r in records)
+    (run,) = [r for r in records if r.get("run_id") == "json:1"]
+    assert run["level"] == "INFO" and run["logger"] == "wove_h2grpc.wove.worker"
+    assert (run["task"], run["outcome"]) == ("t", "result")
+    assert run["peer"].startswith("ipv4:127.0.0.1:") and run["duration_ms"] >= 0
+    (refused,) = [r for r in records if r.get("outcome") == "refused"]
+    assert refused["status"] == "UNAUTHENTICATED" and refused["level"] == "WARNING"
+    assert summary["logger"] == "wove_h2grpc.cli" and summary["interval_s"] == 0.3
+    assert summary["message"].startswith("summary of the last 0.3 s: ")
+    assert summary["refused_total"] == 1 and summary["running"] == 0
+    (final,) = [r for r in records if r.get("summary") == "final"]
+    assert (final["runs_total"], final["results"], final["refused_total"]) == (1, 1, 1)
+
+
+@pytest.mark.parametrize("log_h2", [False, True])
+def test_debug_logs_leave_out_h2_internals_unless_asked(
+    log_h2: bool, processes: List[CliProcess]
+) -> None:
+    argv = ["serve", "--bind", "127.0.0.1:0", "--log-level", "debug"]
+    cli = CliProcess(argv + (["--log-h2"] if log_h2 else []))
+    processes.append(cli)
+    port = cli.wait_for_port()
+    body = encode_command(_run_frame("dbg:1", pow, {"base": 2, "exp": 2}))
+
+    async def call() -> bytes:
+        async with Channel(f"127.0.0.1:{port}") as channel:
+            return await channel.unary_unary(DEFAULT_METHOD)(body, timeout=20)
+
+    asyncio.run(call())
+    _wait_for(cli.stderr_lines, lambda line: "run dbg:1 " in line)
+    cli.proc.send_signal(signal.SIGTERM)
+    assert cli.wait(timeout=15) == 0
+    h2_lines = [line for line in cli.stderr_lines if re.search(r" DEBUG (h2|hpack)[.:]", line)]
+    if log_h2:
+        assert len(h2_lines) > 10, cli.stderr_lines
+    else:
+        assert h2_lines == [], h2_lines
+        assert len(cli.stderr_lines) < 30, cli.stderr_lines
 
 
 # -- demo --------------------------------------------------------------------------------

@@ -4,7 +4,10 @@
 pure-asyncio :class:`~wove_h2grpc.server.Server`); ``demo`` starts such a service on loopback
 and runs a sample weave whose tasks travel to it over ``transport="h2"``, so a new user sees
 the whole path work with one command. Errors are one line on stderr and a non-zero exit;
-logging goes to stderr (``--log-level``); results and the ready line go to stdout.
+logging goes to stderr (``--log-level``, ``--log-format text|json``, given before or after
+the command); results and the ready line go to stdout. ``serve`` logs one INFO line per run
+and a periodic summary; the h2, hpack and hyperframe libraries stay silent unless
+``--log-h2`` is given.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import argparse
 import asyncio
 import concurrent.futures
 import contextlib
+import datetime
 import ipaddress
 import json
 import logging
@@ -23,7 +27,7 @@ import ssl
 import sys
 import threading
 import time
-from typing import Any, Callable, List, NoReturn, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, NoReturn, Optional, Sequence, Tuple
 
 from ._version import __version__
 from .protocol.target import parse_bind_address
@@ -35,6 +39,12 @@ logger = logging.getLogger(__name__)
 PROG = "wove-h2grpc"
 _EXIT_ERROR = 1
 _EXIT_USAGE = 2
+
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+#: Threshold when --log-level is not given: serve reports its runs, demo keeps its output clean.
+_DEFAULT_LOG_LEVEL = {"serve": "info", "demo": "warning"}
+#: Libraries whose DEBUG lines (every HPACK header, every frame) only --log-h2 lets through.
+_H2_LOGGERS = ("h2", "hpack", "hyperframe")
 
 
 class CliError(Exception):
@@ -54,12 +64,7 @@ def _build_parser() -> argparse.ArgumentParser:
         description="Wove worker service and demo on a pure-asyncio gRPC transport (h2).",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument(
-        "--log-level",
-        default="warning",
-        choices=["debug", "info", "warning", "error"],
-        help="logging threshold; logs go to stderr (default: warning)",
-    )
+    _add_logging_options(parser, top_level=True)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     serve = commands.add_parser(
@@ -70,7 +75,9 @@ def _build_parser() -> argparse.ArgumentParser:
             "server. A bind address other than loopback or a unix socket requires TLS "
             "(--tls-cert/--tls-key) and --security, unless --insecure is given. Without "
             "--security the worker runs unsigned requests. SIGTERM or SIGINT stops it "
-            "gracefully. Prints 'serving ... on HOST:PORT ...' on stdout once ready."
+            "gracefully. Prints 'serving ... on HOST:PORT ...' on stdout once ready. Logs one "
+            "INFO line per run (run id, task, peer, outcome, duration) and a summary every "
+            "--summary-interval seconds on stderr."
         ),
     )
     serve.add_argument(
@@ -135,6 +142,14 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="concurrent calls per connection advertised to clients (default: 1000)",
     )
+    serve.add_argument(
+        "--summary-interval",
+        type=_non_negative_float,
+        default=60.0,
+        metavar="SECONDS",
+        help="log a summary of the runs at INFO this often; 0 turns it off (default: 60)",
+    )
+    _add_logging_options(serve, top_level=False)
 
     demo = commands.add_parser(
         "demo",
@@ -165,7 +180,35 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="give up (exit 1) if the weave has not finished by then (default: 300)",
     )
+    _add_logging_options(demo, top_level=False)
     return parser
+
+
+def _add_logging_options(parser: argparse.ArgumentParser, *, top_level: bool) -> None:
+    """The logging options, accepted before the command and after it (the later one wins).
+
+    A subcommand's copies default to SUPPRESS, so that they never overwrite a value given
+    before the command with their own default.
+    """
+    unset: Any = None if top_level else argparse.SUPPRESS
+    parser.add_argument(
+        "--log-level",
+        default=unset,
+        choices=_LOG_LEVELS,
+        help="logging threshold; logs go to stderr (default: info for serve, warning for demo)",
+    )
+    parser.add_argument(
+        "--log-format",
+        default=unset,
+        choices=("text", "json"),
+        help="text lines, or one JSON object per line for log shippers (default: text)",
+    )
+    parser.add_argument(
+        "--log-h2",
+        action="store_true",
+        default=False if top_level else argparse.SUPPRESS,
+        help="also log the h2, hpack and hyperframe libraries (silent otherwise)",
+    )
 
 
 def _positive_float(text: str) -> float:
@@ -355,15 +398,24 @@ async def _serve(args: argparse.Namespace) -> int:
     stopping = asyncio.Event()
     _install_stop_handlers(loop, stopping.set)
     tls = "plaintext" if ssl_context is None else ("mTLS" if args.client_ca else "TLS")
-    _out(f"{PROG}: serving {method} on {address} ({tls}, security: {service.security_mode})")
+    _out(
+        f"{PROG}: serving {method} on {address} ({tls}, security: {service.security_mode}); "
+        f"stop with Ctrl+C or kill -TERM {os.getpid()}"
+    )
+    summaries: Optional[asyncio.Task[None]] = None
+    if args.summary_interval > 0:
+        summaries = asyncio.ensure_future(_log_summaries(service, args.summary_interval))
     try:
         await stopping.wait()
         logger.info("stopping: in-flight tasks get %.1f s", args.grace)
         await server.stop(grace=args.grace)
     finally:
+        if summaries is not None:
+            summaries.cancel()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(server.wait_closed(), timeout=args.grace + 5.0)
     pool.shutdown(wait=False, cancel_futures=True)
+    _log_final_summary(service.stats())
     _out(f"{PROG}: stopped")
     busy = pool.busy
     if busy:
@@ -376,6 +428,67 @@ async def _serve(args: argparse.Namespace) -> int:
         sys.stderr.flush()
         os._exit(0)
     return 0
+
+
+async def _log_summaries(service: Any, interval: float) -> None:
+    """Every ``interval`` seconds, one INFO line with the runs of that interval."""
+    previous = service.stats()
+    while True:
+        await asyncio.sleep(interval)
+        now = service.stats()
+        _log_summary(now.since(previous), now, interval)
+        previous = now
+
+
+def _outcomes(stats: Any) -> str:
+    return f"{stats.results} result, {stats.errors} error, {stats.cancelled} cancelled"
+
+
+def _log_summary(recent: Any, total: Any, interval: float) -> None:
+    mean_ms = round(recent.run_seconds * 1000.0 / recent.runs, 1) if recent.runs else None
+    mean = f"; mean {mean_ms:.1f} ms" if mean_ms is not None else ""
+    logger.info(
+        "summary of the last %g s: %d runs (%s%s), %d refused, %d running; "
+        "since start: %d runs, %d refused",
+        interval,
+        recent.runs,
+        _outcomes(recent),
+        mean,
+        recent.refused,
+        recent.running,
+        total.runs,
+        total.refused,
+        extra={
+            "summary": "interval",
+            "interval_s": interval,
+            "runs": recent.runs,
+            "results": recent.results,
+            "errors": recent.errors,
+            "cancelled": recent.cancelled,
+            "refused": recent.refused,
+            "running": recent.running,
+            "mean_ms": mean_ms,
+            "runs_total": total.runs,
+            "refused_total": total.refused,
+        },
+    )
+
+
+def _log_final_summary(total: Any) -> None:
+    logger.info(
+        "served %d runs (%s), %d refused",
+        total.runs,
+        _outcomes(total),
+        total.refused,
+        extra={
+            "summary": "final",
+            "runs_total": total.runs,
+            "results": total.results,
+            "errors": total.errors,
+            "cancelled": total.cancelled,
+            "refused_total": total.refused,
+        },
+    )
 
 
 class _TaskThreadPool(concurrent.futures.ThreadPoolExecutor):
@@ -505,12 +618,44 @@ async def _demo(args: argparse.Namespace) -> int:
 # -- entry point -------------------------------------------------------------------------
 
 
-def _configure_logging(level: str) -> None:
+# Attributes every LogRecord has; anything else on a record came from ``extra=``.
+_RECORD_ATTRIBUTES = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+
+class _JsonFormatter(logging.Formatter):
+    """One JSON object per line: time (UTC), level, logger, message, and the record's
+    ``extra`` fields (for a run: run_id, task, peer, outcome, duration_ms, error)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        created = datetime.datetime.fromtimestamp(record.created, tz=datetime.timezone.utc)
+        entry: Dict[str, Any] = {
+            "time": created.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key, value in vars(record).items():
+            if key in _RECORD_ATTRIBUTES or key.startswith("_") or key in entry:
+                continue
+            plain = isinstance(value, (str, int, float, bool)) or value is None
+            entry[key] = value if plain else str(value)
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def _configure_logging(level: str, log_format: str = "text", log_h2: bool = False) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    if log_format == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(getattr(logging, level.upper()))
+    for name in _H2_LOGGERS:
+        # Their DEBUG output is a line per HPACK header and frame: only on request.
+        logging.getLogger(name).setLevel(logging.NOTSET if log_h2 else logging.WARNING)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -520,7 +665,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return _EXIT_USAGE
-    _configure_logging(args.log_level)
+    _configure_logging(
+        args.log_level or _DEFAULT_LOG_LEVEL[args.command],
+        args.log_format or "text",
+        args.log_h2,
+    )
     runner = _serve if args.command == "serve" else _demo
     try:
         return asyncio.run(runner(args))
