@@ -7,13 +7,14 @@ import asyncio
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 import cloudpickle
 import pytest
@@ -45,8 +46,11 @@ def processes() -> Iterator[List[CliProcess]]:
         process.kill()
 
 
-def _run_cli(args: Sequence[str], timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
+def _run_cli(
+    args: Sequence[str], timeout: float = 120.0, env_extra: Optional[Dict[str, str]] = None
+) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ)
+    env.update(env_extra or {})
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_DIR), env.get("PYTHONPATH", "")) if p)
     return subprocess.run(
         [sys.executable, "-m", "wove_h2grpc", *args],
@@ -516,6 +520,82 @@ def test_demo_exits_zero_with_correct_results(codec: str) -> None:
     assert "total: 91 (expected 91)" in out
     assert re.search(r"timing: 8 tasks in [0-9.]+ ms over h2 .*codec " + codec, out), out
     assert out.rstrip().endswith("demo OK")
+
+
+@pytest.mark.parametrize("maker", ["openssl", "trustme"])
+def test_demo_tls_with_throwaway_certificates(maker: str, tmp_path: Path) -> None:
+    env = {"TMPDIR": str(tmp_path)}
+    if maker == "openssl":
+        if shutil.which("openssl") is None:
+            pytest.skip("no openssl command on PATH here")
+    else:
+        env["PATH"] = str(tmp_path / "no-openssl-here")  # the interpreter's path is absolute
+    result = _run_cli(["demo", "--tls", "--tasks", "4"], env_extra=env)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert f"(TLS with throwaway certificates from {maker}, signed requests, random secret)" in out
+    assert "square: [0, 1, 4, 9] (4 results)" in out
+    assert re.search(r"timing: 5 tasks in [0-9.]+ ms over h2 with TLS ", out), out
+    assert out.rstrip().endswith("demo OK")
+    assert list(tmp_path.glob("wove-h2grpc-demo-*")) == []  # the certificates are gone
+
+
+def test_demo_tls_without_openssl_or_trustme_is_a_one_line_error(tmp_path: Path) -> None:
+    hidden = tmp_path / "hide"
+    (hidden / "trustme").mkdir(parents=True)
+    (hidden / "trustme" / "__init__.py").write_text("raise ImportError('hidden by the test')\n")
+    env = {"PATH": str(tmp_path / "empty"), "PYTHONPATH": str(hidden)}
+    result = _run_cli(["demo", "--tls"], env_extra=env)
+    assert result.returncode == 1
+    assert result.stderr == (
+        "wove-h2grpc demo: error: --tls makes throwaway certificates with the openssl command, "
+        "which is not on PATH, or with the trustme package, which is not installed "
+        "(pip install trustme)\n"
+    )
+
+
+def test_demo_certificates_are_verified_for_127_0_0_1(tmp_path: Path) -> None:
+    import ssl
+
+    from wove_h2grpc.cli import _demo_certificates
+
+    if shutil.which("openssl") is None:
+        pytest.skip("no openssl command on PATH here")
+    cert, key, ca_pem, maker = _demo_certificates(str(tmp_path))
+    assert maker == "openssl"
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(cert, key)
+    # The client's defaults, strict X.509 checks on Python 3.13 included.
+    client = ssl.create_default_context(cadata=ca_pem.decode("ascii"))
+    for name in ("127.0.0.1", "localhost"):
+        peer = _handshake(client, server, name)
+        assert peer["subject"] == ((("commonName", "localhost"),),)
+    with pytest.raises(ssl.SSLCertVerificationError):
+        _handshake(client, server, "example.com")
+
+
+def _handshake(client: Any, server: Any, name: str) -> Any:
+    """A TLS handshake between two in-memory SSLObjects (no socket); the server's cert."""
+    import ssl
+
+    c_in, c_out, s_in, s_out = (ssl.MemoryBIO() for _ in range(4))
+    client_side = client.wrap_bio(c_in, c_out, server_hostname=name)
+    server_side = server.wrap_bio(s_in, s_out, server_side=True)
+    finished = set()
+    for _ in range(20):
+        for side in (client_side, server_side):
+            if side in finished:
+                continue
+            try:
+                side.do_handshake()
+                finished.add(side)
+            except ssl.SSLWantReadError:
+                pass
+        s_in.write(c_out.read())
+        c_in.write(s_out.read())
+        if len(finished) == 2:
+            return client_side.getpeercert()
+    raise AssertionError("TLS handshake did not finish")
 
 
 def test_demo_without_arguments() -> None:

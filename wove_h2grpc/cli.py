@@ -22,9 +22,12 @@ import json
 import logging
 import os
 import secrets
+import shutil
 import signal
 import ssl
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 from typing import Any, Callable, Dict, List, NoReturn, Optional, Sequence, Tuple
@@ -157,7 +160,8 @@ def _build_parser() -> argparse.ArgumentParser:
         description=(
             "Start a loopback worker service with a random shared secret, run a weave whose "
             "mapped tasks travel to it over transport='h2' (signed requests), print the "
-            "results and the timing, and exit 0 when the results are right."
+            "results and the timing, and exit 0 when the results are right. With --tls the "
+            "worker serves TLS with throwaway certificates and the weave verifies them."
         ),
     )
     demo.add_argument(
@@ -172,6 +176,15 @@ def _build_parser() -> argparse.ArgumentParser:
         choices=["json", "msgpack"],
         default="json",
         help="wire codec of the Wove frames (default: json, Wove's own format)",
+    )
+    demo.add_argument(
+        "--tls",
+        action="store_true",
+        help=(
+            "serve TLS with a throwaway CA and server certificate, made with the openssl "
+            "command (or the trustme package) and deleted afterwards; the weave trusts only "
+            "that CA"
+        ),
     )
     demo.add_argument(
         "--timeout",
@@ -547,7 +560,114 @@ async def _run_demo_weave(environment: str, count: int) -> Tuple[List[int], int]
     return list(w.result.square), int(w.result.total)
 
 
+#: The names the demo's throwaway server certificate is valid for.
+_DEMO_HOSTS = ("localhost", "127.0.0.1")
+
+# Extensions of the demo certificates: what a verifying client, Python 3.13's strict X.509
+# checks included, expects of a CA and of a TLS server certificate (RFC 5280 4.2.1).
+_OPENSSL_CONFIG = """\
+[req]
+distinguished_name = dn
+prompt = no
+[dn]
+CN = wove-h2grpc demo
+[ca]
+basicConstraints = critical, CA:TRUE
+keyUsage = critical, keyCertSign, cRLSign
+subjectKeyIdentifier = hash
+[server]
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature, keyEncipherment
+extendedKeyUsage = serverAuth
+subjectAltName = DNS:localhost, IP:127.0.0.1
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid, issuer
+"""
+
+
+def _demo_certificates(directory: str) -> Tuple[str, str, bytes, str]:
+    """A throwaway CA and a server certificate for localhost and 127.0.0.1 in ``directory``.
+
+    Returns the server chain and key files, the CA's PEM and what made them. The openssl
+    command is tried first (it comes with the system almost everywhere, and the package
+    needs no dependency for it), then the ``trustme`` package (the test extra).
+    """
+    openssl = shutil.which("openssl")
+    if openssl is not None:
+        return (*_openssl_certificates(openssl, directory), "openssl")
+    try:
+        import trustme
+    except ImportError:
+        raise CliError(
+            "--tls makes throwaway certificates with the openssl command, which is not on "
+            "PATH, or with the trustme package, which is not installed (pip install trustme)"
+        ) from None
+    ca = trustme.CA()
+    issued = ca.issue_cert(*_DEMO_HOSTS)
+    cert_file = os.path.join(directory, "server.pem")
+    key_file = os.path.join(directory, "server.key")
+    with open(cert_file, "wb") as chain:
+        chain.write(b"".join(blob.bytes() for blob in issued.cert_chain_pems))
+    issued.private_key_pem.write_to_path(key_file)
+    return cert_file, key_file, ca.cert_pem.bytes(), "trustme"
+
+
+def _openssl_certificates(openssl: str, directory: str) -> Tuple[str, str, bytes]:
+    def path(name: str) -> str:
+        return os.path.join(directory, name)
+
+    with open(path("openssl.cnf"), "w", encoding="ascii") as config:
+        config.write(_OPENSSL_CONFIG)
+    serial = f"0x{secrets.randbits(63):x}"
+    # EC P-256 keys from a parameter file: quick, and the form every OpenSSL and LibreSSL
+    # release accepts (-pkeyopt for -newkey ec is not in LibreSSL).
+    ec = f"ec:{path('ec.pem')}"
+    conf = path("openssl.cnf")
+    steps = [
+        ["ecparam", "-name", "prime256v1", "-out", path("ec.pem")],
+        [
+            *("req", "-x509", "-new", "-nodes", "-newkey", ec, "-days", "2", "-config", conf),
+            *("-keyout", path("ca.key"), "-out", path("ca.pem"), "-extensions", "ca"),
+            *("-subj", "/CN=wove-h2grpc demo CA"),
+        ],
+        [
+            *("req", "-new", "-nodes", "-newkey", ec, "-config", conf, "-subj", "/CN=localhost"),
+            *("-keyout", path("server.key"), "-out", path("server.csr")),
+        ],
+        [
+            *("x509", "-req", "-in", path("server.csr"), "-days", "2", "-set_serial", serial),
+            *("-CA", path("ca.pem"), "-CAkey", path("ca.key"), "-out", path("server.pem")),
+            *("-extfile", conf, "-extensions", "server"),
+        ],
+    ]
+    for step in steps:
+        try:
+            done = subprocess.run(
+                [openssl, *step], capture_output=True, text=True, timeout=60, check=False
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise CliError(f"--tls: cannot run {openssl} {step[0]}: {exc}") from None
+        if done.returncode != 0:
+            reason = (done.stderr.strip().splitlines() or ["no output"])[-1]
+            raise CliError(f"--tls: {openssl} {step[0]} failed: {reason}")
+    with open(path("ca.pem"), "rb") as ca_file:
+        ca_pem = ca_file.read()
+    return path("server.pem"), path("server.key"), ca_pem
+
+
 async def _demo(args: argparse.Namespace) -> int:
+    if not args.tls:
+        return await _run_demo(args, None)
+    with tempfile.TemporaryDirectory(prefix="wove-h2grpc-demo-") as directory:
+        cert_file, key_file, ca_pem, maker = _demo_certificates(directory)
+        ssl_context = _server_ssl_context(cert_file, key_file, None)
+        assert ssl_context is not None  # both files given
+        return await _run_demo(args, (ssl_context, ca_pem, maker))
+
+
+async def _run_demo(
+    args: argparse.Namespace, tls: Optional[Tuple[ssl.SSLContext, bytes, str]]
+) -> int:
     import wove
     from wove.security import NetworkExecutorSecurity
 
@@ -565,26 +685,26 @@ async def _demo(args: argparse.Namespace) -> int:
         return await service.server_handler(request, context)
 
     server = Server({service.method: counting_handler})
-    port = await server.start("127.0.0.1:0")
+    port = await server.start("127.0.0.1:0", ssl_context=tls[0] if tls else None)
     environment = "wove_h2grpc_demo"
+    config: Dict[str, Any] = {
+        "target": f"127.0.0.1:{port}",
+        "transport": "h2",
+        "security": {"type": "signed", "secret": secret},
+        "codec": args.codec,
+        # No per-call deadline: with many tasks the last calls queue behind the first
+        # ones; --timeout bounds the whole weave instead.
+    }
+    if tls is not None:
+        # Trust only the throwaway CA; the certificate names 127.0.0.1, which is verified.
+        config.update(secure=True, root_certificates=tls[1])
+    how = f"TLS with throwaway certificates from {tls[2]}, " if tls else ""
     try:
         wove.config(
-            environments={
-                environment: {
-                    "executor": H2GrpcExecutor(),
-                    "executor_config": {
-                        "target": f"127.0.0.1:{port}",
-                        "transport": "h2",
-                        "security": {"type": "signed", "secret": secret},
-                        "codec": args.codec,
-                        # No per-call deadline: with many tasks the last calls queue behind
-                        # the first ones; --timeout bounds the whole weave instead.
-                    },
-                }
-            }
+            environments={environment: {"executor": H2GrpcExecutor(), "executor_config": config}}
         )
         _out(
-            f"worker service on 127.0.0.1:{port} (signed requests, random secret); "
+            f"worker service on 127.0.0.1:{port} ({how}signed requests, random secret); "
             f"running {args.tasks} mapped tasks over h2 ({args.codec})"
         )
         started = time.perf_counter()
@@ -603,8 +723,9 @@ async def _demo(args: argparse.Namespace) -> int:
     _out(f"square: [{shown}] ({len(squares)} results)")
     _out(f"total: {total} (expected {sum(expected)})")
     tasks_run = args.tasks + 1
+    over = "h2 with TLS" if tls else "h2"
     _out(
-        f"timing: {tasks_run} tasks in {elapsed * 1000:.1f} ms over h2 "
+        f"timing: {tasks_run} tasks in {elapsed * 1000:.1f} ms over {over} "
         f"({tasks_run / elapsed:.0f} tasks/s, {calls} gRPC calls served, codec {args.codec})"
     )
     if squares != expected or total != sum(expected):
