@@ -6,7 +6,9 @@ Each balancer runs as a foreground child process on 127.0.0.1 with its own prefi
 The workers are our ``wove_h2grpc.Server`` in separate processes (``h2_replica.py``).
 
 These tests never skip: without the binaries they fail and name the install script
-(``.ci/run`` runs it before the suite).
+(``.ci/run`` runs it before the suite). Each one that starts a balancer carries the
+``balancers`` marker, so that ``python -m pytest -m "not balancers"`` runs everything else
+on a machine without nginx, HAProxy or root.
 """
 
 from __future__ import annotations
@@ -181,6 +183,7 @@ def _nginx_connections(balancer: Balancer) -> Dict[str, int]:
     return dict(per_conn)
 
 
+@pytest.mark.balancers
 async def test_nginx_tls_3000_calls_200_in_flight_across_goaways(
     nginx: Balancer, certs: Certs
 ) -> None:
@@ -203,6 +206,7 @@ async def test_nginx_tls_3000_calls_200_in_flight_across_goaways(
     assert len(per_conn) >= 3, per_conn
 
 
+@pytest.mark.balancers
 async def test_haproxy_h2_tls_3000_calls_200_in_flight(haproxy: Balancer, certs: Certs) -> None:
     async with Channel(
         f"localhost:{haproxy.port}", secure=True, root_certificates=certs.ca_pem
@@ -280,6 +284,7 @@ async def _kill_a_worker_midrun(
         pool.stop_all()
 
 
+@pytest.mark.balancers
 @pytest.mark.parametrize("transparent_retry", [False, True])
 async def test_haproxy_refuses_the_calls_a_killed_worker_had_started(
     tmp_path: Path, certs: Certs, transparent_retry: bool
@@ -301,6 +306,7 @@ async def test_haproxy_refuses_the_calls_a_killed_worker_had_started(
         assert result.ran - run.failed() <= 200  # nothing ran twice
 
 
+@pytest.mark.balancers
 async def test_nginx_fails_the_calls_a_killed_worker_had_started(
     tmp_path: Path, certs: Certs
 ) -> None:

@@ -4,15 +4,17 @@ SIGTERM), demo (exits 0 with correct results), --help everywhere, one-line error
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 import cloudpickle
 import pytest
@@ -21,7 +23,7 @@ from _support import REPO_DIR, Certs
 from wove.security import NetworkExecutorSecurity
 
 from wove_h2grpc import Channel, GrpcError, StatusCode
-from wove_h2grpc.cli import _is_local_bind, main
+from wove_h2grpc.cli import _build_parser, _is_local_bind, main
 from wove_h2grpc.worker import DEFAULT_METHOD
 from wove_h2grpc.wove.codec import decode_events, encode_command
 
@@ -44,8 +46,11 @@ def processes() -> Iterator[List[CliProcess]]:
         process.kill()
 
 
-def _run_cli(args: Sequence[str], timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
+def _run_cli(
+    args: Sequence[str], timeout: float = 120.0, env_extra: Optional[Dict[str, str]] = None
+) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ)
+    env.update(env_extra or {})
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_DIR), env.get("PYTHONPATH", "")) if p)
     return subprocess.run(
         [sys.executable, "-m", "wove_h2grpc", *args],
@@ -198,8 +203,9 @@ def test_unsafe_bind_exits_non_zero_as_a_process() -> None:
         (["serve", "--bind", "127.0.0.1:0", "--security", "{oops"], "invalid JSON"),
         (
             ["serve", "--bind", "127.0.0.1:0", "--tls-cert", "/nope.pem", "--tls-key", "/no.key"],
-            "cannot load TLS files",
+            "cannot load TLS file --tls-cert /nope.pem: No such file or directory",
         ),
+        (["serve", "--bind", "unix:relative.sock"], "--bind: unix socket path 'relative.sock'"),
     ],
 )
 def test_serve_configuration_errors_are_one_line(
@@ -209,6 +215,96 @@ def test_serve_configuration_errors_are_one_line(
     assert main(argv) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and fragment in err, err
+
+
+def _tls_argv(cert: str, key: str, client_ca: Optional[str] = None) -> List[str]:
+    argv = ["serve", "--bind", "127.0.0.1:0", "--tls-cert", cert, "--tls-key", key]
+    return argv + (["--client-ca", client_ca] if client_ca else [])
+
+
+def test_missing_tls_files_are_named(
+    certs: Certs, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = str(tmp_path / "missing.pem")
+    cases = [
+        (_tls_argv(certs.server_cert_file, missing), f"--tls-key {missing}: No such file"),
+        (_tls_argv(missing, certs.server_key_file), f"--tls-cert {missing}: No such file"),
+        (
+            _tls_argv(certs.server_cert_file, certs.server_key_file, missing),
+            f"--client-ca {missing}: No such file",
+        ),
+        (_tls_argv(str(tmp_path), certs.server_key_file), f"--tls-cert {tmp_path}: Is a directory"),
+    ]
+    for argv, fragment in cases:
+        assert main(argv) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1, err
+        assert err.startswith(f"wove-h2grpc serve: error: cannot load TLS file {fragment}"), err
+
+
+def test_unusable_tls_files_are_named(
+    certs: Certs, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a PEM file\n")
+    # The client's key does not belong to the server's certificate.
+    for argv, fragment in [
+        (
+            _tls_argv(str(garbage), certs.server_key_file),
+            f"--tls-cert {garbage} and --tls-key {certs.server_key_file}",
+        ),
+        (
+            _tls_argv(certs.server_cert_file, certs.client_key_file),
+            f"--tls-cert {certs.server_cert_file} and --tls-key {certs.client_key_file}",
+        ),
+        (
+            _tls_argv(certs.server_cert_file, certs.server_key_file, str(garbage)),
+            f"--client-ca {garbage}",
+        ),
+    ]:
+        assert main(argv) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1, err
+        assert fragment in err, err
+
+
+def test_serve_help_lists_every_security_form(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for form in ("env:VARIABLE", "none", '{"type": "bearer", "token_env": "TOKEN"}'):
+        assert form in text, form
+
+
+def test_security_none_serves_unsigned_requests_on_loopback(processes: List[CliProcess]) -> None:
+    cli = CliProcess(["serve", "--bind", "127.0.0.1:0", "--security", "none"])
+    processes.append(cli)
+    port = cli.wait_for_port()
+    assert "security: none" in cli.lines[0]
+    body = encode_command(_run_frame("n1", pow, {"base": 2, "exp": 5}))
+
+    async def call() -> bytes:
+        async with Channel(f"127.0.0.1:{port}") as channel:
+            return await channel.unary_unary(DEFAULT_METHOD)(body, timeout=20)
+
+    assert decode_events(asyncio.run(call()))[-1]["result"] == 32
+    cli.proc.send_signal(signal.SIGTERM)
+    assert cli.wait(timeout=15) == 0
+
+
+def test_unsigned_warning_names_the_bound_port(processes: List[CliProcess]) -> None:
+    cli = CliProcess(["serve", "--bind", "localhost:0"])
+    processes.append(cli)
+    port = cli.wait_for_port()
+    assert port != 0
+    deadline = time.monotonic() + 10
+    while not any("unsigned" in line for line in cli.stderr_lines):
+        assert time.monotonic() < deadline, cli.stderr_lines
+        time.sleep(0.05)
+    warning = next(line for line in cli.stderr_lines if "unsigned" in line)
+    assert f"anyone who can connect to localhost:{port} can run code here" in warning, warning
+    cli.proc.send_signal(signal.SIGTERM)
+    assert cli.wait(timeout=15) == 0
 
 
 # -- serve: answering and stopping -------------------------------------------------------
@@ -287,6 +383,131 @@ def test_serve_tls_with_client_certificates(certs: Certs, processes: List[CliPro
     assert cli.wait(timeout=15) == 0
 
 
+# -- serve: progress logs ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "level", "log_format", "log_h2"),
+    [
+        (["serve", "--bind", "x:1"], None, None, False),
+        (["--log-level", "debug", "serve", "--bind", "x:1"], "debug", None, False),
+        (["serve", "--log-level", "info", "--bind", "x:1"], "info", None, False),
+        (["serve", "--bind", "x:1", "--log-format", "json", "--log-h2"], None, "json", True),
+        (["--log-level", "error", "demo", "--log-level", "debug"], "debug", None, False),
+        (["--log-format", "json", "--log-h2", "demo"], None, "json", True),
+    ],
+)
+def test_logging_options_before_or_after_the_command(
+    argv: List[str], level: Optional[str], log_format: Optional[str], log_h2: bool
+) -> None:
+    args = _build_parser().parse_args(argv)
+    assert (args.log_level, args.log_format, args.log_h2) == (level, log_format, log_h2)
+
+
+def _wait_for(lines: List[str], predicate: Callable[[str], bool], timeout: float = 15.0) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        for line in list(lines):
+            if predicate(line):
+                return line
+        assert time.monotonic() < deadline, lines[-20:]
+        time.sleep(0.05)
+
+
+def test_serve_logs_one_line_per_run_and_says_how_to_stop(processes: List[CliProcess]) -> None:
+    cli = CliProcess(
+        ["serve", "--bind", "127.0.0.1:0", "--security", "env:WOVE_CLI_TEST_SECRET"],
+        env={"WOVE_CLI_TEST_SECRET": SECRET},
+    )
+    processes.append(cli)
+    port = cli.wait_for_port()
+    assert cli.lines[0].endswith(f"; stop with Ctrl+C or kill -TERM {cli.proc.pid}"), cli.lines
+    asyncio.run(_signed_call(port, _run_frame("logged:1", pow, {"base": 2, "exp": 3})))
+    asyncio.run(_signed_call(port, _run_frame("logged:2", divmod, {})))
+    ok = _wait_for(cli.stderr_lines, lambda line: "run logged:1 " in line)
+    assert re.search(
+        r" INFO wove_h2grpc\.wove\.worker: run logged:1 task t from ipv4:127\.0\.0\.1:\d+: "
+        r"result in [0-9.]+ ms$",
+        ok,
+    ), ok
+    failed = _wait_for(cli.stderr_lines, lambda line: "run logged:2 " in line)
+    assert ": error (TypeError: " in failed, failed
+    cli.proc.send_signal(signal.SIGTERM)
+    assert cli.wait(timeout=15) == 0
+    final = _wait_for(cli.stderr_lines, lambda line: "served " in line)
+    assert final.endswith("served 2 runs (1 result, 1 error, 0 cancelled), 0 refused"), final
+    assert not any(" hpack" in line or " h2." in line for line in cli.stderr_lines)
+
+
+def test_serve_json_logs_with_periodic_summaries(processes: List[CliProcess]) -> None:
+    cli = CliProcess(
+        [
+            "serve",
+            "--bind",
+            "127.0.0.1:0",
+            "--security",
+            "env:WOVE_CLI_TEST_SECRET",
+            "--log-format",
+            "json",
+            "--summary-interval",
+            "0.3",
+        ],
+        env={"WOVE_CLI_TEST_SECRET": SECRET},
+    )
+    processes.append(cli)
+    port = cli.wait_for_port()
+    asyncio.run(_signed_call(port, _run_frame("json:1", pow, {"base": 3, "exp": 2})))
+    with pytest.raises(GrpcError):
+        asyncio.run(_signed_call(port, _run_frame("json:2", pow, {}), secret="wrong"))
+    summary = json.loads(
+        _wait_for(
+            cli.stderr_lines,
+            lambda line: '"summary": "interval"' in line and '"runs_total": 1' in line,
+        )
+    )
+    cli.proc.send_signal(signal.SIGTERM)
+    assert cli.wait(timeout=15) == 0
+    records = [json.loads(line) for line in cli.stderr_lines]  # every line is one JSON object
+    assert all({"time", "level", "logger", "message"} <= set(r) for r in records)
+    (run,) = [r for r in records if r.get("run_id") == "json:1"]
+    assert run["level"] == "INFO" and run["logger"] == "wove_h2grpc.wove.worker"
+    assert (run["task"], run["outcome"]) == ("t", "result")
+    assert run["peer"].startswith("ipv4:127.0.0.1:") and run["duration_ms"] >= 0
+    (refused,) = [r for r in records if r.get("outcome") == "refused"]
+    assert refused["status"] == "UNAUTHENTICATED" and refused["level"] == "WARNING"
+    assert summary["logger"] == "wove_h2grpc.cli" and summary["interval_s"] == 0.3
+    assert summary["message"].startswith("summary of the last 0.3 s: ")
+    assert summary["refused_total"] == 1 and summary["running"] == 0
+    (final,) = [r for r in records if r.get("summary") == "final"]
+    assert (final["runs_total"], final["results"], final["refused_total"]) == (1, 1, 1)
+
+
+@pytest.mark.parametrize("log_h2", [False, True])
+def test_debug_logs_leave_out_h2_internals_unless_asked(
+    log_h2: bool, processes: List[CliProcess]
+) -> None:
+    argv = ["serve", "--bind", "127.0.0.1:0", "--log-level", "debug"]
+    cli = CliProcess(argv + (["--log-h2"] if log_h2 else []))
+    processes.append(cli)
+    port = cli.wait_for_port()
+    body = encode_command(_run_frame("dbg:1", pow, {"base": 2, "exp": 2}))
+
+    async def call() -> bytes:
+        async with Channel(f"127.0.0.1:{port}") as channel:
+            return await channel.unary_unary(DEFAULT_METHOD)(body, timeout=20)
+
+    asyncio.run(call())
+    _wait_for(cli.stderr_lines, lambda line: "run dbg:1 " in line)
+    cli.proc.send_signal(signal.SIGTERM)
+    assert cli.wait(timeout=15) == 0
+    h2_lines = [line for line in cli.stderr_lines if re.search(r" DEBUG (h2|hpack)[.:]", line)]
+    if log_h2:
+        assert len(h2_lines) > 10, cli.stderr_lines
+    else:
+        assert h2_lines == [], h2_lines
+        assert len(cli.stderr_lines) < 30, cli.stderr_lines
+
+
 # -- demo --------------------------------------------------------------------------------
 
 
@@ -299,6 +520,82 @@ def test_demo_exits_zero_with_correct_results(codec: str) -> None:
     assert "total: 91 (expected 91)" in out
     assert re.search(r"timing: 8 tasks in [0-9.]+ ms over h2 .*codec " + codec, out), out
     assert out.rstrip().endswith("demo OK")
+
+
+@pytest.mark.parametrize("maker", ["openssl", "trustme"])
+def test_demo_tls_with_throwaway_certificates(maker: str, tmp_path: Path) -> None:
+    env = {"TMPDIR": str(tmp_path)}
+    if maker == "openssl":
+        if shutil.which("openssl") is None:
+            pytest.skip("no openssl command on PATH here")
+    else:
+        env["PATH"] = str(tmp_path / "no-openssl-here")  # the interpreter's path is absolute
+    result = _run_cli(["demo", "--tls", "--tasks", "4"], env_extra=env)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert f"(TLS with throwaway certificates from {maker}, signed requests, random secret)" in out
+    assert "square: [0, 1, 4, 9] (4 results)" in out
+    assert re.search(r"timing: 5 tasks in [0-9.]+ ms over h2 with TLS ", out), out
+    assert out.rstrip().endswith("demo OK")
+    assert list(tmp_path.glob("wove-h2grpc-demo-*")) == []  # the certificates are gone
+
+
+def test_demo_tls_without_openssl_or_trustme_is_a_one_line_error(tmp_path: Path) -> None:
+    hidden = tmp_path / "hide"
+    (hidden / "trustme").mkdir(parents=True)
+    (hidden / "trustme" / "__init__.py").write_text("raise ImportError('hidden by the test')\n")
+    env = {"PATH": str(tmp_path / "empty"), "PYTHONPATH": str(hidden)}
+    result = _run_cli(["demo", "--tls"], env_extra=env)
+    assert result.returncode == 1
+    assert result.stderr == (
+        "wove-h2grpc demo: error: --tls makes throwaway certificates with the openssl command, "
+        "which is not on PATH, or with the trustme package, which is not installed "
+        "(pip install trustme)\n"
+    )
+
+
+def test_demo_certificates_are_verified_for_127_0_0_1(tmp_path: Path) -> None:
+    import ssl
+
+    from wove_h2grpc.cli import _demo_certificates
+
+    if shutil.which("openssl") is None:
+        pytest.skip("no openssl command on PATH here")
+    cert, key, ca_pem, maker = _demo_certificates(str(tmp_path))
+    assert maker == "openssl"
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(cert, key)
+    # The client's defaults, strict X.509 checks on Python 3.13 included.
+    client = ssl.create_default_context(cadata=ca_pem.decode("ascii"))
+    for name in ("127.0.0.1", "localhost"):
+        peer = _handshake(client, server, name)
+        assert peer["subject"] == ((("commonName", "localhost"),),)
+    with pytest.raises(ssl.SSLCertVerificationError):
+        _handshake(client, server, "example.com")
+
+
+def _handshake(client: Any, server: Any, name: str) -> Any:
+    """A TLS handshake between two in-memory SSLObjects (no socket); the server's cert."""
+    import ssl
+
+    c_in, c_out, s_in, s_out = (ssl.MemoryBIO() for _ in range(4))
+    client_side = client.wrap_bio(c_in, c_out, server_hostname=name)
+    server_side = server.wrap_bio(s_in, s_out, server_side=True)
+    finished = set()
+    for _ in range(20):
+        for side in (client_side, server_side):
+            if side in finished:
+                continue
+            try:
+                side.do_handshake()
+                finished.add(side)
+            except ssl.SSLWantReadError:
+                pass
+        s_in.write(c_out.read())
+        c_in.write(s_out.read())
+        if len(finished) == 2:
+            return client_side.getpeercert()
+    raise AssertionError("TLS handshake did not finish")
 
 
 def test_demo_without_arguments() -> None:

@@ -65,7 +65,6 @@ def test_tcp_targets(
     [
         ("unix:/tmp/sock", "unix", "/tmp/sock"),
         ("unix:///tmp/sock", "unix", "/tmp/sock"),
-        ("unix:relative/sock", "unix", "relative/sock"),
         ("unix-abstract:name", "unix-abstract", "\0name"),
         ("unix-abstract:with/slash and space", "unix-abstract", "\0with/slash and space"),
     ],
@@ -124,6 +123,9 @@ def test_target_is_frozen() -> None:
         ("ipv6:[::1]:x", "invalid port 'x'"),
         ("unix:", "missing socket path"),
         ("unix://host/path", "must be unix:/path or unix:///path"),
+        ("unix:relative.sock", "unix socket path 'relative.sock'"),
+        ("unix:relative/sock", "must be absolute"),
+        ("unix:./here.sock", "must be absolute"),
         ("unix-abstract:", "missing socket name"),
     ],
 )
@@ -161,6 +163,13 @@ def test_bind_unix() -> None:
     assert parse_bind_address("unix-abstract:srv").path == "\0srv"
 
 
+@pytest.mark.parametrize("text", ["unix:relative.sock", "unix:run/x.sock", "unix:~/x.sock"])
+def test_bind_unix_relative_path_is_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="must be absolute: unix:/abs/path") as info:
+        parse_bind_address(text)
+    assert repr(text) in str(info.value)
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
@@ -178,3 +187,23 @@ def test_bind_unix() -> None:
 def test_bad_bind_addresses(text: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         parse_bind_address(text)
+
+
+def test_channel_refuses_a_relative_unix_target() -> None:
+    from wove_h2grpc import Channel
+
+    with pytest.raises(
+        ValueError, match=re.escape("'relative.sock' in target 'unix:relative.sock' must be")
+    ):
+        Channel("unix:relative.sock")
+
+
+async def test_server_refuses_a_relative_unix_bind_address() -> None:
+    from wove_h2grpc import Server
+
+    server = Server()
+    try:
+        with pytest.raises(ValueError, match="must be absolute"):
+            await server.start("unix:relative.sock")
+    finally:
+        await server.stop()

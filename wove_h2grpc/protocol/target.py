@@ -2,8 +2,9 @@
 
 ``host:port``, ``host``, ``dns:///host:port``, ``dns://authority/host:port``,
 ``dns:host:port``, ``ipv4:a:p[,a:p...]``, ``ipv6:[a]:p[,...]``, ``unix:/path``,
-``unix:///path``, ``unix:relative``, ``unix-abstract:name``. Resolution of DNS
-names happens later, in the IO layer.
+``unix:///path``, ``unix-abstract:name``. A unix socket path must be absolute: a relative
+one would name a different socket in every working directory, so it is refused. Resolution
+of DNS names happens later, in the IO layer.
 """
 
 from __future__ import annotations
@@ -134,6 +135,11 @@ def parse_target(target: str, *, secure: bool = False) -> Target:
             path = path[2:]
         if not path:
             raise ValueError(f"missing socket path in target {target!r}")
+        if not path.startswith("/"):
+            raise ValueError(
+                f"unix socket path {path!r} in target {target!r} must be absolute: "
+                f"unix:/abs/path or unix:///abs/path"
+            )
         return Target("unix", path=path, authority="localhost", original=target)
     if text.startswith("ipv4:"):
         addrs = _parse_list(text[5:], default_port, target, 4)
@@ -162,7 +168,8 @@ def parse_target(target: str, *, secure: bool = False) -> Target:
 
 
 def parse_bind_address(address: str) -> Target:
-    """Parse a server bind address: ``host:port``, ``[v6]:port``, ``unix:path``; port 0 allowed."""
+    """Parse a server bind address: ``host:port``, ``[v6]:port``, ``unix:/abs/path`` or
+    ``unix-abstract:name``; port 0 allowed. Raises ValueError saying what is wrong."""
     if isinstance(address, str) and address.startswith(("unix:", "unix-abstract:")):
         return parse_target(address)
     if not isinstance(address, str) or not address:

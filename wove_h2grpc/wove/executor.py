@@ -504,8 +504,7 @@ class H2GrpcExecutor(EnvironmentExecutor):
                 if is_run:
                     self._emit(_error_frame(frame, exc, message, retryable=_is_retryable(exc)))
                 else:
-                    # A lost cancel_task does not end the run: its run_task call still will.
-                    logger.warning("%s for %s: %s", frame.get("type"), frame.get("run_id"), message)
+                    self._lost_cancel(frame, message)
                 return
             self._deliver(frame, response, is_run, settings)
         except asyncio.CancelledError:
@@ -530,6 +529,25 @@ class H2GrpcExecutor(EnvironmentExecutor):
             if is_run:
                 self._runs.pop(str(frame.get("run_id")), None)
 
+    def _lost_cancel(self, frame: Dict[str, Any], reason: str) -> None:
+        # A lost cancel_task does not end the run: its run_task call still will. Once the run
+        # has ended (typically the same failure, e.g. a wrong secret, refused both calls)
+        # there was nothing left to cancel, and the line would only repeat the run's error.
+        run_id = frame.get("run_id")
+        if self._runs.get(run_id) is False:  # type: ignore[arg-type]
+            logger.warning(
+                "grpc executor (h2): cancel_task for run %s did not reach the worker, which "
+                "may still be running it; its run_task call reports how it ends: %s",
+                run_id,
+                reason,
+            )
+        else:
+            logger.debug(
+                "grpc executor (h2): cancel_task for run %s failed after the run had ended: %s",
+                run_id,
+                reason,
+            )
+
     def _deliver(
         self, frame: Dict[str, Any], response: Any, is_run: bool, settings: _Settings
     ) -> None:
@@ -546,7 +564,7 @@ class H2GrpcExecutor(EnvironmentExecutor):
             if is_run:
                 self._emit(_error_frame(frame, exc, message, retryable=False))
             else:
-                logger.warning("%s for %s: %s", frame.get("type"), frame.get("run_id"), message)
+                self._lost_cancel(frame, message)
             return
         for event in events:
             self._emit(event)

@@ -12,6 +12,12 @@ The same service attaches to our pure-asyncio :class:`~wove_h2grpc.server.Server
 (:meth:`WorkerService.attach`) and to a ``grpc.aio`` server
 (:meth:`WorkerService.grpcio_handler`; grpcio is imported only there).
 
+Every finished run is one INFO line on this module's logger (``wove_h2grpc.wove.worker``):
+run id, task, peer, outcome and duration, also attached to the record as the attributes
+``run_id``, ``task``, ``peer``, ``outcome``, ``duration_ms`` (and ``error`` for a failed
+run) for structured log handlers. :meth:`WorkerService.stats` counts runs and refusals for
+summaries.
+
 Status codes a refused call ends with (decided here, documented in ``docs/worker.md``):
 
 * ``UNAUTHENTICATED``: the request's credentials are missing or wrong (no or bad signature,
@@ -26,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import copy
+import dataclasses
 import heapq
 import inspect
 import logging
@@ -43,6 +50,7 @@ __all__ = [
     "InvalidRequestError",
     "WorkerPermissionError",
     "WorkerService",
+    "WorkerStats",
 ]
 
 logger = logging.getLogger(__name__)
@@ -78,6 +86,42 @@ class WorkerPermissionError(PermissionError):
 
 class InvalidRequestError(ValueError):
     """A verified request that is not a Wove command frame (answered ``INVALID_ARGUMENT``)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerStats:
+    """Counts of a :class:`WorkerService` since it was created (see :meth:`since`).
+
+    ``runs`` is the number of finished ``run_task`` commands, split by outcome into
+    ``results``, ``errors`` (the task raised, or the worker could not run or answer it) and
+    ``cancelled``; ``run_seconds`` is their summed duration. ``refused`` counts calls refused
+    before anything ran (credentials, permission, not a Wove command). ``running`` is the
+    number of runs executing when the snapshot was taken.
+    """
+
+    runs: int = 0
+    results: int = 0
+    errors: int = 0
+    cancelled: int = 0
+    refused: int = 0
+    run_seconds: float = 0.0
+    running: int = 0
+
+    def since(self, earlier: WorkerStats) -> WorkerStats:
+        """The counts between ``earlier`` and this snapshot (``running`` stays this one's)."""
+        return WorkerStats(
+            runs=self.runs - earlier.runs,
+            results=self.results - earlier.results,
+            errors=self.errors - earlier.errors,
+            cancelled=self.cancelled - earlier.cancelled,
+            refused=self.refused - earlier.refused,
+            run_seconds=self.run_seconds - earlier.run_seconds,
+            running=self.running,
+        )
+
+
+# Outcome of a run -> the WorkerStats counter it adds to.
+_OUTCOME_FIELD = {"result": "results", "error": "errors", "cancelled": "cancelled"}
 
 
 class _TaskExited(Exception):
@@ -160,6 +204,8 @@ class WorkerService:
         self._allow_unsigned = bool(allow_unsigned)
         self._active: Dict[str, Set[asyncio.Future[Any]]] = {}
         self._early_cancels: collections.OrderedDict[str, float] = collections.OrderedDict()
+        self._counts: Dict[str, int] = {"results": 0, "errors": 0, "cancelled": 0, "refused": 0}
+        self._run_seconds = 0.0
         if resolved is None and not allow_unsigned:
             logger.warning(
                 "WorkerService has no security and allow_unsigned=False: every request will "
@@ -184,6 +230,19 @@ class WorkerService:
     def active_runs(self) -> Tuple[str, ...]:
         """Run ids currently executing, for monitoring and tests."""
         return tuple(self._active)
+
+    def stats(self) -> WorkerStats:
+        """A snapshot of the runs and refusals counted since this service was created."""
+        counts = self._counts
+        return WorkerStats(
+            runs=counts["results"] + counts["errors"] + counts["cancelled"],
+            results=counts["results"],
+            errors=counts["errors"],
+            cancelled=counts["cancelled"],
+            refused=counts["refused"],
+            run_seconds=self._run_seconds,
+            running=len(self._active),
+        )
 
     # -- verification ------------------------------------------------------------------
 
@@ -221,23 +280,33 @@ class WorkerService:
 
     # -- the transport-agnostic entry point --------------------------------------------
 
-    async def handle(self, request: bytes, metadata: MetadataInput = ()) -> bytes:
+    async def handle(
+        self, request: bytes, metadata: MetadataInput = (), *, peer: Optional[str] = None
+    ) -> bytes:
         """Answer one unary call: verify, decode, run or cancel, and encode the events.
 
         Raises ``WorkerPermissionError`` (a ``PermissionError``) when the request is refused
         and ``InvalidRequestError`` (a ``ValueError``) when it is not a Wove command; a
         failing task is not an exception here but a ``task_error`` event in the answer.
         Cancelling this coroutine (the client went away, the deadline passed) cancels the
-        task it runs.
+        task it runs. ``peer`` names the caller in the run's log line.
         """
+        try:
+            return await self._handle(request, metadata, peer or "unknown peer")
+        except (WorkerPermissionError, InvalidRequestError):
+            self._counts["refused"] += 1
+            raise
+
+    async def _handle(self, request: bytes, metadata: MetadataInput, peer: str) -> bytes:
         self.verify(request, metadata)
+        started = time.monotonic()
         try:
             codec, frame = await self._decode(request)
         except ValueError as exc:
-            return await self._answer_undecodable(request, exc)
+            return await self._answer_undecodable(request, exc, peer, started)
         frame_type = frame.get("type")
         if frame_type == "run_task":
-            return await self._run_task(frame, codec)
+            return await self._run_task(frame, codec, peer, started)
         if frame_type == "cancel_task":
             self._cancel(frame.get("run_id"))
             return encode_events((), codec)
@@ -249,6 +318,7 @@ class WorkerService:
         if isinstance(run_id, str) and run_id:
             error = InvalidRequestError(f"unsupported Wove frame type {frame_type!r}")
             events = [self._error_event(frame, error, source="worker")]
+            self._finished(frame, peer, started, "error", f"worker: {error}")
             return await self._encode(events, codec)
         raise InvalidRequestError(f"unsupported Wove frame type {frame_type!r}")
 
@@ -261,12 +331,12 @@ class WorkerService:
     async def server_handler(self, request: bytes, context: Any) -> bytes:
         """Handler for :class:`wove_h2grpc.Server`: refusals become gRPC statuses."""
         try:
-            return await self.handle(request, context.invocation_metadata())
+            return await self.handle(request, context.invocation_metadata(), peer=_peer(context))
         except WorkerPermissionError as exc:
-            logger.warning("refused a request from %s: %s", _peer(context), exc)
+            _log_refusal("refused a request", context, exc, exc.code.name)
             await context.abort(exc.code, str(exc))
         except InvalidRequestError as exc:
-            logger.warning("invalid request from %s: %s", _peer(context), exc)
+            _log_refusal("invalid request", context, exc, StatusCode.INVALID_ARGUMENT.name)
             await context.abort(StatusCode.INVALID_ARGUMENT, str(exc))
         # context.abort() ends the call by raising; this is never reached.
         raise RuntimeError("ServicerContext.abort() returned instead of raising")
@@ -283,12 +353,13 @@ class WorkerService:
 
         async def behavior(request: bytes, context: Any) -> bytes:
             try:
-                return await service.handle(request, context.invocation_metadata())
+                metadata = context.invocation_metadata()
+                return await service.handle(request, metadata, peer=_peer(context))
             except WorkerPermissionError as exc:
-                logger.warning("refused a request from %s: %s", _peer(context), exc)
+                _log_refusal("refused a request", context, exc, exc.code.name)
                 await context.abort(grpc.StatusCode[exc.code.name], str(exc))
             except InvalidRequestError as exc:
-                logger.warning("invalid request from %s: %s", _peer(context), exc)
+                _log_refusal("invalid request", context, exc, StatusCode.INVALID_ARGUMENT.name)
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             raise RuntimeError("grpc.aio ServicerContext.abort() returned instead of raising")
 
@@ -307,13 +378,13 @@ class WorkerService:
 
     # -- running a task ----------------------------------------------------------------
 
-    async def _run_task(self, frame: Dict[str, Any], codec: str) -> bytes:
+    async def _run_task(self, frame: Dict[str, Any], codec: str, peer: str, began: float) -> bytes:
         run_id = frame.get("run_id")
         if not isinstance(run_id, str) or not run_id:
             raise InvalidRequestError("run_task frame without a run_id")
         started = {"type": "task_started", "run_id": run_id, "task_id": frame.get("task_id")}
         if self._take_early_cancel(run_id):
-            logger.debug("run %s was cancelled before it arrived", run_id)
+            self._finished(frame, peer, began, "cancelled", "cancel_task arrived before the run")
             return await self._encode([started, self._cancelled_event(frame)], codec)
         func = frame.get("callable")
         args = frame.get("args")
@@ -324,6 +395,7 @@ class WorkerService:
                 "run_task needs a callable and a dict of keyword arguments, got "
                 f"{type(func).__name__} and {type(args).__name__}"
             )
+            self._finished(frame, peer, began, "error", f"worker: {error}")
             return await self._encode([started, self._error_event(frame, error, "worker")], codec)
 
         run = asyncio.ensure_future(self._invoke(func, args))
@@ -335,19 +407,27 @@ class WorkerService:
             await asyncio.wait({run})
         except asyncio.CancelledError:
             run.cancel()
+            self._finished(frame, peer, began, "cancelled", "the call was cancelled")
             raise
         finally:
             runs.discard(run)
             if not runs and self._active.get(run_id) is runs:
                 del self._active[run_id]
 
+        detail = ""
         if run.cancelled():
+            outcome = "cancelled"
+            detail = "by cancel_task"
             terminal = self._cancelled_event(frame)
         else:
             exc = run.exception()
             if exc is not None:
+                outcome = "error"
+                shown = exc.original if isinstance(exc, _TaskExited) else exc
+                detail = f"{type(shown).__name__}: {shown}"
                 terminal = self._error_event(frame, exc, source="task")
             else:
+                outcome = "result"
                 terminal = {
                     "type": "task_result",
                     "run_id": run_id,
@@ -355,13 +435,48 @@ class WorkerService:
                     "result": run.result(),
                 }
         try:
-            return await self._encode([started, terminal], codec)
+            answer = await self._encode([started, terminal], codec)
         except Exception as exc:
             # The result (or, rarely, an exception) could not be pickled: the client must
             # still get exactly one terminal event, so report the serialization failure.
             logger.warning("run %s: cannot serialize the answer: %r", run_id, exc)
             error_event = self._error_event(frame, exc, source="worker")
-            return await self._encode([started, error_event], codec)
+            outcome, detail = "error", f"worker: cannot serialize the answer: {exc!r}"
+            answer = await self._encode([started, error_event], codec)
+        self._finished(frame, peer, began, outcome, detail)
+        return answer
+
+    def _finished(
+        self, frame: Dict[str, Any], peer: str, began: float, outcome: str, detail: str = ""
+    ) -> None:
+        """Count a finished run and log its one INFO line."""
+        seconds = time.monotonic() - began
+        self._counts[_OUTCOME_FIELD[outcome]] += 1
+        self._run_seconds += seconds
+        if not logger.isEnabledFor(logging.INFO):
+            return
+        run_id = frame.get("run_id")
+        task = _task_name(frame)
+        duration_ms = round(seconds * 1000.0, 1)
+        extra: Dict[str, Any] = {
+            "run_id": run_id,
+            "task": task,
+            "peer": peer,
+            "outcome": outcome,
+            "duration_ms": duration_ms,
+        }
+        if outcome == "error":
+            extra["error"] = detail
+        shown = f"{outcome} ({detail})" if detail else outcome
+        logger.info(
+            "run %s task %s from %s: %s in %.1f ms",
+            run_id,
+            task,
+            peer,
+            shown,
+            duration_ms,
+            extra=extra,
+        )
 
     async def _invoke(self, func: Callable[..., Any], args: Dict[str, Any]) -> Any:
         try:
@@ -445,7 +560,9 @@ class WorkerService:
         # for the small results tasks usually return.
         return encode_events(events, codec)
 
-    async def _answer_undecodable(self, request: bytes, error: ValueError) -> bytes:
+    async def _answer_undecodable(
+        self, request: bytes, error: ValueError, peer: str, began: float
+    ) -> bytes:
         # decode_command failed. If the frame itself parses and names a run, the failure was
         # in a pickle (typically a module the worker lacks): answer that run with a
         # task_error so the client sees why, instead of a bare transport error.
@@ -461,6 +578,7 @@ class WorkerService:
         frame = {"run_id": run_id, "task_id": raw.get("task_id")}
         logger.warning("run %s: cannot decode the task: %s", run_id, error)
         started = {"type": "task_started", "run_id": run_id, "task_id": raw.get("task_id")}
+        self._finished(frame, peer, began, "error", f"worker: cannot decode the task: {error}")
         return await self._encode([started, self._error_event(frame, error, "worker")], codec)
 
 
@@ -499,6 +617,27 @@ def _text_metadata(metadata: Iterable[Tuple[str, Any]]) -> List[Tuple[str, str]]
             continue
         pairs.append((str(key), str(value)))
     return pairs
+
+
+def _task_name(frame: Dict[str, Any]) -> str:
+    """Wove's task name (the frame's ``task_id``), else the callable's qualified name."""
+    task_id = frame.get("task_id")
+    if isinstance(task_id, str) and task_id:
+        return task_id
+    func = frame.get("callable")
+    name = getattr(func, "__qualname__", None) or getattr(func, "__name__", None)
+    return str(name) if name else "?"
+
+
+def _log_refusal(what: str, context: Any, exc: Exception, status: str) -> None:
+    peer = _peer(context)
+    logger.warning(
+        "%s from %s: %s",
+        what,
+        peer,
+        exc,
+        extra={"peer": peer, "outcome": "refused", "status": status, "error": str(exc)},
+    )
 
 
 def _peer(context: Any) -> str:
