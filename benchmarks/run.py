@@ -71,10 +71,12 @@ def log(message: str) -> None:
     sys.stderr.flush()
 
 
-def child_env() -> Dict[str, str]:
-    """Environment of every child: the repo importable, no output buffering surprises."""
+def child_env(tree: Optional[Path] = None) -> Dict[str, str]:
+    """Environment of every child: the repo (or another checkout, ``tree``) importable first,
+    no output buffering surprises."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_DIR), env.get("PYTHONPATH", "")) if p)
+    first = str(tree or REPO_DIR)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (first, env.get("PYTHONPATH", "")) if p)
     env.setdefault("WOVE_H2GRPC_BENCH_SECRET", "bench-secret")
     env["PYTHONUNBUFFERED"] = "1"
     return env
@@ -124,15 +126,18 @@ class ServerProcess:
                 self.proc.wait(timeout=10)
 
 
-def run_child(script: str, spec: Dict[str, Any], timeout: float) -> Dict[str, Any]:
-    """Run one measurement process; its last stdout line is the JSON result."""
+def run_child(
+    script: str, spec: Dict[str, Any], timeout: float, *, tree: Optional[Path] = None
+) -> Dict[str, Any]:
+    """Run one measurement process (importing ``tree``'s package if given); its last
+    stdout line is the JSON result."""
     started = time.perf_counter()
     try:
         proc = subprocess.run(
             [sys.executable, str(BENCH_DIR / script), json.dumps(spec)],
             capture_output=True,
             text=True,
-            env=child_env(),
+            env=child_env(tree),
             cwd=str(REPO_DIR),
             timeout=timeout,
             check=False,

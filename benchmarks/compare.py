@@ -1,0 +1,80 @@
+"""Our client against itself from another checkout, side by side in one run.
+
+``python -m benchmarks.compare --baseline /path/to/other/checkout [--rounds N]`` starts the
+grpcio echo server once, then measures the wove_h2grpc client of this tree and of the
+baseline tree in alternating fresh processes, round by round (so both see the same machine
+load), and prints the median client CPU per call of each and their ratio. Use it to show a
+change costs no client CPU: a ratio <= 1.00 means this tree is as cheap or cheaper.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+from benchmarks.run import ECHO_METHOD, REPO_DIR, SCENARIOS, SERVERS, ServerProcess, log, run_child
+
+DEFAULT_SCENARIOS = ("seq_100b", "conc64_100b", "seq_1mib")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.compare", description=__doc__)
+    parser.add_argument("--baseline", type=Path, required=True, help="another checkout's root")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--scenarios", default=",".join(DEFAULT_SCENARIOS))
+    parser.add_argument("--calls-scale", type=float, default=1.0, help="scale every call count")
+    args = parser.parse_args(argv)
+    baseline = args.baseline.resolve()
+    if not (baseline / "wove_h2grpc" / "__init__.py").exists():
+        parser.error(f"{baseline} is not a wove_h2grpc checkout")
+    wanted = [k.strip() for k in args.scenarios.split(",") if k.strip()]
+    scenarios = [s for s in SCENARIOS if s.key in wanted]
+    trees = {"this": REPO_DIR, "baseline": baseline}
+    cpu: Dict[str, Dict[str, List[float]]] = {s.key: {t: [] for t in trees} for s in scenarios}
+    server = ServerProcess(SERVERS["grpcio"])
+    try:
+        for round_no in range(args.rounds):
+            for scenario in scenarios:
+                # Alternate which tree goes first, so neither always runs on a warmer machine.
+                order = list(trees) if round_no % 2 == 0 else list(reversed(trees))
+                for name in order:
+                    spec = {
+                        "client": "wove_h2grpc",
+                        "port": server.port,
+                        "method": ECHO_METHOD,
+                        "scenario": scenario.kind,
+                        "size": scenario.size,
+                        "calls": max(1, int(scenario.calls * args.calls_scale)),
+                        "warmup": scenario.warmup,
+                        "concurrency": scenario.concurrency,
+                    }
+                    result = run_child("_client.py", spec, timeout=600, tree=trees[name])
+                    if "error" in result:
+                        log(f"  r{round_no + 1} {scenario.key} {name}: {result['error']}")
+                        continue
+                    cpu[scenario.key][name].append(result["cpu_us_per_call"])
+                    figure = result["cpu_us_per_call"]
+                    log(f"  r{round_no + 1} {scenario.key:12} {name:8} {figure:.1f} us")
+    finally:
+        server.stop()
+    sys.stdout.write(
+        f"client CPU per call against the grpcio echo server, median of {args.rounds} rounds\n"
+        f"this tree: {REPO_DIR}; baseline: {baseline}\n\n"
+        "| scenario | this tree (us) | baseline (us) | this / baseline |\n"
+        "| --- | --- | --- | --- |\n"
+    )
+    for scenario in scenarios:
+        ours, theirs = cpu[scenario.key]["this"], cpu[scenario.key]["baseline"]
+        if not ours or not theirs:
+            sys.stdout.write(f"| {scenario.title} | failed | failed | - |\n")
+            continue
+        a, b = statistics.median(ours), statistics.median(theirs)
+        sys.stdout.write(f"| {scenario.title} | {a:.1f} | {b:.1f} | {a / b:.2f}x |\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
