@@ -56,10 +56,19 @@ INSTALLED: Mapping[str, str] = {
     "hyperframe": str(getattr(hyperframe, "__version__", "unknown")),
 }
 
-# The releases read for the rows below: every release that pyproject.toml allows.
+# The releases read for the rows below: every release so far within pyproject.toml's ranges.
 _H2 = ("h2", ("4.1.0", "4.2.0", "4.3.0", "4.4.0", "4.4.1"))
 _HPACK = ("hpack", ("4.0.0", "4.1.0", "4.2.0"))
 _HYPERFRAME = ("hyperframe", ("6.0.0", "6.0.1", "6.1.0"))
+
+# Where each h2 release's FrameBuffer keeps the bytes not yet parsed (read in its source).
+_PENDING_ATTRIBUTE = {
+    "4.1.0": "data",
+    "4.2.0": "data",
+    "4.3.0": "_data",
+    "4.4.0": "_data",
+    "4.4.1": "_data",
+}
 
 
 @dataclass(frozen=True)
@@ -135,7 +144,7 @@ PATCHES: Tuple[Patch, ...] = (
     ),
     Patch(
         "early_frame_header_check",
-        (_H2,),
+        (("h2", tuple(_PENDING_ATTRIBUTE)),),
         "h2 checks a frame's length only once its whole body is buffered; pending_frame_problem "
         "reads the 9-byte header waiting in the FrameBuffer (bytes in .data in 4.1.0 and 4.2.0, "
         "a bytearray in ._data from 4.3.0, ._data in _FrameBuffer).",
@@ -676,16 +685,6 @@ def make_server_h2_connection(
     if connection_window_size > _DEFAULT_WINDOW:
         conn.increment_flow_control_window(connection_window_size - _DEFAULT_WINDOW)
     return conn
-
-
-# Where each h2 release's FrameBuffer keeps the bytes not yet parsed (read in its source).
-_PENDING_ATTRIBUTE = {
-    "4.1.0": "data",
-    "4.2.0": "data",
-    "4.3.0": "_data",
-    "4.4.0": "_data",
-    "4.4.1": "_data",
-}
 
 
 def pending_frame_problem(conn: h2.connection.H2Connection, *, first: bool) -> str:
