@@ -979,28 +979,37 @@ def test_server_settings_are_in_force_before_the_clients_ack() -> None:
     assert _in_force(plain)["max_inbound_frame_size"] == 16384
 
 
-def test_a_stream_over_the_servers_limit_is_left_to_the_caller() -> None:
-    """h2 fails the connection for an excess stream; ours lets the caller refuse just it."""
+def test_streams_over_the_servers_limit_are_left_to_the_caller() -> None:
+    """h2 fails the connection for an excess stream; ours lets the caller refuse each one.
 
-    def third_stream(server: h2.connection.H2Connection) -> str:
+    Two streams stay open (the limit) while 200 more arrive, each answered and closed at
+    once, so that h2's count of open streams is also taken where our pruning runs.
+    """
+
+    def excess_streams(server: h2.connection.H2Connection) -> str:
         client = _client_meets(server)
         for stream_id in (1, 3):
             client.send_headers(stream_id, REQUEST_HEADERS)
         server.receive_data(client.data_to_send())
-        # Hand-built: h2's client would not open a stream over the limit it was told.
-        third = hyperframe.frame.HeadersFrame(5, data=hpack.Encoder().encode(REQUEST_HEADERS))
-        third.flags.add("END_HEADERS")
-        try:
-            events = server.receive_data(third.serialize())
-        except h2.exceptions.TooManyStreamsError:
-            return "connection error"
-        assert [type(e).__name__ for e in events] == ["RequestReceived"]
-        return "request"
+        for stream_id in range(5, 405, 2):
+            # Hand-built: h2's client would not open a stream over the limit it was told.
+            block = hpack.Encoder().encode(REQUEST_HEADERS)  # literals only: self-contained
+            frame = hyperframe.frame.HeadersFrame(stream_id, data=block)
+            frame.flags.add("END_HEADERS")
+            frame.flags.add("END_STREAM")
+            try:
+                events = server.receive_data(frame.serialize())
+            except h2.exceptions.TooManyStreamsError:
+                return f"connection error at stream {stream_id}"
+            assert [type(e).__name__ for e in events] == ["RequestReceived", "StreamEnded"]
+            server.send_headers(stream_id, RESPONSE_HEADERS, end_stream=True)
+            server.data_to_send()
+        return "every request"
 
-    assert third_stream(_public_server(SERVER_VALUES)) == "connection error"
-    ours = third_stream(_h2compat.make_server_h2_connection(**SERVER_VALUES))
+    assert excess_streams(_public_server(SERVER_VALUES)) == "connection error at stream 5"
+    ours = excess_streams(_h2compat.make_server_h2_connection(**SERVER_VALUES))
     at_once = "server_settings_at_once" in _h2compat.APPLIED
-    assert ours == ("request" if at_once else "connection error")
+    assert ours == ("every request" if at_once else "connection error at stream 5")
 
 
 def test_server_connection_window_cannot_start_below_the_default() -> None:
