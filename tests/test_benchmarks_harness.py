@@ -157,8 +157,12 @@ def test_docs_block_is_replaced_between_the_markers(tmp_path: Path) -> None:
     assert f"{report.BEGIN}\nnew table\n\n![latency distribution](plot.png)\n{report.END}" in text
     assert text.startswith("# Title\n\nintro\n") and text.endswith("after\n")
     report.update_docs(doc, "newer\n")
-    assert text.count(report.BEGIN) == 1
-    assert "newer" in doc.read_text() and "new table" not in doc.read_text()
+    text = doc.read_text()
+    # The second update replaces the block again: one block, the new table, no stale plot.
+    assert text.count(report.BEGIN) == 1 and text.count(report.END) == 1
+    assert f"{report.BEGIN}\nnewer\n{report.END}" in text
+    assert "new table" not in text and "plot.png" not in text
+    assert text.startswith("# Title\n\nintro\n") and text.endswith("after\n")
 
 
 def test_docs_markers_are_added_when_missing(tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ import wove.environment
 import wove_tasks
 from _wove_support import SECRET, SECRET_ENV, Worker, closed_port, start_worker
 from wove.environment import EnvironmentExecutor, GrpcEnvironmentExecutor, LocalEnvironmentExecutor
-from wove.security import NetworkExecutorSecurity, _ensure_network_executor_security
+from wove.security import NetworkExecutorSecurity
 
 import wove_h2grpc
 from wove_h2grpc import GrpcError, H2GrpcExecutor, StatusCode
@@ -121,50 +121,58 @@ async def test_config_errors_match_woves_messages() -> None:
     assert executor.transport is None  # nothing was started
 
 
-def _woves_message(**kwargs: Any) -> str:
-    with pytest.raises(ValueError) as info:
-        _ensure_network_executor_security(executor_name="grpc", **kwargs)
-    return str(info.value)
+# Wove's own wording (wove.security), written out: our executor must refuse what Wove's
+# refuses, with the same message.
+_INSECURE_TRANSPORT = (
+    "grpc executor uses an insecure network transport. "
+    "Use TLS or set executor_config.insecure=True for development."
+)
+_NO_SECURITY = (
+    "grpc executor requires executor_config.security for non-local endpoints. "
+    "Use security='env:VARIABLE' or set executor_config.insecure=True for development."
+)
 
 
 @pytest.mark.parametrize(
-    ("config", "expected"),
+    ("config", "message"),
     [
-        (
-            {"target": "workers.example:9000"},
-            dict(secure_transport=False, security=NetworkExecutorSecurity(), local_target=False),
-        ),
-        (
-            {"target": "workers.example:9000", "secure": True},
-            dict(secure_transport=True, security=NetworkExecutorSecurity(), local_target=False),
-        ),
-        (
-            {"target": "dns:///10.1.2.3:9000", "security": f"env:{SECRET_ENV}"},
-            dict(
-                secure_transport=False,
-                security=NetworkExecutorSecurity(mode="signed", secret="x"),
-                local_target=False,
-            ),
-        ),
+        ({"target": "workers.example:9000"}, _INSECURE_TRANSPORT),
+        ({"target": "workers.example:9000", "secure": True}, _NO_SECURITY),
+        ({"target": "dns:///10.1.2.3:9000", "security": f"env:{SECRET_ENV}"}, _INSECURE_TRANSPORT),
     ],
 )
 async def test_non_local_needs_tls_and_security_as_in_wove(
-    config: Dict[str, Any], expected: Dict[str, Any], monkeypatch: pytest.MonkeyPatch
+    config: Dict[str, Any], message: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv(SECRET_ENV, SECRET)
-    message = _woves_message(insecure=False, **expected)
     with pytest.raises(ValueError) as info:
         await start(H2GrpcExecutor(), **config)
     assert str(info.value) == message
     # insecure=True lets it through (the channel connects lazily, nothing is sent)
     executor = await start(H2GrpcExecutor(), insecure=True, **config)
+    assert executor.transport == "h2"
     await executor.stop()
 
 
-async def test_local_targets_need_neither_tls_nor_security() -> None:
-    for target in ("localhost:1", "127.0.0.1:1", "[::1]:1", "ipv4:127.0.0.1:1", "unix:/tmp/x"):
-        executor = await start(H2GrpcExecutor(), target=target)
-        await executor.stop()
+@pytest.mark.parametrize(
+    ("local", "remote"),
+    [
+        ("localhost:1", "workers.example:1"),
+        ("127.0.0.1:1", "10.0.0.1:1"),
+        ("[::1]:1", "[2001:db8::1]:1"),
+        ("ipv4:127.0.0.1:1", "ipv4:10.0.0.1:1"),
+        ("unix:/tmp/x", "dns:///workers.example:1"),
+    ],
+)
+async def test_local_targets_need_neither_tls_nor_security(local: str, remote: str) -> None:
+    # The same configuration is refused for a remote target: locality alone decides.
+    with pytest.raises(ValueError) as info:
+        await start(H2GrpcExecutor(), target=remote)
+    assert str(info.value) == _INSECURE_TRANSPORT
+    executor = await start(H2GrpcExecutor(), target=local)
+    assert executor.transport == "h2"
+    await executor.stop()
+    assert executor.transport is None
 
 
 @pytest.mark.parametrize(

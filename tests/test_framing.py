@@ -13,10 +13,8 @@ from _support import TracedMemory
 from wove_h2grpc import GrpcError, StatusCode
 from wove_h2grpc.protocol.framing import (
     ACCEPT_ENCODING,
-    SUPPORTED_ENCODINGS,
     MessageDecoder,
     decompress,
-    encode_message,
     encode_message_prefix,
     gzip_compress,
     gzip_decompress,
@@ -25,8 +23,12 @@ from wove_h2grpc.protocol.framing import (
 MESSAGES = [b"", b"a", b"hello world", bytes(range(256)) * 3, b"", b"\x00" * 70]
 
 
+def _frame(payload: bytes, compressed: bool = False) -> bytes:
+    return encode_message_prefix(len(payload), compressed) + payload
+
+
 def _wire(messages: list[bytes]) -> bytes:
-    return b"".join(encode_message(m) for m in messages)
+    return b"".join(_frame(m) for m in messages)
 
 
 def test_prefix_layout() -> None:
@@ -34,8 +36,6 @@ def test_prefix_layout() -> None:
     assert encode_message_prefix(5) == b"\x00\x00\x00\x00\x05"
     assert encode_message_prefix(0x01020304, compressed=True) == b"\x01\x01\x02\x03\x04"
     assert encode_message_prefix(0xFFFFFFFF) == b"\x00\xff\xff\xff\xff"
-    assert encode_message(b"abc") == b"\x00\x00\x00\x00\x03abc"
-    assert encode_message(b"abc", compressed=True) == b"\x01\x00\x00\x00\x03abc"
 
 
 def test_prefix_too_long_for_four_bytes() -> None:
@@ -47,7 +47,6 @@ def test_decode_whole_input() -> None:
     decoder = MessageDecoder()
     out = decoder.feed(_wire(MESSAGES))
     assert out == [(False, m) for m in MESSAGES]
-    assert not decoder.pending
     assert decoder.buffered == 0
     assert decoder.incomplete_error() is None
 
@@ -58,7 +57,6 @@ def test_decode_every_single_split_point() -> None:
         decoder = MessageDecoder()
         out = decoder.feed(wire[:cut]) + decoder.feed(wire[cut:])
         assert out == [(False, m) for m in MESSAGES], cut
-        assert not decoder.pending
         assert decoder.incomplete_error() is None
 
 
@@ -95,20 +93,20 @@ def test_decode_accepts_memoryview_and_bytearray() -> None:
 
 
 def test_decode_compressed_flag_reported() -> None:
-    wire = encode_message(b"zz", compressed=True) + encode_message(b"plain")
+    wire = _frame(b"zz", compressed=True) + _frame(b"plain")
     assert MessageDecoder().feed(wire) == [(True, b"zz"), (False, b"plain")]
 
 
-def test_pending_and_buffered_track_partial_message() -> None:
+def test_buffered_and_incomplete_error_track_partial_message() -> None:
     decoder = MessageDecoder()
     assert decoder.feed(b"\x00\x00") == []
-    assert decoder.pending
+    assert decoder.incomplete_error() is not None
     assert decoder.buffered == 2
     assert decoder.feed(b"\x00\x00\x04ab") == []
-    assert decoder.pending
+    assert decoder.incomplete_error() is not None
     assert decoder.buffered == 2
     assert decoder.feed(b"cd") == [(False, b"abcd")]
-    assert not decoder.pending
+    assert decoder.incomplete_error() is None
     assert decoder.buffered == 0
 
 
@@ -136,16 +134,16 @@ def test_limit_checked_when_prefix_split() -> None:
 
 
 def test_limit_boundary_and_direction() -> None:
-    assert MessageDecoder(max_length=3).feed(encode_message(b"abc")) == [(False, b"abc")]
-    assert MessageDecoder(max_length=0).feed(encode_message(b"")) == [(False, b"")]
+    assert MessageDecoder(max_length=3).feed(_frame(b"abc")) == [(False, b"abc")]
+    assert MessageDecoder(max_length=0).feed(_frame(b"")) == [(False, b"")]
     decoder = MessageDecoder(max_length=2, direction="Sent")
     with pytest.raises(GrpcError, match=r"Sent message larger than max \(3 vs. 2\)"):
-        decoder.feed(encode_message(b"abc"))
+        decoder.feed(_frame(b"abc"))
 
 
 def test_no_limit_by_default() -> None:
     big = os.urandom(5 * 1024 * 1024)
-    assert MessageDecoder().feed(encode_message(big)) == [(False, big)]
+    assert MessageDecoder().feed(_frame(big)) == [(False, big)]
 
 
 def test_invalid_compressed_flag() -> None:
@@ -157,7 +155,7 @@ def test_invalid_compressed_flag() -> None:
 
 def test_truncated_message_error() -> None:
     decoder = MessageDecoder()
-    decoder.feed(encode_message(b"0123456789")[:8])
+    decoder.feed(_frame(b"0123456789")[:8])
     err = decoder.incomplete_error()
     assert err is not None
     assert err.code() is StatusCode.INTERNAL
@@ -167,7 +165,7 @@ def test_truncated_message_error() -> None:
 
 def test_truncated_prefix_error() -> None:
     decoder = MessageDecoder()
-    decoder.feed(encode_message(b"ok") + b"\x00\x00")
+    decoder.feed(_frame(b"ok") + b"\x00\x00")
     err = decoder.incomplete_error()
     assert err is not None
     assert err.code() is StatusCode.INTERNAL
@@ -184,7 +182,6 @@ def test_zero_length_prefix_alone_is_complete() -> None:
 
 
 def test_encodings_advertised() -> None:
-    assert SUPPORTED_ENCODINGS == ("identity", "gzip")
     assert ACCEPT_ENCODING == "identity,gzip"
 
 

@@ -1,22 +1,34 @@
-"""The h2 workarounds in ``wove_h2grpc.aio._h2compat`` behave exactly like h2 itself.
+"""The patches in ``wove_h2grpc.aio._h2compat``: gated by release, and behaving like h2 itself.
 
-Each test drives our ``GrpcH2Connection`` and a plain ``h2.connection.H2Connection`` (same
+Each differential test drives our connection and a plain ``h2.connection.H2Connection`` (same
 configuration) through the same bytes from a real h2 peer and compares what comes out:
-events and bytes to send, including h2's stream-error paths. Runs against whichever h2 is
-installed; the allowed range (4.1 .. 4.4) was checked with throwaway venvs, e.g.
-``python -m venv /tmp/h2old && /tmp/h2old/bin/pip install h2==4.1.0 pytest pytest-asyncio``
-then ``PYTHONPATH=. /tmp/h2old/bin/python -m pytest -p no:cacheprovider tests/test_h2compat.py``.
+events and bytes to send, including h2's stream-error paths; where a patch changes
+behaviour on purpose (draining after GOAWAY, the server's stream limit) the test shows both
+sides. Runs against whichever h2, hpack and hyperframe are installed; the oldest allowed
+releases in a throwaway venv, e.g.
+``python -m venv /tmp/h2old && /tmp/h2old/bin/pip install h2==4.1.0 hpack==4.0.0
+hyperframe==6.0.0 pytest pytest-asyncio`` then
+``PYTHONPATH=. /tmp/h2old/bin/python -m pytest -p no:cacheprovider tests/test_h2compat.py``.
 """
 
 from __future__ import annotations
 
 import collections
-from typing import Any, Callable, List, Tuple
+import json
+import os
+import platform
+import subprocess
+import sys
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any, Callable, Dict, FrozenSet, List, Tuple
 
 import h2.config
 import h2.connection
+import h2.errors
 import h2.events
 import h2.exceptions
+import h2.frame_buffer
 import hpack
 import hyperframe.frame
 import pytest
@@ -71,22 +83,191 @@ def _same_transcript(script: Callable[..., Any]) -> Any:
     return mine
 
 
-def test_verified_h2_release_uses_the_repr_free_receive_path() -> None:
-    assert _h2compat._version_tuple("4.4.1") == (4, 4, 1)
-    assert _h2compat._version_tuple("4.1.0") >= (4, 1)
-    assert h2.__version__ == _h2compat.H2_VERSION
-    in_range = (4, 1) <= _h2compat._version_tuple(h2.__version__)[:2] <= (4, 4)
-    assert _h2compat.H2_INTERNALS_VERIFIED is in_range
-    receive = _h2compat.GrpcH2Connection._receive_frame
-    if in_range:
-        assert receive is _h2compat._receive_frame_without_repr
+# -- the gate: which patches apply to which releases -------------------------------------------
+
+# Written out from reading each release's source (pip download h2==X hpack==Y hyperframe==Z),
+# not taken from _h2compat: the releases read, and what each patch depends on.
+H2_READ = {"4.1.0", "4.2.0", "4.3.0", "4.4.0", "4.4.1"}
+HPACK_READ = {"4.0.0", "4.1.0", "4.2.0"}
+HYPERFRAME_READ = {"6.0.0", "6.0.1", "6.1.0"}
+EVERY_PATCH = frozenset(
+    {
+        "goaway_drain",
+        "outbound_stream_count",
+        "inbound_stream_count",
+        "receive_frame_without_repr",
+        "prepare_for_sending_without_copies",
+        "data_to_send_handover",
+        "view_frame_buffer",
+        "early_frame_header_check",
+        "cached_hpack",
+        "server_settings_at_once",
+    }
+)
+NEEDS_HPACK = frozenset({"cached_hpack"})
+NEEDS_HYPERFRAME = frozenset({"prepare_for_sending_without_copies", "view_frame_buffer"})
+CPYTHON_ONLY = frozenset({"view_frame_buffer"})
+
+# (h2, hpack, hyperframe, implementation) -> the patches that must apply there.
+GATE_ROWS: List[Tuple[Tuple[str, str, str, str], FrozenSet[str]]] = [
+    (("4.1.0", "4.0.0", "6.0.0", "cpython"), EVERY_PATCH),  # the floors of pyproject.toml
+    (("4.1.0", "4.1.0", "6.0.1", "cpython"), EVERY_PATCH),
+    (("4.2.0", "4.1.0", "6.1.0", "cpython"), EVERY_PATCH),
+    (("4.3.0", "4.2.0", "6.1.0", "cpython"), EVERY_PATCH),
+    (("4.4.0", "4.2.0", "6.1.0", "cpython"), EVERY_PATCH),
+    (("4.4.1", "4.2.0", "6.1.0", "cpython"), EVERY_PATCH),
+    (("4.4.1", "4.2.0", "6.1.0", "pypy"), EVERY_PATCH - {"view_frame_buffer"}),
+    (("4.0.0", "4.0.0", "6.0.0", "cpython"), frozenset()),  # every patch touches h2
+    (("4.4.2", "4.2.0", "6.1.0", "cpython"), frozenset()),  # a release nobody has read
+    (("5.0.0", "4.2.0", "6.1.0", "cpython"), frozenset()),
+    (("4.4.1", "4.3.0", "6.1.0", "cpython"), EVERY_PATCH - {"cached_hpack"}),
+    (
+        ("4.4.1", "4.2.0", "6.2.0", "cpython"),
+        EVERY_PATCH - {"prepare_for_sending_without_copies", "view_frame_buffer"},
+    ),
+    (("unknown", "unknown", "unknown", "cpython"), frozenset()),
+]
+
+
+@pytest.mark.parametrize(("releases", "expected"), GATE_ROWS)
+def test_each_patch_applies_exactly_to_the_releases_it_was_read_against(
+    releases: Tuple[str, str, str, str], expected: FrozenSet[str]
+) -> None:
+    h2_version, hpack_version, hyperframe_version, implementation = releases
+    installed = {"h2": h2_version, "hpack": hpack_version, "hyperframe": hyperframe_version}
+    assert _h2compat.applied_patches(installed, implementation) == expected
+
+
+def test_the_installed_releases_get_the_patches_read_for_them() -> None:
+    installed = {name: version(name) for name in ("h2", "hpack", "hyperframe")}
+    assert dict(_h2compat.INSTALLED) == installed
+    expected = set(EVERY_PATCH) if installed["h2"] in H2_READ else set()
+    if installed["hpack"] not in HPACK_READ:
+        expected -= NEEDS_HPACK
+    if installed["hyperframe"] not in HYPERFRAME_READ:
+        expected -= NEEDS_HYPERFRAME
+    if platform.python_implementation() != "CPython":
+        expected -= CPYTHON_ONLY
+    assert expected == _h2compat.APPLIED
+    assert {patch.name for patch in _h2compat.PATCHES} == EVERY_PATCH
+    assert all(patch.reason for patch in _h2compat.PATCHES)
+
+
+# Our method, where a patch applies; h2's own otherwise.
+PATCHED_METHODS = {
+    "goaway_drain": "_receive_goaway_frame",
+    "outbound_stream_count": "open_outbound_streams",
+    "receive_frame_without_repr": "_receive_frame",
+    "prepare_for_sending_without_copies": "_prepare_for_sending",
+    "data_to_send_handover": "data_to_send",
+}
+
+
+@pytest.mark.parametrize(("patch", "method"), sorted(PATCHED_METHODS.items()))
+def test_a_patched_method_is_ours_only_where_its_patch_applies(patch: str, method: str) -> None:
+    ours = _h2compat.GrpcH2Connection.__dict__.get(method)
+    if patch in _h2compat.APPLIED:
+        assert ours is not None
+        assert getattr(_h2compat.GrpcH2Connection, method) is not getattr(
+            h2.connection.H2Connection, method
+        )
     else:
-        assert receive is h2.connection.H2Connection._receive_frame
+        assert ours is None
+
+
+def test_connections_carry_the_patched_parts_that_apply() -> None:
+    client = _h2compat.make_h2_connection(client_side=True)
+    cached = "cached_hpack" in _h2compat.APPLIED
+    assert isinstance(client.encoder, _h2compat.CachingEncoder) is cached
+    assert isinstance(client.decoder, _h2compat.CachingDecoder) is cached
+    view = "view_frame_buffer" in _h2compat.APPLIED
+    assert isinstance(client.incoming_buffer, _h2compat._FrameBuffer) is view
+    assert isinstance(client.incoming_buffer, h2.frame_buffer.FrameBuffer)
+
+
+_UNREAD_RELEASE_CHECK = r"""
+import json, h2
+h2.__version__ = "4.0.99"  # a release no patch was read against
+import h2.connection, h2.events, h2.exceptions, h2.frame_buffer, hpack
+from wove_h2grpc.aio import _h2compat
+
+def handshake(client, server):
+    client.initiate_connection()
+    server.receive_data(client.data_to_send())
+    client.receive_data(server.data_to_send())
+    server.receive_data(client.data_to_send())
+
+out = {"applied": sorted(_h2compat.APPLIED)}
+own = [
+    name for name in ("_receive_goaway_frame", "open_outbound_streams", "_receive_frame",
+                      "_prepare_for_sending", "data_to_send")
+    if name in _h2compat.GrpcH2Connection.__dict__
+]
+out["own_methods"] = own
+client = _h2compat.make_h2_connection(client_side=True)
+out["encoder"] = type(client.encoder).__name__
+out["buffer"] = type(client.incoming_buffer).__name__
+server = _h2compat.make_server_h2_connection(
+    max_concurrent_streams=1, max_header_list_size=8192, initial_window_size=1 << 20,
+    max_frame_size=1 << 15, connection_window_size=1 << 20,
+)
+out["server_class"] = type(server).__name__
+handshake(client, server)
+out["server_stream_limit"] = server.local_settings.max_concurrent_streams
+headers = [(b":method", b"POST"), (b":scheme", b"http"), (b":path", b"/a/b"),
+           (b":authority", b"x")]
+client.send_headers(1, headers)
+server.receive_data(client.data_to_send())
+server.send_headers(1, [(b":status", b"200")], end_stream=True)
+response = server.data_to_send()
+server.close_connection(last_stream_id=1)  # on the wire before the response
+client.receive_data(server.data_to_send())
+try:
+    client.receive_data(response)
+    out["after_goaway"] = "events"
+except h2.exceptions.ProtocolError as exc:
+    out["after_goaway"] = type(exc).__name__
+client.incoming_buffer.add_data(b"\xff\xff\xff\x00\x00\x00\x00\x00\x01")
+out["early_check"] = _h2compat.pending_frame_problem(client, first=False)
+print(json.dumps(out))
+"""
+
+
+def test_a_release_nobody_read_runs_h2s_own_code() -> None:
+    """Every patch is off: h2's methods, hpack's contexts, h2's buffer and h2's GOAWAY."""
+    repo = str(Path(__file__).resolve().parent.parent)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (repo, env.get("PYTHONPATH")) if p)
+    proc = subprocess.run(
+        [sys.executable, "-c", _UNREAD_RELEASE_CHECK],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out: Dict[str, Any] = json.loads(proc.stdout)
+    assert out == {
+        "applied": [],
+        "own_methods": [],
+        "encoder": "Encoder",
+        "buffer": "FrameBuffer",
+        "server_class": "GrpcH2Connection",
+        # h2's way: the advertised limit, acknowledged, enforced by h2.
+        "server_stream_limit": 1,
+        # h2 closes the connection on GOAWAY: the rest of stream 1 is a protocol error.
+        "after_goaway": "ProtocolError",
+        "early_check": "",
+    }
+
+
+# -- received frames -------------------------------------------------------------------------
 
 
 def test_received_frames_are_never_formatted(monkeypatch: pytest.MonkeyPatch) -> None:
-    if not _h2compat.H2_INTERNALS_VERIFIED:
-        pytest.skip(f"h2 {h2.__version__} keeps h2's own _receive_frame")
+    if "receive_frame_without_repr" not in _h2compat.APPLIED:
+        pytest.skip(f"h2 {h2.__version__} keeps h2's own _receive_frame, which formats frames")
 
     def refuse(frame: Any) -> str:
         raise AssertionError(f"repr() of a received {type(frame).__name__}")
@@ -445,11 +626,6 @@ def test_data_frames_are_serialized_byte_for_byte_like_h2() -> None:
     assert len(out[1]) == 20, "data_to_send(amount) still slices h2's buffer"
     assert len(out) == 3
     assert data == payload[:5000] + b"padded" + payload[5000:16000] + b"\x00" * 5
-    if _h2compat.H2_INTERNALS_VERIFIED:
-        assert (
-            _h2compat.GrpcH2Connection._prepare_for_sending
-            is _h2compat._prepare_for_sending_without_copies
-        )
 
 
 def test_data_to_send_hands_over_its_buffer_without_aliasing() -> None:
@@ -556,12 +732,9 @@ def test_frame_buffer_errors_match_h2() -> None:
 def test_frame_buffer_survives_a_frame_that_keeps_a_view(monkeypatch: pytest.MonkeyPatch) -> None:
     from hyperframe import frame as hf
 
-    if not _h2compat.VIEW_FRAME_BUFFER:
-        # Not used there (PyPy lets a bytearray with a live view be resized): nothing to test.
-        assert not isinstance(
-            _h2compat.make_h2_connection(client_side=True).incoming_buffer, _h2compat._FrameBuffer
-        )
-        return
+    if "view_frame_buffer" not in _h2compat.APPLIED:
+        # Not used there (e.g. PyPy, which lets a bytearray with a live view be resized).
+        pytest.skip("connections use h2's own FrameBuffer here")
 
     kept = []
 
@@ -580,7 +753,292 @@ def test_frame_buffer_survives_a_frame_that_keeps_a_view(monkeypatch: pytest.Mon
     assert bytes(kept[0]) == b"12345678"
 
 
-def test_connections_use_the_view_parsing_buffer() -> None:
+# -- GOAWAY: streams at or below last-stream-id drain -----------------------------------------
+
+
+def _goaway_script(client: Any, server: Any) -> Any:
+    """Streams 1 and 3 open; GOAWAY(last_stream_id=3) arrives before their responses."""
+    for stream_id in (1, 3, 5):
+        client.send_headers(stream_id, REQUEST_HEADERS, end_stream=True)
+    server.receive_data(client.data_to_send())
+    responses = b""
+    for stream_id in (1, 3):
+        server.send_headers(stream_id, RESPONSE_HEADERS)
+        server.send_data(stream_id, b"\x00\x00\x00\x00\x01x")
+        server.send_headers(stream_id, TRAILERS, end_stream=True)
+        responses += server.data_to_send()
+    server.close_connection(error_code=h2.errors.ErrorCodes.NO_ERROR, last_stream_id=3)
+    goaway = server.data_to_send()
+    before = _describe(client.receive_data(goaway))
+    try:
+        after: Any = _describe(client.receive_data(responses))
+    except h2.exceptions.ProtocolError as exc:
+        after = type(exc).__name__
+    return before, after, client.state_machine.state
+
+
+def test_goaway_lets_the_streams_it_covers_finish() -> None:
+    ours, plain = _pair()
+    mine = _converse(ours, _goaway_script)
+    theirs = _converse(plain, _goaway_script)
+    # The GOAWAY itself is reported exactly as h2 reports it.
+    assert mine[0] == theirs[0]
+    assert [kind for kind, _ in mine[0]] == ["ConnectionTerminated"]
+    if "goaway_drain" not in _h2compat.APPLIED:
+        assert mine == theirs
+        return
+    # h2 closes the connection: the covered responses become a protocol error.
+    assert theirs[1:] == ("ProtocolError", h2.connection.ConnectionState.CLOSED)
+    # Ours stays open and delivers both responses whole (RFC 9113 section 6.8).
+    kinds = [kind for kind, _ in mine[1]]
+    assert kinds.count("ResponseReceived") == 2
+    assert kinds.count("DataReceived") == 2
+    assert kinds.count("StreamEnded") == 2
+    assert mine[2] is h2.connection.ConnectionState.CLIENT_OPEN
+
+
+def test_goaway_on_a_connection_we_closed_keeps_it_closed() -> None:
+    def script(client: Any, server: Any) -> Any:
+        client.close_connection()
+        server.receive_data(client.data_to_send())
+        server.close_connection(last_stream_id=0)
+        events = _describe(client.receive_data(server.data_to_send()))
+        return events, client.state_machine.state
+
+    events, state = _same_transcript(script)
+    assert [kind for kind, _ in events] == ["ConnectionTerminated"]
+    assert state is h2.connection.ConnectionState.CLOSED
+
+
+# -- the client's stream accounting ------------------------------------------------------------
+
+
+def test_client_stream_limit_is_left_to_the_caller() -> None:
+    """h2 refuses a stream over the peer's MAX_CONCURRENT_STREAMS; with the patch, ours opens it.
+
+    The client queues calls over the peer's limit itself, so h2's check (a walk over every
+    stream per request) is not needed there.
+    """
+
+    def script(client: Any, server: Any) -> Any:
+        server.update_settings({h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 1})
+        client.receive_data(server.data_to_send())
+        server.receive_data(client.data_to_send())  # the ACK: the limit is in force
+        client.send_headers(1, REQUEST_HEADERS)
+        try:
+            client.send_headers(3, REQUEST_HEADERS)
+        except h2.exceptions.TooManyStreamsError:
+            return "refused"
+        return "opened"
+
+    ours, plain = _pair()
+    assert _converse(plain, script) == "refused"
+    expected = "opened" if "outbound_stream_count" in _h2compat.APPLIED else "refused"
+    assert _converse(ours, script) == expected
+
+
+# -- frame headers checked as soon as they are buffered --------------------------------------
+
+
+@pytest.mark.parametrize("ours", [True, False], ids=["our-buffer", "h2-buffer"])
+def test_an_oversized_frame_is_refused_from_its_header(ours: bool) -> None:
+    """Both our buffer and h2's (bytes in .data up to h2 4.2.0, ._data after) are read."""
     client = _h2compat.make_h2_connection(client_side=True)
-    if _h2compat.H2_INTERNALS_VERIFIED and _h2compat.VIEW_FRAME_BUFFER:
-        assert isinstance(client.incoming_buffer, _h2compat._FrameBuffer)
+    if not ours:
+        client.incoming_buffer = h2.frame_buffer.FrameBuffer(server=False)
+        client.incoming_buffer.max_frame_size = client.max_inbound_frame_size
+    settings = hyperframe.frame.SettingsFrame(0).serialize()
+    big = hyperframe.frame.DataFrame(1, data=b"x" * 20000).serialize()
+    client.initiate_connection()
+    client.receive_data(settings + big[:100])  # the header and a little of the body
+    problem = _h2compat.pending_frame_problem(client, first=False)
+    if "early_frame_header_check" in _h2compat.APPLIED:
+        assert problem == "frame of 20000 bytes exceeds SETTINGS_MAX_FRAME_SIZE 16384 " + (
+            "(FRAME_SIZE_ERROR)"
+        )
+    else:
+        assert problem == ""
+    # A frame within the limit is fine however little of it has arrived.
+    other = _h2compat.make_h2_connection(client_side=True)
+    other.initiate_connection()
+    other.receive_data(settings + big[:3])
+    assert _h2compat.pending_frame_problem(other, first=False) == ""
+
+
+@pytest.mark.parametrize(
+    ("first_bytes", "problem"),
+    [
+        (b"HTTP/1.1 400 Bad Request\r\n\r\n", "answered with HTTP/1.x"),
+        (b"\x00\x00\x00\x01", "first frame is not SETTINGS"),  # HEADERS, from 4 bytes
+        (hyperframe.frame.SettingsFrame(0).serialize(), ""),
+    ],
+)
+def test_the_servers_first_frame_must_be_settings(first_bytes: bytes, problem: str) -> None:
+    client = _h2compat.make_h2_connection(client_side=True)
+    client.initiate_connection()
+    try:
+        client.receive_data(first_bytes)
+    except h2.exceptions.ProtocolError:
+        pytest.fail("h2 refused the bytes before our check saw them")
+    got = _h2compat.pending_frame_problem(client, first=True)
+    if "early_frame_header_check" not in _h2compat.APPLIED or not problem:
+        assert got == ""
+    else:
+        assert problem in got
+
+
+# -- the server's connection --------------------------------------------------------------------
+
+SERVER_VALUES = {
+    "max_concurrent_streams": 2,
+    "max_header_list_size": 4096,
+    "initial_window_size": 1 << 20,
+    "max_frame_size": 1 << 15,
+    "connection_window_size": 4 << 20,
+}
+
+
+def _public_server(values: Dict[str, int]) -> h2.connection.H2Connection:
+    """The same settings the way h2 documents: a SETTINGS frame via update_settings."""
+    from h2.settings import SettingCodes
+
+    config = _h2compat.make_h2_connection(client_side=False).config
+    server = h2.connection.H2Connection(config=config)
+    server.initiate_connection()
+    server.update_settings(
+        {
+            SettingCodes.MAX_CONCURRENT_STREAMS: values["max_concurrent_streams"],
+            SettingCodes.INITIAL_WINDOW_SIZE: values["initial_window_size"],
+            SettingCodes.MAX_FRAME_SIZE: values["max_frame_size"],
+            SettingCodes.MAX_HEADER_LIST_SIZE: values["max_header_list_size"],
+        }
+    )
+    server.increment_flow_control_window(values["connection_window_size"] - 65535)
+    return server
+
+
+def _client_meets(server: h2.connection.H2Connection) -> h2.connection.H2Connection:
+    """A plain h2 client that has exchanged SETTINGS (and their ACKs) with ``server``."""
+    client = h2.connection.H2Connection(
+        h2.config.H2Configuration(client_side=True, header_encoding=None)
+    )
+    client.initiate_connection()
+    server.receive_data(client.data_to_send())
+    client.receive_data(server.data_to_send())
+    server.receive_data(client.data_to_send())
+    client.receive_data(server.data_to_send())
+    return client
+
+
+def _in_force(server: h2.connection.H2Connection) -> Dict[str, int]:
+    return {
+        "max_inbound_frame_size": server.max_inbound_frame_size,
+        "max_header_list_size": server.decoder.max_header_list_size,
+        "initial_window_size": server.local_settings.initial_window_size,
+        "connection_window": server._inbound_flow_control_window_manager.current_window_size,
+    }
+
+
+def test_server_settings_reach_the_client_as_h2s_own_would() -> None:
+    from h2.settings import SettingCodes
+
+    ours = _h2compat.make_server_h2_connection(**SERVER_VALUES)
+    plain = _public_server(SERVER_VALUES)
+    ours_client, plain_client = _client_meets(ours), _client_meets(plain)
+    codes = (
+        SettingCodes.MAX_CONCURRENT_STREAMS,
+        SettingCodes.INITIAL_WINDOW_SIZE,
+        SettingCodes.MAX_FRAME_SIZE,
+        SettingCodes.MAX_HEADER_LIST_SIZE,
+    )
+    seen = {code: ours_client.remote_settings[code] for code in codes}
+    assert seen == {code: plain_client.remote_settings[code] for code in codes}
+    assert seen[SettingCodes.MAX_CONCURRENT_STREAMS] == 2
+    assert seen[SettingCodes.MAX_FRAME_SIZE] == 1 << 15
+    assert ours_client.outbound_flow_control_window == plain_client.outbound_flow_control_window
+    assert ours_client.outbound_flow_control_window == 4 << 20
+    # Once the client has acknowledged, the same values are in force on both servers.
+    assert _in_force(ours) == _in_force(plain)
+    assert _in_force(ours) == {
+        "max_inbound_frame_size": 1 << 15,
+        "max_header_list_size": 4096,
+        "initial_window_size": 1 << 20,
+        "connection_window": 4 << 20,
+    }
+
+
+def test_server_settings_are_in_force_before_the_clients_ack() -> None:
+    ours = _h2compat.make_server_h2_connection(**SERVER_VALUES)
+    plain = _public_server(SERVER_VALUES)
+    if "server_settings_at_once" in _h2compat.APPLIED:
+        assert _in_force(ours)["max_inbound_frame_size"] == 1 << 15
+        assert _in_force(ours)["max_header_list_size"] == 4096
+    else:
+        assert _in_force(ours) == _in_force(plain)
+    # h2's way leaves its defaults in force until the ACK.
+    assert _in_force(plain)["max_inbound_frame_size"] == 16384
+
+
+def test_streams_over_the_servers_limit_are_left_to_the_caller() -> None:
+    """h2 fails the connection for an excess stream; ours lets the caller refuse each one.
+
+    Two streams stay open (the limit) while 200 more arrive, each answered and closed at
+    once, so that h2's count of open streams is also taken where our pruning runs.
+    """
+
+    def excess_streams(server: h2.connection.H2Connection) -> str:
+        client = _client_meets(server)
+        for stream_id in (1, 3):
+            client.send_headers(stream_id, REQUEST_HEADERS)
+        server.receive_data(client.data_to_send())
+        for stream_id in range(5, 405, 2):
+            # Hand-built: h2's client would not open a stream over the limit it was told.
+            block = hpack.Encoder().encode(REQUEST_HEADERS)  # literals only: self-contained
+            frame = hyperframe.frame.HeadersFrame(stream_id, data=block)
+            frame.flags.add("END_HEADERS")
+            frame.flags.add("END_STREAM")
+            try:
+                events = server.receive_data(frame.serialize())
+            except h2.exceptions.TooManyStreamsError:
+                return f"connection error at stream {stream_id}"
+            assert [type(e).__name__ for e in events] == ["RequestReceived", "StreamEnded"]
+            server.send_headers(stream_id, RESPONSE_HEADERS, end_stream=True)
+            server.data_to_send()
+        return "every request"
+
+    assert excess_streams(_public_server(SERVER_VALUES)) == "connection error at stream 5"
+    ours = excess_streams(_h2compat.make_server_h2_connection(**SERVER_VALUES))
+    at_once = "server_settings_at_once" in _h2compat.APPLIED
+    assert ours == ("every request" if at_once else "connection error at stream 5")
+
+
+def test_server_connection_window_cannot_start_below_the_default() -> None:
+    values = dict(SERVER_VALUES, connection_window_size=65534)
+    with pytest.raises(ValueError, match="connection_window_size must be at least 65535"):
+        _h2compat.make_server_h2_connection(**values)
+    values["connection_window_size"] = 65535  # nothing to add: no WINDOW_UPDATE at all
+    server = _h2compat.make_server_h2_connection(**values)
+    assert _client_meets(server).outbound_flow_control_window == 65535
+
+
+def test_a_whole_unary_call_on_our_server_matches_h2s() -> None:
+    def calls(server: h2.connection.H2Connection) -> List[Any]:
+        client = _client_meets(server)
+        transcript = []
+        for stream_id in range(1, 400, 2):
+            client.send_headers(stream_id, REQUEST_HEADERS)
+            client.send_data(stream_id, b"\x00\x00\x00\x00\x02hi", end_stream=True)
+            events = server.receive_data(client.data_to_send())
+            for event in events:
+                if isinstance(event, h2.events.DataReceived):
+                    server.acknowledge_received_data(event.flow_controlled_length, stream_id)
+            server.send_headers(stream_id, RESPONSE_HEADERS)
+            server.send_data(stream_id, b"\x00\x00\x00\x00\x02ok")
+            server.send_headers(stream_id, TRAILERS, end_stream=True)
+            reply = bytes(server.data_to_send())
+            transcript.append((_describe(events), reply, _describe(client.receive_data(reply))))
+        assert len(server.streams) < 200, "closed streams are pruned"
+        return transcript
+
+    values = dict(SERVER_VALUES, max_concurrent_streams=100)
+    assert calls(_h2compat.make_server_h2_connection(**values)) == calls(_public_server(values))

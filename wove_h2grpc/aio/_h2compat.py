@@ -1,15 +1,19 @@
-"""The one place that knows about ``h2`` internals and version differences.
+"""The one place that touches h2, hpack and hyperframe internals, each touch gated by version.
 
-Everything here is a configuration choice or workaround measured to matter on the hot
-path; tests in ``tests/test_h2compat.py`` check it against the h2 versions we allow.
+Every patch of a library's internals is a row of ``PATCHES``: the releases whose source it
+was read against (side by side with the code here), and why it exists. A patch applies only
+when each package it names is installed at one of those releases (and, for the frame buffer
+that parses from views, on CPython); with any other release h2's and hpack's own code runs.
+``APPLIED`` is the set of patches in force. The rest of the package reaches h2 only through
+the public ``H2Connection`` API and the constructors at the bottom of this module.
 """
 
 from __future__ import annotations
 
-import re
 import struct
 import sys
-from typing import Any, Dict, List, Set, Tuple
+from dataclasses import dataclass
+from typing import Any, Dict, FrozenSet, List, Mapping, Set, Tuple, Union
 
 import h2
 import h2.config
@@ -17,6 +21,7 @@ import h2.connection
 import h2.frame_buffer
 import h2.settings
 import hpack
+import hyperframe
 from h2.errors import ErrorCodes
 from h2.exceptions import (
     FrameDataMissingError,
@@ -24,38 +29,160 @@ from h2.exceptions import (
     StreamClosedError,
     StreamIDTooLowError,
 )
+from h2.settings import SettingCodes
 from hpack.hpack import encode_integer
 from hpack.table import HeaderTable
 from hyperframe.exceptions import InvalidDataError, InvalidFrameError
 from hyperframe.frame import DataFrame, Frame, RstStreamFrame
 
 __all__ = [
-    "H2_INTERNALS_VERIFIED",
-    "H2_VERSION",
+    "APPLIED",
+    "INSTALLED",
+    "PATCHES",
     "CachingDecoder",
     "CachingEncoder",
     "GrpcH2Connection",
+    "Patch",
+    "applied_patches",
     "make_h2_connection",
     "make_server_h2_connection",
     "pending_frame_problem",
 ]
 
-# ``h2.__version__`` rather than importlib.metadata: the latter costs ~15 ms of import time.
-H2_VERSION: str = str(getattr(h2, "__version__", "unknown"))
+# ``__version__`` rather than importlib.metadata: the latter costs ~15 ms of import time.
+INSTALLED: Mapping[str, str] = {
+    "h2": str(getattr(h2, "__version__", "unknown")),
+    "hpack": str(getattr(hpack, "__version__", "unknown")),
+    "hyperframe": str(getattr(hyperframe, "__version__", "unknown")),
+}
+
+# The releases read for the rows below: every release so far within pyproject.toml's ranges.
+_H2 = ("h2", ("4.1.0", "4.2.0", "4.3.0", "4.4.0", "4.4.1"))
+_HPACK = ("hpack", ("4.0.0", "4.1.0", "4.2.0"))
+_HYPERFRAME = ("hyperframe", ("6.0.0", "6.0.1", "6.1.0"))
+
+# Where each h2 release's FrameBuffer keeps the bytes not yet parsed (read in its source).
+_PENDING_ATTRIBUTE = {
+    "4.1.0": "data",
+    "4.2.0": "data",
+    "4.3.0": "_data",
+    "4.4.0": "_data",
+    "4.4.1": "_data",
+}
 
 
-def _version_tuple(version: str) -> Tuple[int, ...]:
-    return tuple(int(part) for part in re.findall(r"\d+", version)[:3])
+@dataclass(frozen=True)
+class Patch:
+    """One patch of a library's internals and the releases it was checked against."""
+
+    name: str
+    versions: Tuple[Tuple[str, Tuple[str, ...]], ...]
+    """``(package, releases)`` pairs: the patch applies when every package is at one of them."""
+    reason: str
+    cpython_only: bool = False
 
 
-# h2 releases whose ``H2Connection._receive_frame`` and ``_prepare_for_sending`` were read and
-# found equivalent to ``_receive_frame_without_repr`` (minus the eager ``repr(frame)``) and
-# ``_prepare_for_sending_without_copies`` below (4.1.0 .. 4.4.x; neither body changed since
-# 4.1, and ``_data_to_send`` is a bytearray throughout). Other releases keep h2's methods.
-H2_INTERNALS_VERIFIED = (4, 1) <= _version_tuple(H2_VERSION)[:2] <= (4, 4)
-# _FrameBuffer relies on CPython refusing to resize a bytearray while a view of it exists
-# (BufferError) and on cheap deletion at a bytearray's front; PyPy guarantees neither.
-VIEW_FRAME_BUFFER = sys.implementation.name == "cpython"
+PATCHES: Tuple[Patch, ...] = (
+    Patch(
+        "goaway_drain",
+        (_H2,),
+        "h2 moves its connection to CLOSED on any received GOAWAY (the RECV_GOAWAY row of its "
+        "state table is CLOSED from every state in each release read), so the rest of the "
+        "streams at or below last-stream-id become ProtocolErrors; RFC 9113 section 6.8 lets "
+        "them complete. The state before the GOAWAY is restored.",
+    ),
+    Patch(
+        "outbound_stream_count",
+        (_H2,),
+        "h2 counts open outbound streams by walking every stream (_open_streams, pruning closed "
+        "ones) each time send_headers opens a stream: O(streams) per call. The client enforces "
+        "the peer's MAX_CONCURRENT_STREAMS itself by queueing, so only the pruning is kept, "
+        "done when the stream table has doubled.",
+    ),
+    Patch(
+        "inbound_stream_count",
+        (_H2,),
+        "The same walk for each received HEADERS that opens a stream (_receive_headers_frame); "
+        "the server refuses excess streams itself (REFUSED_STREAM, RFC 9113 section 5.1.2), so "
+        "only the pruning is kept. Used only together with server_settings_at_once, which lifts "
+        "h2's own limit.",
+    ),
+    Patch(
+        "receive_frame_without_repr",
+        (_H2,),
+        "h2's _receive_frame formats repr(frame) for its trace logger before anything else, even "
+        "when the logger discards it; hyperframe hexlifies DATA payloads for that. The copy "
+        "below is h2's body minus that line (identical in each release read, except that 4.1.0 "
+        "raises StreamClosedError without 'from').",
+    ),
+    Patch(
+        "prepare_for_sending_without_copies",
+        (_H2, _HYPERFRAME),
+        "h2 appends b''.join(f.serialize() for f in frames) to its bytearray _data_to_send, and "
+        "hyperframe's serialize joins header, padding and payload: three copies of each DATA "
+        "payload. An unpadded DATA frame is appended as its 9-byte header and the payload; the "
+        "header layout and flag bits are hyperframe's (the same in each release read).",
+    ),
+    Patch(
+        "data_to_send_handover",
+        (_H2,),
+        "h2's data_to_send() returns bytes(_data_to_send), a copy of everything sent; "
+        "_data_to_send is a bytearray that h2 only appends to or replaces (never keeps a "
+        "reference to), so the whole buffer is handed over and replaced by a new one.",
+    ),
+    Patch(
+        "view_frame_buffer",
+        (_H2, _HYPERFRAME),
+        "h2's FrameBuffer slices every frame body out of its buffer and then replaces the buffer "
+        "by the rest (a copy per frame, except 4.4.1, which deletes in place). _FrameBuffer "
+        "parses each body from a view and deletes consumed bytes in place, with h2's own "
+        "validation (_validate_frame_length, _update_header_buffer, the preface check); "
+        "hyperframe's parse_body copies what it keeps out of the view in each release read. "
+        "CPython only: it relies on a bytearray refusing to resize while a view exists and on "
+        "cheap deletion at its front.",
+        cpython_only=True,
+    ),
+    Patch(
+        "early_frame_header_check",
+        (("h2", tuple(_PENDING_ATTRIBUTE)),),
+        "h2 checks a frame's length only once its whole body is buffered; pending_frame_problem "
+        "reads the 9-byte header waiting in the FrameBuffer (bytes in .data in 4.1.0 and 4.2.0, "
+        "a bytearray in ._data from 4.3.0, ._data in _FrameBuffer).",
+    ),
+    Patch(
+        "cached_hpack",
+        (_H2, _HPACK),
+        "CachingEncoder and CachingDecoder replace a fresh connection's encoder and decoder. h2 "
+        "uses them only through encode(headers), decode(block, raw=True), header_table_size, "
+        "max_header_list_size and max_allowed_table_size; hpack's HeaderTable changes only in "
+        "add() and the maxsize setter, which _CountingHeaderTable counts.",
+    ),
+    Patch(
+        "server_settings_at_once",
+        (_H2,),
+        "The server's SETTINGS are installed as a new local Settings(initial_values=...) before "
+        "initiate_connection() sends them, so they apply at once (h2's acknowledge() has no "
+        "pending value to apply later); then h2's copy of MAX_CONCURRENT_STREAMS is raised to "
+        "2**31-1 because h2 treats an excess stream as a connection error where RFC 9113 "
+        "section 5.1.2 lets the server refuse just that stream.",
+    ),
+)
+
+
+def applied_patches(installed: Mapping[str, str], implementation: str) -> FrozenSet[str]:
+    """Names of the ``PATCHES`` that apply to these package versions on this Python.
+
+    ``implementation`` is ``sys.implementation.name`` (``"cpython"``, ``"pypy"``, ...).
+    """
+    return frozenset(
+        patch.name
+        for patch in PATCHES
+        if (implementation == "cpython" or not patch.cpython_only)
+        and all(installed.get(package) in releases for package, releases in patch.versions)
+    )
+
+
+APPLIED: FrozenSet[str] = applied_patches(INSTALLED, sys.implementation.name)
 
 
 class _NullLogger:
@@ -128,10 +255,13 @@ def _prepare_for_sending_without_copies(
     body, and h2 appends the result to its output buffer: three copies of every payload,
     about a tenth of the client's CPU at 1 MiB. An unpadded DATA frame is appended here as
     its 9-byte header and the payload itself (one copy); every other frame as h2 does.
+    h2's own check that no frame exceeds the peer's SETTINGS_MAX_FRAME_SIZE is kept (an
+    ``assert`` there as here: it guards h2's own framing, not wire input).
     """
     if not frames:
         return
     buffer = self._data_to_send
+    limit = self.max_outbound_frame_size
     for frame in frames:
         if type(frame) is DataFrame and "PADDED" not in frame.flags:
             data = frame.data
@@ -147,17 +277,19 @@ def _prepare_for_sending_without_copies(
             buffer += data
         else:
             buffer += frame.serialize()
+        assert frame.body_len <= limit
 
 
 class _FrameBuffer(h2.frame_buffer.FrameBuffer):
     """h2's ``FrameBuffer`` that parses each frame body from a view of its buffer.
 
-    h2 slices the body out of the receive buffer (a copy; before 4.4 it also copied the
+    h2 slices the body out of the receive buffer (a copy; up to 4.4.0 it also copies the
     rest of the buffer for every frame) and hyperframe then copies it again into the
     frame. Here the body is a ``memoryview`` of the buffer, so a DATA payload is copied
     once, and consumed bytes are deleted in place (CPython makes that cheap for a
     bytearray's front). Validation, CONTINUATION handling and errors are h2's own.
-    The pending bytes stay in ``_data`` (a bytearray), as in h2 4.2+.
+    The pending bytes are in ``_data``, a bytearray, as in h2 4.3.0 and later (4.1.0
+    and 4.2.0 keep bytes in ``data``, which stays empty here).
     """
 
     def __init__(self, server: bool = False) -> None:
@@ -205,56 +337,78 @@ class _FrameBuffer(h2.frame_buffer.FrameBuffer):
 
 
 class GrpcH2Connection(h2.connection.H2Connection):
-    """``H2Connection`` that keeps draining streams after receiving GOAWAY.
+    """``H2Connection`` with the patches of ``PATCHES`` that apply to the installed h2.
 
-    It also skips h2's eager ``repr(frame)`` per received frame (see
-    ``_receive_frame_without_repr``) on the h2 releases where that was verified.
-
-    RFC 9113 section 6.8: streams at or below a GOAWAY's last-stream-id may still
-    complete. h2 moves its connection state machine to CLOSED on any received GOAWAY,
-    after which every further frame (the rest of those responses) is a ProtocolError,
-    failing calls the server is finishing (grpclib's behaviour). We restore the open
-    state; the caller refuses to open new streams on a connection that got GOAWAY.
+    Each method below exists only when its patch is in ``APPLIED``; otherwise h2's runs.
+    With ``goaway_drain`` it keeps draining streams after receiving GOAWAY (RFC 9113
+    section 6.8: streams at or below the last-stream-id may still complete; grpclib's
+    behaviour too); the caller refuses to open new streams on a connection that got one.
     """
 
-    def _receive_goaway_frame(self, frame: Any) -> Any:
-        previous = self.state_machine.state
-        result = super()._receive_goaway_frame(frame)
-        if previous in _OPEN_STATES:
-            self.state_machine.state = previous
-        return result
+    if "goaway_drain" in APPLIED:
 
-    # h2 counts open outbound streams by walking every stream on each new request
-    # (pruning closed ones as it goes): O(streams) per call. Our client enforces the
-    # peer's MAX_CONCURRENT_STREAMS itself, by queueing (connection.ClientConnection), so
-    # the count only serves pruning, done when the table has doubled (amortised O(1)).
-    _outbound_prune_at = 64
+        def _receive_goaway_frame(self, frame: Any) -> Any:
+            previous = self.state_machine.state
+            result = super()._receive_goaway_frame(frame)
+            if previous in _OPEN_STATES:
+                self.state_machine.state = previous
+            return result
 
-    @property
-    def open_outbound_streams(self) -> int:
-        if len(self.streams) < self._outbound_prune_at:
-            return 0
-        count = self._open_streams(int(self.config.client_side))
-        self._outbound_prune_at = max(64, 2 * len(self.streams))
-        return count
+    if "outbound_stream_count" in APPLIED:
+        _outbound_prune_at = 64
 
-    if H2_INTERNALS_VERIFIED:
+        @property
+        def open_outbound_streams(self) -> int:
+            """0 until the stream table has doubled, then h2's count (which prunes)."""
+            if len(self.streams) < self._outbound_prune_at:
+                return 0
+            count = self._open_streams(int(self.config.client_side))
+            self._outbound_prune_at = max(64, 2 * len(self.streams))
+            return count
+
+    if "receive_frame_without_repr" in APPLIED:
         _receive_frame = _receive_frame_without_repr
+
+    if "prepare_for_sending_without_copies" in APPLIED:
         _prepare_for_sending = _prepare_for_sending_without_copies
 
-    def data_to_send(self, amount: Any = None) -> Any:
-        """h2's ``data_to_send``; with no ``amount``, hands over the buffer without a copy.
+    if "data_to_send_handover" in APPLIED:
 
-        h2 returns ``bytes(buffer)``: one more copy of everything sent (a 1 MiB message
-        costs a fresh 1 MiB allocation and memcpy). The whole buffer is returned as the
-        ``bytearray`` itself and h2 gets a new one, so nothing aliases it afterwards.
-        ``transport.write`` takes it as it takes bytes.
-        """
-        if amount is not None or not H2_INTERNALS_VERIFIED:
-            return super().data_to_send(amount)
-        data = self._data_to_send
-        self._data_to_send = bytearray()
-        return data
+        def data_to_send(self, amount: Any = None) -> Any:
+            """h2's ``data_to_send``; with no ``amount``, hands over the buffer without a copy.
+
+            h2 returns ``bytes(buffer)``: one more copy of everything sent (a 1 MiB message
+            costs a fresh 1 MiB allocation and memcpy). The whole buffer is returned as the
+            ``bytearray`` itself and h2 gets a new one, so nothing aliases it afterwards.
+            ``transport.write`` takes it as it takes bytes.
+            """
+            if amount is not None:
+                return super().data_to_send(amount)
+            data = self._data_to_send
+            self._data_to_send = bytearray()
+            return data
+
+
+class _ServerH2Connection(GrpcH2Connection):
+    """Server-side ``GrpcH2Connection`` without h2's O(open streams) walk per new stream.
+
+    With 1,000 calls in flight that walk was a third of the server's CPU in a 10,000-call
+    burst. The server enforces MAX_CONCURRENT_STREAMS itself and h2's own limit is lifted
+    (``server_settings_at_once``), so the count is not needed; closed streams are still
+    pruned, but only when the table has doubled since the last prune (amortised O(1)).
+    """
+
+    if "inbound_stream_count" in APPLIED:
+        _inbound_prune_at = 64
+
+        @property
+        def open_inbound_streams(self) -> int:
+            """0 until the stream table has doubled, then h2's count (which prunes)."""
+            if len(self.streams) < self._inbound_prune_at:
+                return 0
+            count = self._open_streams(1)
+            self._inbound_prune_at = max(64, 2 * len(self.streams))
+            return count
 
 
 class _CountingHeaderTable(HeaderTable):
@@ -431,15 +585,19 @@ class CachingDecoder(hpack.Decoder):
 
 
 def _as_bytes(value: Any) -> bytes:
-    return value.encode("utf-8") if isinstance(value, str) else bytes(value)
+    """A header name or value as hpack's encoder converts it (``hpack.hpack._to_bytes``).
 
-
-def make_h2_connection(*, client_side: bool) -> h2.connection.H2Connection:
-    """A fresh ``H2Connection`` configured for gRPC: bytes headers, no per-header validation.
-
-    Header validation and normalisation are off because we build outbound headers
-    ourselves (already lowercase and valid) and check inbound gRPC headers explicitly.
+    Exactly ``bytes`` is kept, anything else goes through ``str()`` and UTF-8, as hpack 4.1
+    and 4.2 do (hpack 4.0 also keeps subclasses of ``bytes`` as they are).
     """
+    if type(value) is bytes:
+        return value
+    if type(value) is not str:
+        value = str(value)
+    return value.encode("utf-8")  # type: ignore[no-any-return]
+
+
+def _new_connection(cls: type, *, client_side: bool) -> h2.connection.H2Connection:
     config = h2.config.H2Configuration(
         client_side=client_side,
         header_encoding=None,
@@ -449,41 +607,30 @@ def make_h2_connection(*, client_side: bool) -> h2.connection.H2Connection:
         normalize_inbound_headers=False,
         logger=_NULL_LOGGER,  # type: ignore[arg-type]  # duck-typed logger
     )
-    connection = GrpcH2Connection(config=config)
-    # Fresh connection, nothing encoded or decoded yet: swapping the HPACK contexts is safe.
-    connection.encoder = CachingEncoder()
-    connection.decoder = CachingDecoder(connection.decoder.max_header_list_size)
-    if H2_INTERNALS_VERIFIED and VIEW_FRAME_BUFFER:
+    connection: h2.connection.H2Connection = cls(config=config)
+    if "cached_hpack" in APPLIED:
+        # Fresh connection, nothing encoded or decoded yet: swapping the HPACK contexts is safe.
+        connection.encoder = CachingEncoder()
+        connection.decoder = CachingDecoder(connection.decoder.max_header_list_size)
+    if "view_frame_buffer" in APPLIED:
         frames = _FrameBuffer(server=not client_side)
         frames.max_frame_size = connection.incoming_buffer.max_frame_size
         connection.incoming_buffer = frames
     return connection
 
 
-# What h2 itself enforces for MAX_CONCURRENT_STREAMS on the server: effectively nothing. h2
-# turns an excess stream into a connection error; the server refuses it with REFUSED_STREAM.
-_H2_STREAM_LIMIT = 2**31 - 1
+def make_h2_connection(*, client_side: bool) -> h2.connection.H2Connection:
+    """A fresh ``H2Connection`` configured for gRPC: bytes headers, no per-header validation.
 
-
-class _ServerH2Connection(GrpcH2Connection):
-    """Server-side ``H2Connection`` without h2's O(open streams) scan per new stream.
-
-    h2 counts open inbound streams by walking every stream on each new HEADERS, pruning
-    closed ones as it goes: with 1,000 calls in flight that scan was a third of the server's
-    CPU in a 10,000-call burst. We enforce MAX_CONCURRENT_STREAMS ourselves, so the count
-    is not needed; closed streams are still pruned, but only when the table has doubled
-    since the last prune (amortised O(1) per stream).
+    Header validation and normalisation are off because we build outbound headers
+    ourselves (already lowercase and valid) and check inbound gRPC headers explicitly.
+    The connection carries the patches in ``APPLIED``.
     """
+    return _new_connection(GrpcH2Connection, client_side=client_side)
 
-    _prune_at = 64
 
-    @property
-    def open_inbound_streams(self) -> int:
-        if len(self.streams) < self._prune_at:
-            return 0  # h2's own limit is lifted (_H2_STREAM_LIMIT); only pruning matters
-        count = self._open_streams(1)
-        self._prune_at = max(64, 2 * len(self.streams))
-        return count
+_H2_STREAM_LIMIT = 2**31 - 1  # what h2 itself enforces when server_settings_at_once applies
+_DEFAULT_WINDOW = 65535  # RFC 9113 section 6.9.2: every flow-control window starts here
 
 
 def make_server_h2_connection(
@@ -494,33 +641,49 @@ def make_server_h2_connection(
     max_frame_size: int,
     connection_window_size: int,
 ) -> h2.connection.H2Connection:
-    """A server ``H2Connection`` with our SETTINGS queued for sending.
+    """A server ``H2Connection`` with its SETTINGS and connection WINDOW_UPDATE queued.
 
-    Settings are installed as ``initial_values`` (the pattern hypercorn uses) so they apply
-    at once; the inbound frame size, header-list size and connection window are then
-    aligned by hand because ``H2Connection.__init__`` read the defaults. After the SETTINGS
-    frame is serialized, h2's own stream limit is lifted: h2 treats an excess stream as a
-    connection error, while RFC 9113 section 5.1.2 lets us refuse just that stream.
+    The SETTINGS frame advertises the four values (RFC 9113 section 6.5.2) and the
+    connection window is raised to ``connection_window_size`` (section 6.9). Where
+    ``server_settings_at_once`` applies, the settings are in force at once and h2's own
+    stream limit is lifted, so that the caller can refuse an excess stream with
+    REFUSED_STREAM (section 5.1.2) rather than h2 failing the whole connection; elsewhere
+    h2's way is used: a second SETTINGS frame via ``update_settings``, in force once the
+    client acknowledges it, with h2 enforcing MAX_CONCURRENT_STREAMS itself.
     """
-    conn = make_h2_connection(client_side=False)
-    if type(conn) is GrpcH2Connection:
-        # Same object and configuration as every connection of ours (_h2compat: config,
-        # HPACK contexts), with the stream accounting above; it adds no state of its own.
-        conn.__class__ = _ServerH2Connection
-    advertised = {
-        h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: max_concurrent_streams,
-        h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: initial_window_size,
-        h2.settings.SettingCodes.MAX_FRAME_SIZE: max_frame_size,
-        h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: max_header_list_size,
+    if connection_window_size < _DEFAULT_WINDOW:
+        raise ValueError(
+            f"connection_window_size must be at least {_DEFAULT_WINDOW} (a connection window "
+            f"starts there and can only grow), got {connection_window_size}"
+        )
+    advertised: Dict[SettingCodes, int] = {
+        SettingCodes.MAX_CONCURRENT_STREAMS: max_concurrent_streams,
+        SettingCodes.INITIAL_WINDOW_SIZE: initial_window_size,
+        SettingCodes.MAX_FRAME_SIZE: max_frame_size,
+        SettingCodes.MAX_HEADER_LIST_SIZE: max_header_list_size,
     }
-    conn.local_settings = h2.settings.Settings(client=False, initial_values=advertised)
-    conn.max_inbound_frame_size = max_frame_size
-    conn.decoder.max_header_list_size = max_header_list_size
-    conn.initiate_connection()
-    conn.increment_flow_control_window(connection_window_size - 65535)
-    enforced = dict(advertised)
-    enforced[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS] = _H2_STREAM_LIMIT
-    conn.local_settings = h2.settings.Settings(client=False, initial_values=enforced)
+    if "server_settings_at_once" not in APPLIED:
+        conn = make_h2_connection(client_side=False)
+        conn.initiate_connection()
+        update: Dict[Union[SettingCodes, int], int] = {k: v for k, v in advertised.items()}
+        conn.update_settings(update)
+    else:
+        # Our stream accounting only where h2's own limit is lifted (it counts 0 open streams
+        # until the table has doubled, which h2's limit check must not read).
+        cls = _ServerH2Connection if "inbound_stream_count" in APPLIED else GrpcH2Connection
+        conn = _new_connection(cls, client_side=False)
+        # Installed as initial values (the pattern hypercorn uses), so they apply at once; the
+        # inbound frame size and header-list size are then aligned by hand because
+        # H2Connection.__init__ read the defaults.
+        conn.local_settings = h2.settings.Settings(client=False, initial_values=advertised)
+        conn.max_inbound_frame_size = max_frame_size
+        conn.decoder.max_header_list_size = max_header_list_size
+        conn.initiate_connection()
+        enforced = dict(advertised)
+        enforced[SettingCodes.MAX_CONCURRENT_STREAMS] = _H2_STREAM_LIMIT
+        conn.local_settings = h2.settings.Settings(client=False, initial_values=enforced)
+    if connection_window_size > _DEFAULT_WINDOW:
+        conn.increment_flow_control_window(connection_window_size - _DEFAULT_WINDOW)
     return conn
 
 
@@ -531,11 +694,16 @@ def pending_frame_problem(conn: h2.connection.H2Connection, *, first: bool) -> s
     arrived, so a peer announcing a 4 GiB frame (or an HTTP/1.1 reply, whose first bytes
     read as a huge length) would keep us waiting. We check the 9-byte header as soon as
     it is buffered (RFC 9113 section 4.2), and with ``first`` that the server's first
-    frame is SETTINGS (section 3.4).
+    frame is SETTINGS (section 3.4). Where ``early_frame_header_check`` does not apply,
+    always ``""``: h2's own check, on the whole frame, is all there is.
     """
+    if "early_frame_header_check" not in APPLIED:
+        return ""
     buffer = conn.incoming_buffer
-    # h2 >= 4.2 keeps the bytes in ``_data`` (a bytearray); 4.1 in ``data``.
-    raw = getattr(buffer, "_data", None) or getattr(buffer, "data", None)
+    if type(buffer) is _FrameBuffer:
+        raw: Any = buffer._data
+    else:
+        raw = getattr(buffer, _PENDING_ATTRIBUTE[INSTALLED["h2"]], b"")
     data = bytes(memoryview(raw)[:9]) if raw else b""  # never copy the whole buffer
     if len(data) < 9:
         if first and len(data) >= 4 and data[3] != 0x4:

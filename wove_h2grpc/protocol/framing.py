@@ -16,17 +16,14 @@ from .status import StatusCode
 
 __all__ = [
     "ACCEPT_ENCODING",
-    "SUPPORTED_ENCODINGS",
     "MessageDecoder",
     "decompress",
-    "encode_message",
     "encode_message_prefix",
     "frame_message",
     "gzip_compress",
     "gzip_decompress",
 ]
 
-SUPPORTED_ENCODINGS = ("identity", "gzip")
 ACCEPT_ENCODING = "identity,gzip"
 _MAX_LENGTH = 0xFFFFFFFF
 
@@ -56,11 +53,6 @@ def frame_message(payload: bytes, gzip: bool = False) -> Tuple[bytes, bytes]:
     return encode_message_prefix(len(payload), gzip), payload
 
 
-def encode_message(payload: bytes, compressed: bool = False) -> bytes:
-    """Prefix ``payload`` (already compressed when ``compressed``) for the wire."""
-    return encode_message_prefix(len(payload), compressed) + payload
-
-
 class MessageDecoder:
     """Incremental decoder of length-prefixed messages across arbitrary chunk boundaries.
 
@@ -78,11 +70,6 @@ class MessageDecoder:
         self._need = -1  # body bytes still missing; -1 while reading a prefix
         self._compressed = False
         self.direction = direction
-
-    @property
-    def pending(self) -> bool:
-        """True when a partial message (prefix or body) is buffered."""
-        return bool(self._header) or self._need >= 0
 
     @property
     def buffered(self) -> int:
