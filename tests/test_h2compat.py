@@ -33,7 +33,7 @@ import hpack
 import hyperframe.frame
 import pytest
 
-from wove_h2grpc.aio import _h2compat
+from wove_h2grpc.aio import _h2compat, _h2fast
 
 REQUEST_HEADERS = [
     (b":method", b"POST"),
@@ -178,10 +178,10 @@ def test_a_patched_method_is_ours_only_where_its_patch_applies(patch: str, metho
 def test_connections_carry_the_patched_parts_that_apply() -> None:
     client = _h2compat.make_h2_connection(client_side=True)
     cached = "cached_hpack" in _h2compat.APPLIED
-    assert isinstance(client.encoder, _h2compat.CachingEncoder) is cached
-    assert isinstance(client.decoder, _h2compat.CachingDecoder) is cached
+    assert isinstance(client.encoder, _h2fast.CachingEncoder) is cached
+    assert isinstance(client.decoder, _h2fast.CachingDecoder) is cached
     view = "view_frame_buffer" in _h2compat.APPLIED
-    assert isinstance(client.incoming_buffer, _h2compat._FrameBuffer) is view
+    assert isinstance(client.incoming_buffer, _h2fast.ViewFrameBuffer) is view
     assert isinstance(client.incoming_buffer, h2.frame_buffer.FrameBuffer)
 
 
@@ -455,7 +455,7 @@ def _steady_lists(seed: int, count: int) -> List[List[Any]]:
 @pytest.mark.parametrize("table_size", [4096, 200, 0])
 def test_cached_encoder_emits_exactly_hpacks_bytes(table_size: int) -> None:
     """Fields whose values never change are encoded exactly as hpack encodes them."""
-    ours, plain = _h2compat.CachingEncoder(), hpack.Encoder()
+    ours, plain = _h2fast.CachingEncoder(), hpack.Encoder()
     ours.header_table_size = plain.header_table_size = table_size
     decoder = hpack.Decoder()
     for step, headers in enumerate(_steady_lists(table_size, 300)):
@@ -470,7 +470,7 @@ def test_cached_encoder_emits_exactly_hpacks_bytes(table_size: int) -> None:
 @pytest.mark.parametrize("table_size", [4096, 200, 0])
 def test_cached_encoder_round_trips_changing_values(table_size: int) -> None:
     """Names whose values keep changing go out unindexed; everything decodes the same."""
-    ours = _h2compat.CachingEncoder()
+    ours = _h2fast.CachingEncoder()
     ours.header_table_size = table_size
     decoder = hpack.Decoder()
     volatile = {b"x-new", b"grpc-timeout"}
@@ -488,7 +488,7 @@ def test_cached_encoder_round_trips_changing_values(table_size: int) -> None:
 
 
 def test_cached_encoder_sends_grpc_timeout_without_indexing() -> None:
-    ours = _h2compat.CachingEncoder()
+    ours = _h2fast.CachingEncoder()
     decoder = hpack.Decoder()
     sizes = []
     for headers in _header_lists(7, 200, with_timeout=True):
@@ -501,7 +501,7 @@ def test_cached_encoder_sends_grpc_timeout_without_indexing() -> None:
 
 
 def test_cached_encoder_takes_hpacks_path_for_dicts_and_unhuffman() -> None:
-    ours, plain = _h2compat.CachingEncoder(), hpack.Encoder()
+    ours, plain = _h2fast.CachingEncoder(), hpack.Encoder()
     assert ours.encode({b":method": b"GET", b"x": b"y"}) == plain.encode(
         {b":method": b"GET", b"x": b"y"}
     )
@@ -512,7 +512,7 @@ def test_cached_encoder_takes_hpacks_path_for_dicts_and_unhuffman() -> None:
 @pytest.mark.parametrize("table_size", [4096, 150])
 def test_cached_decoder_matches_hpack(table_size: int, monkeypatch: pytest.MonkeyPatch) -> None:
     encoder = hpack.Encoder()
-    ours, plain = _h2compat.CachingDecoder(), hpack.Decoder()
+    ours, plain = _h2fast.CachingDecoder(), hpack.Decoder()
     blocks = []
     lists = _header_lists(table_size + 1, 100, with_timeout=False)
     for step, headers in enumerate(h for h in lists for _ in range(3)):
@@ -534,14 +534,14 @@ def test_cached_decoder_matches_hpack(table_size: int, monkeypatch: pytest.Monke
     assert slow_path["Decoder"] == len(blocks)
     # The third of each triple repeats the second (fully indexed) block byte for byte.
     assert slow_path["CachingDecoder"] <= len(blocks) * 0.75, "repeats came from the cache"
-    again, fresh = _h2compat.CachingDecoder(), hpack.Decoder()
+    again, fresh = _h2fast.CachingDecoder(), hpack.Decoder()
     for block in blocks:
         assert again.decode(block, raw=True) == fresh.decode(block, raw=True)
     assert ours._blocks, "blocks that left the table alone were cached"
 
 
 def test_cached_decoder_result_is_a_fresh_list_each_time() -> None:
-    decoder = _h2compat.CachingDecoder()
+    decoder = _h2fast.CachingDecoder()
     block = hpack.Encoder().encode([(b":method", b"POST")])  # static index only
     first = decoder.decode(block)
     first.append(("mutated", "by caller"))
@@ -549,7 +549,7 @@ def test_cached_decoder_result_is_a_fresh_list_each_time() -> None:
 
 
 def test_cached_decoder_respects_a_lowered_header_list_limit() -> None:
-    decoder = _h2compat.CachingDecoder()
+    decoder = _h2fast.CachingDecoder()
     block = hpack.Encoder().encode([(b"x-big", b"v" * 500)])
     decoder.decode(block)
     decoder.decode(block)
@@ -559,7 +559,7 @@ def test_cached_decoder_respects_a_lowered_header_list_limit() -> None:
 
 
 def test_table_generation_counts_every_change() -> None:
-    table = _h2compat._CountingHeaderTable()
+    table = _h2fast._CountingHeaderTable()
     start = table.generation
     table.add(b"a", b"b")
     table.maxsize = 100
@@ -571,8 +571,8 @@ def test_table_generation_counts_every_change() -> None:
 def test_connections_use_the_cached_hpack_contexts_end_to_end() -> None:
     client = _h2compat.make_h2_connection(client_side=True)
     server = _h2compat.make_h2_connection(client_side=False)
-    assert isinstance(client.encoder, _h2compat.CachingEncoder)
-    assert isinstance(client.decoder, _h2compat.CachingDecoder)
+    assert isinstance(client.encoder, _h2fast.CachingEncoder)
+    assert isinstance(client.decoder, _h2fast.CachingDecoder)
     client.initiate_connection()
     server.initiate_connection()
     server.receive_data(client.data_to_send())
@@ -690,7 +690,7 @@ def test_frame_buffer_yields_what_h2s_yields(seed: int) -> None:
         step = rng.choice([1, 9, 10, 100, 4096, 70000])
         chunks.append(stream[pos : pos + step])
         pos += step
-    ours, plain = _h2compat._FrameBuffer(), h2.frame_buffer.FrameBuffer()
+    ours, plain = _h2fast.ViewFrameBuffer(), h2.frame_buffer.FrameBuffer()
     ours.max_frame_size = plain.max_frame_size = 1 << 20
     mine = _frames_out(ours, chunks)
     assert mine == _frames_out(plain, chunks)
@@ -718,15 +718,15 @@ def test_frame_buffer_errors_match_h2() -> None:
     head = hf.HeadersFrame(1, data=b"\x82").serialize()
     for data in (big, bytes(bad_padding), head + big[:20], head + lone_continuation):
         for server in (False,):
-            assert outcome(_h2compat._FrameBuffer(server), data) == outcome(
+            assert outcome(_h2fast.ViewFrameBuffer(server), data) == outcome(
                 h2.frame_buffer.FrameBuffer(server), data
             )
     preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
     for data in (preface[:10], preface + head, b"GET / HTTP/1.1\r\n\r\n"):
-        assert outcome(_h2compat._FrameBuffer(True), data) == outcome(
+        assert outcome(_h2fast.ViewFrameBuffer(True), data) == outcome(
             h2.frame_buffer.FrameBuffer(True), data
         )
-    assert outcome(_h2compat._FrameBuffer(True), b"GET / HTTP/1.1\r\n\r\n") == "ProtocolError"
+    assert outcome(_h2fast.ViewFrameBuffer(True), b"GET / HTTP/1.1\r\n\r\n") == "ProtocolError"
 
 
 def test_frame_buffer_survives_a_frame_that_keeps_a_view(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -746,7 +746,7 @@ def test_frame_buffer_survives_a_frame_that_keeps_a_view(monkeypatch: pytest.Mon
     monkeypatch.setattr(hf.PingFrame, "parse_body", keep_view)
     ping = hf.PingFrame(0, opaque_data=b"12345678").serialize()
     data = hf.DataFrame(1, data=b"after").serialize()
-    buffer = _h2compat._FrameBuffer()
+    buffer = _h2fast.ViewFrameBuffer()
     buffer.max_frame_size = 16384
     frames = _frames_out(buffer, [ping + data])
     assert [name for name, *_ in frames] == ["PingFrame", "DataFrame"]

@@ -39,6 +39,7 @@ LAYERS: Dict[str, int] = {
     "protocol.server_call": PROTOCOL,
     "aio": AIO,
     "aio._h2compat": AIO,
+    "aio._h2fast": AIO,
     "aio.dial": AIO,
     "aio.driver": AIO,
     "aio.keepalive": AIO,
