@@ -3,7 +3,7 @@
 Run by ``.ci/run`` after ``.ci/install-balancers.sh`` (python: the CI venv, which has trustme).
 Each balancer gets its own prefix directory, a TLS certificate from trustme, an HTTP/2
 (gRPC-shaped) config in front of two loopback upstream ports, and is started the way the
-balancer tests of issue 8 start it (see ``.ci/balancers.md``). The check passes when each one
+balancer tests start it (see ``.ci/balancers.md``). The check passes when each one
 accepts a TLS connection on 127.0.0.1 and selects ALPN ``h2``, then stops on SIGTERM.
 Nothing listens on the upstream ports: only the balancers themselves are checked here.
 """

@@ -300,7 +300,7 @@ def targets_table(results: Dict[str, Any]) -> List[str]:
         return []
     lines = [
         "",
-        "### Targets from issue 6",
+        "### Targets",
         "",
         "| target | measured | verdict |",
         "| --- | ---: | --- |",

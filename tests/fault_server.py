@@ -1,4 +1,4 @@
-"""A fault-injection HTTP/2 server for the client's robustness tests (issue 3).
+"""A fault-injection HTTP/2 server for the client's robustness tests.
 
 Raw ``h2`` (server side) on asyncio, in the test process, listening on 127.0.0.1 only.
 Each test tells it how to misbehave with a *handler*: an async callable that receives a

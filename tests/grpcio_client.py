@@ -3,7 +3,7 @@
 Connects to ``--target``, prints ``READY 0`` once the channel is ready, then starts
 ``--calls`` concurrent unary calls of ``--method`` with a ``--size``-byte request and prints
 ``RESULT {"OK": n, "CANCELLED": m, ...}`` (status code name -> count), then exits 0.
-Used to measure what grpcio's own client sees against a grpcio server (issue 3, load).
+Used to measure what grpcio's own client sees against a grpcio server (under load).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Host ``WorkerService.grpcio_handler()`` on a grpc.aio server, as a separate process.
 
-Interop case (d) of issue 5: our h2 transport talks to the Wove worker service running on a
+Interop case: our h2 transport talks to the Wove worker service running on a
 *grpcio* server. Started by the tests through ``_support.start_helper("grpcio_worker_host.py",
 args, python=grpcio_python())``; prints ``READY <port>`` once serving and stops on SIGTERM.
 

@@ -1,4 +1,4 @@
-"""Behind real balancers (issue 8): Debian's nginx and HAProxy with TLS in front of two workers.
+"""Behind real balancers: Debian's nginx and HAProxy with TLS in front of two workers.
 
 Each balancer runs as a foreground child process on 127.0.0.1 with its own prefix directory
 (pytest's tmp_path) and the exact config shown in ``docs/deploy.md``

@@ -1,4 +1,4 @@
-"""The client on a bad day (issue 3): every fault ends the call promptly, with the right
+"""The client on a bad day: every fault ends the call promptly, with the right
 status and a ``details()`` a person can act on; refused calls are retried transparently,
 and a call that may have run is never sent twice.
 

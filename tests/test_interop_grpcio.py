@@ -165,7 +165,7 @@ async def test_unix_socket(tmp_path: Path, form: str) -> None:
     path = str(tmp_path / "grpc.sock")
     proc = _start("--bind", f"unix:{path}")
     try:
-        # "unix://" + an absolute path gives the "unix:///path" form of API.md.
+        # "unix://" + an absolute path gives the "unix:///path" target form.
         async with Channel(form.format(path=path)) as ch:
             assert await _call(ch, "/test.Test/Echo", b"unix") == b"unix"
             assert (await _seen_by_server(ch))["peer"].startswith("unix:")

@@ -1,4 +1,4 @@
-"""Robustness of the Channel (issue 3): restarts, reconnect, fork, load, keepalive.
+"""Robustness of the Channel: restarts, reconnect, fork, load, keepalive.
 
 Against the grpcio test server (a separate process, see ``grpcio_server.py``) for restarts,
 fork and load; against a small raw-``h2`` server in this file for keepalive, where the peer
@@ -65,7 +65,7 @@ def _peak_rss_mib() -> float:
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
-# --- restart and reconnect (issue 3.3) ----------------------------------------------------
+# --- restart and reconnect ----------------------------------------------------
 
 
 @pytest.mark.slow
@@ -171,7 +171,7 @@ async def test_call_queued_while_down_succeeds_when_server_returns_within_deadli
             second.stop()
 
 
-# --- fork safety (issue 3.5) --------------------------------------------------------------
+# --- fork safety --------------------------------------------------------------
 
 
 def _child_after_fork(ch: Channel, write_fd: int) -> None:
@@ -249,7 +249,7 @@ def _wait_child(pid: int, seconds: float) -> int:
     return os.waitstatus_to_exitcode(status)
 
 
-# --- load (issue 3.6) ---------------------------------------------------------------------
+# --- load ---------------------------------------------------------------------
 
 
 async def _burst(channel: Channel, calls: int, timeout: float = 60.0) -> Counter[str]:
@@ -337,7 +337,7 @@ async def test_burst_against_default_max_pending_both_clients() -> None:
     assert ours_raised == {"OK": 10_000}
 
 
-# --- keepalive (issue 3.4) ----------------------------------------------------------------
+# --- keepalive ----------------------------------------------------------------
 
 
 class _RawH2Server:

@@ -1,4 +1,4 @@
-"""StatusCode values and the HTTP / HTTP/2 error-code mappings of API.md."""
+"""StatusCode values and the HTTP / HTTP/2 error-code mappings the gRPC HTTP/2 spec fixes."""
 
 from __future__ import annotations
 

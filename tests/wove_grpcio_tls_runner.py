@@ -1,6 +1,6 @@
 """Stock Wove with its own grpcio executor, over TLS with signed security; prints ``RESULT <json>``.
 
-Interop case (c) of issue 5: ``executor="grpc"`` *without* ``wove_h2grpc.install()`` is Wove's
+Interop case: ``executor="grpc"`` *without* ``wove_h2grpc.install()`` is Wove's
 unmodified ``GrpcEnvironmentExecutor`` (grpcio). It runs here, in a separate process under
 ``grpcio_python()``, against ``WorkerService`` on our pure-asyncio Server. The tasks come from
 ``tests/worker_tasks.py`` and travel by reference, valid across interpreters.

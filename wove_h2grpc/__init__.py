@@ -1,6 +1,6 @@
 """wove_h2grpc: a pure-asyncio gRPC transport for Wove on ``h2`` (no grpcio).
 
-The public names of ``API.md`` are exported here. The server, Wove executor and
+The public API's names are exported here. The server, Wove executor and
 worker are imported lazily so that ``import wove_h2grpc`` stays cheap.
 """
 
