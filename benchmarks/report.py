@@ -1,4 +1,4 @@
-"""Render benchmark results as Markdown, check the issue's targets, update docs/benchmarks.md."""
+"""Render benchmark results as Markdown, check the targets, update docs/benchmarks.md."""
 
 from __future__ import annotations
 
@@ -219,7 +219,7 @@ def _cpu(results: Dict[str, Any], server: str, scenario: str, client: str) -> Op
 
 
 def targets(results: Dict[str, Any]) -> List[Tuple[str, str, str]]:
-    """The issue's targets, each as (target, measured, PASS/FAIL/n.a.)."""
+    """The performance targets, each as (target, measured, PASS/FAIL/n.a.)."""
     rows: List[Tuple[str, str, str]] = []
     server = (
         "grpcio"
@@ -294,7 +294,7 @@ def _ratio_row(
 
 
 def targets_table(results: Dict[str, Any]) -> List[str]:
-    """Markdown table of the issue's targets."""
+    """Markdown table of the performance targets."""
     rows = targets(results)
     if not rows:
         return []
