@@ -30,7 +30,7 @@ from .protocol.metadata import (
     normalize_metadata,
 )
 from .protocol.status import StatusCode
-from .protocol.target import Target, parse_target
+from .protocol.target import Target, format_host_port, parse_target
 
 __all__ = ["Channel", "UnaryUnaryMultiCallable"]
 
@@ -657,7 +657,7 @@ class Channel:
             candidates = list(addresses if addresses is not None else await resolve(target))
         last: Optional[GrpcError] = None
         for address in candidates:
-            peer = target.original if address is None else _fmt(address)
+            peer = target.original if address is None else format_host_port(*address)
             remaining = deadline - loop.time()
             if remaining <= 0:
                 break
@@ -722,11 +722,6 @@ class Channel:
             self._conns.discard(conn)
             if conn.error is None:
                 conn.close()
-
-
-def _fmt(address: Tuple[str, int]) -> str:
-    host, port = address
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class UnaryUnaryMultiCallable(Generic[Req, Resp]):

@@ -15,7 +15,7 @@ from typing import Callable, List, Optional, Tuple, Union
 
 from ..errors import GrpcError
 from ..protocol.status import StatusCode
-from ..protocol.target import Target
+from ..protocol.target import Target, format_host_port
 
 __all__ = ["ConnectError", "build_ssl_context", "dial", "resolve"]
 
@@ -129,7 +129,10 @@ async def dial(
     The caller bounds the HTTP/2 preface with the rest of ``timeout``.
     """
     loop = asyncio.get_running_loop()
-    where = target.path.lstrip("\0") if target.kind != "tcp" else _fmt(address)
+    if target.kind != "tcp":
+        where = target.path.lstrip("\0")
+    else:
+        where = format_host_port(*address) if address is not None else target.original
     hostname = server_hostname
     if ssl_context is not None and hostname is None:
         hostname = target.host if target.kind == "tcp" else "localhost"
@@ -177,10 +180,3 @@ async def dial(
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return transport, protocol
-
-
-def _fmt(address: Optional[Tuple[str, int]]) -> str:
-    if address is None:
-        return "?"
-    host, port = address
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
