@@ -26,7 +26,8 @@ from wove.security import NetworkExecutorSecurity, _ensure_network_executor_secu
 
 import wove_h2grpc
 from wove_h2grpc import GrpcError, H2GrpcExecutor, StatusCode
-from wove_h2grpc.wove.codec import encode_command
+from wove_h2grpc import worker as worker_api
+from wove_h2grpc.wove.codec import DEFAULT_METHOD, encode_command
 from wove_h2grpc.wove.executor import (
     CONFIG_KEYS,
     ConfigKeyWarning,
@@ -119,6 +120,13 @@ async def test_config_errors_match_woves_messages() -> None:
     with pytest.raises(ValueError, match="security string must be 'none' or 'env:VARIABLE'"):
         await start(executor, target="127.0.0.1:1", security="secret")
     assert executor.transport is None  # nothing was started
+
+
+def test_default_method_is_woves_and_shared_by_both_sides() -> None:
+    # Wove's grpc executor calls this path when executor_config has no "method".
+    assert DEFAULT_METHOD == wove.environment._GRPC_DEFAULT_METHOD
+    assert worker_api.DEFAULT_METHOD is DEFAULT_METHOD
+    assert worker_api.WorkerService(allow_unsigned=True).method == DEFAULT_METHOD
 
 
 def _woves_message(**kwargs: Any) -> str:

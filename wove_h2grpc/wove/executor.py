@@ -41,7 +41,7 @@ from ..client import Channel
 from ..errors import GrpcError
 from ..protocol.metadata import normalize_metadata
 from ..protocol.status import StatusCode
-from .codec import CODECS, decode_events, encode_command
+from .codec import CODECS, DEFAULT_METHOD, decode_events, encode_command
 
 __all__ = [
     "CONFIG_KEYS",
@@ -56,9 +56,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-#: Wove's default method path for the grpc executor.
-DEFAULT_METHOD = "/wove.network_executor.WorkerService/Send"
 
 #: Values of ``executor_config["transport"]``.
 TRANSPORTS = ("h2", "grpcio", "auto")
