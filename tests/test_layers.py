@@ -39,6 +39,7 @@ LAYERS: Dict[str, int] = {
     "aio._h2compat": AIO,
     "aio.dial": AIO,
     "aio.options": AIO,
+    "aio.pool": AIO,
     "aio.connection": AIO,
     "client": API,
     "server": API,
