@@ -11,6 +11,7 @@ import asyncio
 import gc
 import importlib.abc
 import os
+import re
 import sys
 import time
 import warnings
@@ -169,6 +170,51 @@ async def test_non_local_needs_tls_and_security_as_in_wove(
     await executor.stop()
 
 
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ("http://workers.example:1", "unsupported target scheme 'http'"),
+        ("workers.example:notaport", "invalid port 'notaport'"),
+        ("dns://workers.example", "must be dns:///host:port"),
+    ],
+)
+async def test_malformed_target_is_reported_before_the_security_rule(
+    target: str, message: str
+) -> None:
+    # Non-local, no TLS, no security: the security rule would refuse it, but the target is
+    # wrong first, and that is what the user must fix.
+    with pytest.raises(ValueError, match=r"^executor_config: .*" + re.escape(message)):
+        await start(H2GrpcExecutor(), target=target)
+
+
+async def test_channel_option_errors_are_woves_sentences() -> None:
+    with pytest.raises(ValueError) as info:
+        await start(H2GrpcExecutor(), target="127.0.0.1:1", private_key=b"k", secure=True)
+    assert str(info.value) == (
+        "executor_config.private_key and executor_config.certificate_chain must be given "
+        "together (mutual TLS)."
+    )
+    with pytest.raises(ValueError) as info:
+        await start(H2GrpcExecutor(), target="127.0.0.1:1", connect_timeout=-1)
+    assert str(info.value) == (
+        "executor_config.connect_timeout must be a positive number of seconds, not -1."
+    )
+    with pytest.raises(ValueError) as info:
+        await start(H2GrpcExecutor(), target="127.0.0.1:1", root_certificates=b"x")
+    assert str(info.value) == (
+        "executor_config.root_certificates needs executor_config.secure=True."
+    )
+
+
+async def test_connect_timeout_none_means_the_default() -> None:
+    executor = await start(H2GrpcExecutor(), target="127.0.0.1:1", connect_timeout=None)
+    try:
+        assert executor._channel is not None  # type: ignore[attr-defined]
+        assert executor._channel._opts.connect_timeout == 20.0  # type: ignore[attr-defined]
+    finally:
+        await executor.stop()
+
+
 async def test_local_targets_need_neither_tls_nor_security() -> None:
     for target in ("localhost:1", "127.0.0.1:1", "[::1]:1", "ipv4:127.0.0.1:1", "unix:/tmp/x"):
         executor = await start(H2GrpcExecutor(), target=target)
@@ -195,6 +241,15 @@ async def test_local_targets_need_neither_tls_nor_security() -> None:
         ({"root_certificates": 5, "secure": True}, TypeError, "root_certificates must be PEM"),
         ({"metadata": {"Bad Key": "v"}}, ValueError, "executor_config.metadata: metadata key"),
         ({"target": "127.0.0.1:notaport"}, ValueError, "executor_config: "),
+        ({"root_certificates": "caf\u00e9", "secure": True}, ValueError, "must be ASCII PEM"),
+        ({"root_certificates": "not pem", "secure": True}, ValueError, "is not valid PEM"),
+        ({"authority": ""}, ValueError, r"^executor_config\.authority must be a non-empty"),
+        (
+            {"max_receive_message_length": 1.5},
+            TypeError,
+            r"^executor_config\.max_receive_message_length must be a positive number of bytes "
+            r"or -1 \(unlimited\), not 1\.5\.$",
+        ),
     ],
 )
 async def test_h2_key_validation(config: Dict[str, Any], error: type, match: str) -> None:
@@ -460,6 +515,22 @@ def test_retryable_only_where_the_call_provably_did_not_run() -> None:
                  StatusCode.CANCELLED, StatusCode.UNAUTHENTICATED):  # fmt: skip
         assert not _is_retryable(GrpcError(code, "x"))
     assert not _is_retryable(RuntimeError("not a gRPC error"))
+
+
+async def test_no_connection_error_is_marked_never_sent_and_retryable() -> None:
+    # The channel's own "waited for a connection, got none" error carries request_sent=False.
+    executor = await start(
+        H2GrpcExecutor(), target=f"127.0.0.1:{closed_port()}", timeout=5.0, connect_timeout=0.3
+    )
+    try:
+        await executor.send(run_task("never:1"))
+        event = (await events_until_terminal(executor, ["never:1"], timeout=10))["never:1"][-1]
+        assert event["type"] == "task_error"
+        assert event["error"]["grpc_status"] == "UNAVAILABLE"
+        assert "no connection to" in event["error"]["grpc_details"]
+        assert event["error"]["retryable"] is True
+    finally:
+        await executor.stop()
 
 
 async def test_unpicklable_task_is_a_transport_error(target: str) -> None:
