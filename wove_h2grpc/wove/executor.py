@@ -41,7 +41,6 @@ from ..aio.options import ChannelOptions
 from ..client import Channel
 from ..errors import GrpcError
 from ..protocol.metadata import normalize_metadata
-from ..protocol.status import StatusCode
 from ..protocol.target import parse_target
 from .codec import CODECS, DEFAULT_METHOD, decode_events, encode_command
 
@@ -217,29 +216,14 @@ def _parse_settings(config: Mapping[str, Any]) -> _Settings:
     )
 
 
-def _request_unsent(exc: GrpcError) -> bool:
-    """True when the request provably never reached the worker's application."""
-    flag = getattr(exc, "request_sent", None)
-    if flag is not None:
-        return flag is False
-    # The Channel's "waited for a connection and got none" error: nothing was written.
-    return exc.details().startswith("no connection to ")
-
-
 def _is_retryable(exc: BaseException) -> bool:
-    """True only where the call provably did not run (safe to send again)."""
-    if not isinstance(exc, GrpcError):
-        return False
-    code = exc.code()
-    # UNAVAILABLE is retryable only before the request left this process (connect failed,
-    # stream refused): after that, the worker may have run the task.
-    if code is StatusCode.UNAVAILABLE:
-        return _request_unsent(exc)
-    # RESOURCE_EXHAUSTED from the peer's flow control (RST_STREAM ENHANCE_YOUR_CALM) means
-    # the server shed the stream; a local message-size limit (the task ran) is not retryable.
-    if code is StatusCode.RESOURCE_EXHAUSTED:
-        return _request_unsent(exc) or "ENHANCE_YOUR_CALM" in exc.details()
-    return False
+    """True only where the request provably never reached the worker's application.
+
+    That is ``GrpcError.request_sent is False`` (no connection, still queued, stream
+    refused, above a GOAWAY's last stream id): sending it again cannot run the task twice.
+    Anything else (sent, or unknown) may have run, whatever its status code.
+    """
+    return isinstance(exc, GrpcError) and exc.request_sent is False
 
 
 def _error_frame(
