@@ -40,6 +40,7 @@ LAYERS: Dict[str, int] = {
     "aio.dial": AIO,
     "aio.options": AIO,
     "aio.pool": AIO,
+    "aio.resolver": AIO,
     "aio.connection": AIO,
     "client": API,
     "server": API,

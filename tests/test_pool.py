@@ -15,6 +15,7 @@ from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple, TypeVa
 import pytest
 
 import wove_h2grpc.aio.pool as pool_mod
+import wove_h2grpc.aio.resolver as resolver_mod
 from wove_h2grpc import GrpcError, StatusCode
 from wove_h2grpc.aio.dial import ConnectError
 from wove_h2grpc.aio.pool import Backoff, Pool, SubchannelState
@@ -444,7 +445,7 @@ async def test_resolution_failure_is_reported_and_never_sent() -> None:
 async def test_reresolution_adds_new_addresses_and_drains_the_gone(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(pool_mod, "_RESOLVE_INTERVAL", 0.05)
+    monkeypatch.setattr(resolver_mod, "_RESOLVE_INTERVAL", 0.05)
     net = Network()
     pool = round_robin(net, A, reresolve=True)
     old = await bounded(pool.assign())
@@ -460,7 +461,7 @@ async def test_reresolution_adds_new_addresses_and_drains_the_gone(
 async def test_failed_connections_trigger_rate_limited_reresolution(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(pool_mod, "_RESOLVE_MIN_INTERVAL", 0.1)
+    monkeypatch.setattr(resolver_mod, "_RESOLVE_MIN_INTERVAL", 0.1)
     net = Network()
     net.refuse(A)
     pool = round_robin(net, A, reresolve=True)
@@ -609,3 +610,19 @@ async def test_a_forked_child_drops_the_parents_connections(
     await bounded(pool.close())  # closing in a (grand)child drops without touching
     assert childs.abandoned
     assert not childs.closed.done()
+
+
+def test_periodic_resolution_resumes_on_a_new_event_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(resolver_mod, "_RESOLVE_INTERVAL", 0.05)
+    net = Network()
+    pool = round_robin(net, A, reresolve=True)
+
+    async def use(wait: float) -> int:
+        await bounded(pool.assign())
+        before = len(net.lookups)
+        await asyncio.sleep(wait)
+        return len(net.lookups) - before
+
+    assert asyncio.run(use(0.01)) == 0  # resolved once, the next is 50 ms away
+    assert asyncio.run(use(0.3)) >= 2  # the old loop's timer is gone; a new one runs here
+    asyncio.run(pool.close())

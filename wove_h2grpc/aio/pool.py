@@ -2,9 +2,10 @@
 
 The pool never opens a socket itself. It is handed ``connect(addresses)``, a coroutine
 function that returns a connection which has completed the HTTP/2 preface (``addresses``
-is None for "the whole target"), and, for DNS targets under round_robin, ``resolve()``.
-Under ``pick_first`` there is one subchannel that dials the target; under ``round_robin``
-one per resolved address. :meth:`Pool.assign` is the one place a call gets its connection.
+is None for "the whole target"), and, under round_robin, ``resolve()``. Under
+``pick_first`` one subchannel dials the target; under ``round_robin`` there is one per
+resolved address (``aio.resolver`` keeps a DNS answer fresh). :meth:`Pool.assign` is the
+one place a call gets its connection.
 
 Per-event-loop and per-process state (connections, tasks, timers, futures) is reset in one
 place, :meth:`Pool._reset`: when the pool is used from another event loop (a new
@@ -21,22 +22,12 @@ import os
 import random
 import time
 from dataclasses import dataclass
-from typing import (
-    Any,
-    Awaitable,
-    Callable,
-    Generic,
-    List,
-    Optional,
-    Protocol,
-    Set,
-    Tuple,
-    TypeVar,
-)
+from typing import Any, Awaitable, Callable, Generic, List, Optional, Protocol, Set, Tuple, TypeVar
 
 from ..errors import GrpcError
 from ..protocol.status import StatusCode
 from .dial import ConnectError
+from .resolver import Resolver
 
 __all__ = ["Backoff", "Connection", "Pool", "Subchannel", "SubchannelState"]
 
@@ -47,10 +38,6 @@ Address = Tuple[str, int]
 # A call without a deadline waits connect_timeout for a connection, plus this moment so
 # that the attempt it joined can finish and report its own error first.
 _CONNECT_REPORT_GRACE = 0.5
-# DNS targets under round_robin: re-resolved this often, and after a connection fails, but
-# never more often than _RESOLVE_MIN_INTERVAL (grpc re-resolves on failure too).
-_RESOLVE_INTERVAL = 30.0
-_RESOLVE_MIN_INTERVAL = 2.0
 
 # Bumped in a forked child: every connection made before the fork belongs to the parent.
 _fork_generation = [0]
@@ -201,7 +188,8 @@ class Subchannel(Generic[C]):
                 delay = self._count_failure()
                 self.state = SubchannelState.TRANSIENT_FAILURE
                 logger.debug("connect failed (%s); next attempt in %.2fs", exc.details(), delay)
-                pool._request_resolution()
+                if pool._resolver is not None:
+                    pool._resolver.request()
                 pool._notify()
                 if self.waiters == 0 and not self.keep_trying:
                     return
@@ -249,21 +237,24 @@ class Pool(Generic[C]):
         self._connect = connect
         self._target = target
         self._round_robin = lb_policy == "round_robin"
-        self._resolve = resolve if self._round_robin else None
-        self._reresolve = reresolve and self._resolve is not None
+        self._resolver: Optional[Resolver] = None
+        if resolve is not None and self._round_robin:
+            self._resolver = Resolver(
+                resolve,
+                target=target,
+                periodic=reresolve,
+                on_addresses=self._set_addresses,
+                on_done=self._notify,
+            )
         self._connect_timeout = connect_timeout
         self.backoff = backoff or Backoff()
         self._closed = False
         self._subchannels: List[Subchannel[C]] = []
         self._rr_index = 0
-        self._resolved_at = 0.0
-        self._resolve_error: Optional[GrpcError] = None
         self._conns: Set[C] = set()
         # Bound to the event loop in self._loop, and to this process: see _reset().
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._fork_gen = _fork_generation[0]
-        self._resolving: Optional[asyncio.Task[None]] = None
-        self._resolve_timer: Optional[asyncio.TimerHandle] = None
         self._changed: Optional[asyncio.Future[None]] = None
 
     # ------------------------------------------------------------------ public
@@ -328,7 +319,9 @@ class Pool(Generic[C]):
             self._reset(None)
             self._subchannels = []
             return
-        self._stop_resolution()
+        if self._resolver is not None:
+            self._resolver.stop()
+        self._notify()
         for sub in self._subchannels:
             sub.state = SubchannelState.SHUTDOWN
             if sub.task is not None and not sub.task.done():
@@ -469,27 +462,27 @@ class Pool(Generic[C]):
         self._conns = set()
         for sub in self._subchannels:
             sub.reset()
-        self._resolving = None
-        self._resolve_timer = None
+        if self._resolver is not None:
+            self._resolver.reset(loop)
         self._changed = None
         self._fork_gen = _fork_generation[0]
         self._loop = loop
 
-    # ------------------------------------------------------------ resolution
+    # ----------------------------------------------------------- subchannels
 
     async def _ensure_subchannels(self) -> None:
         """One subchannel for the whole target, or (round_robin) one per resolved address.
 
-        round_robin resolves once here; afterwards a timer (``_RESOLVE_INTERVAL``) and
-        failed connections (``_request_resolution``) keep the address list fresh.
+        round_robin resolves once here; afterwards the resolver keeps the list fresh.
         """
-        if self._resolve is None:
+        resolver = self._resolver
+        if resolver is None:
             if not self._subchannels:
                 self._subchannels = [Subchannel(self, None)]
             return
         if self._subchannels:
             return
-        task = self._start_resolution()
+        task = resolver.start()
         try:
             await asyncio.shield(task)
         except asyncio.CancelledError:
@@ -497,45 +490,14 @@ class Pool(Generic[C]):
                 raise  # the caller was cancelled
             raise GrpcError(StatusCode.CANCELLED, "channel is closed", request_sent=False) from None
         if not self._subchannels:
-            raise self._resolve_error or GrpcError(
+            raise resolver.error or GrpcError(
                 StatusCode.UNAVAILABLE, f"{self._target} resolved to no address", request_sent=False
             )
 
-    def _start_resolution(self) -> asyncio.Task[None]:
-        """Resolve the target now (one resolution at a time, shared by every waiter)."""
-        task = self._resolving
-        if task is None or task.done():
-            task = self._resolving = asyncio.get_running_loop().create_task(self._resolve_now())
-        return task
-
-    async def _resolve_now(self) -> None:
-        """Resolve off the hot path and apply the answer; never raises (errors are kept)."""
-        resolve = self._resolve
-        if resolve is None:
-            return
-        try:
-            addresses = await resolve()
-        except GrpcError as exc:
-            self._resolve_error = exc
-            if self._subchannels:
-                logger.warning(
-                    "re-resolving %s failed (%s); keeping its %d known addresses",
-                    self._target,
-                    exc.details(),
-                    len(self._subchannels),
-                )
-            addresses = []
-        else:
-            self._resolve_error = None
-        self._resolved_at = asyncio.get_running_loop().time()
-        if addresses and not self._closed:
-            self._set_addresses(addresses)
-        if self._reresolve and not self._closed:
-            self._schedule_resolution(_RESOLVE_INTERVAL if addresses else _RESOLVE_MIN_INTERVAL)
-        self._notify()
-
     def _set_addresses(self, addresses: List[Address]) -> None:
         """One subchannel per address: keep known ones, start new ones, shut down the gone."""
+        if self._closed:
+            return
         known = {tuple(s.addresses or ()): s for s in self._subchannels}
         subs = []
         for address in addresses:
@@ -552,38 +514,3 @@ class Pool(Generic[C]):
             for sub in subs:
                 if sub.task is None and sub.conn is None:
                     sub.connect_soon()
-
-    def _schedule_resolution(self, delay: float) -> None:
-        """Resolve again after ``delay`` seconds, unless a resolution is due sooner."""
-        loop = self._loop
-        if loop is None or self._closed:
-            return
-        timer = self._resolve_timer
-        if timer is not None:
-            if timer.when() <= loop.time() + delay:
-                return
-            timer.cancel()
-        self._resolve_timer = loop.call_later(delay, self._on_resolve_timer)
-
-    def _on_resolve_timer(self) -> None:
-        self._resolve_timer = None
-        if not self._closed:
-            self._start_resolution()
-
-    def _request_resolution(self) -> None:
-        """A connection attempt failed: re-resolve a DNS target soon (rate limited)."""
-        loop = self._loop
-        if not self._reresolve or loop is None:
-            return
-        self._schedule_resolution(max(self._resolved_at + _RESOLVE_MIN_INTERVAL - loop.time(), 0))
-
-    def _stop_resolution(self) -> None:
-        """Cancel resolution (the pool is closing); wake the waiters."""
-        if self._resolve_timer is not None:
-            self._resolve_timer.cancel()
-            self._resolve_timer = None
-        task = self._resolving
-        self._resolving = None
-        if task is not None and not task.done():
-            task.cancel()
-        self._notify()
