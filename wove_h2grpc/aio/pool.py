@@ -284,7 +284,7 @@ class Pool(Generic[C]):
         DEADLINE_EXCEEDED, or CANCELLED once the pool is closed.
         """
         loop = asyncio.get_running_loop()
-        if self._loop is not loop or self._fork_gen != _fork_generation[0]:
+        if self._stale(loop):
             self._reset(loop)
         conn = self._pick() if not self._closed else None
         if conn is None:
@@ -304,7 +304,7 @@ class Pool(Generic[C]):
         follows spreads over every address; UNAVAILABLE if none connected.
         """
         loop = asyncio.get_running_loop()
-        if self._loop is not loop or self._fork_gen != _fork_generation[0]:
+        if self._stale(loop):
             self._reset(loop)
         return await self._wait(loop, None, fail_fast=True, try_all=True)
 
@@ -313,7 +313,7 @@ class Pool(Generic[C]):
         if self._closed:
             return
         self._closed = True
-        if self._loop is not asyncio.get_running_loop() or self._fork_gen != _fork_generation[0]:
+        if self._stale(asyncio.get_running_loop()):
             # Connections, timers and tasks of another event loop (a finished asyncio.run(),
             # or the parent before a fork) cannot be touched from this one: drop them.
             self._reset(None)
@@ -447,6 +447,10 @@ class Pool(Generic[C]):
             self._conns.discard(conn)
             if conn.error is None:
                 conn.close()
+
+    def _stale(self, loop: asyncio.AbstractEventLoop) -> bool:
+        """True when the pool's state belongs to another event loop or to the parent process."""
+        return self._loop is not loop or self._fork_gen != _fork_generation[0]
 
     def _reset(self, loop: Optional[asyncio.AbstractEventLoop]) -> None:
         """Drop what belongs to another event loop or, after a fork, to the parent process.
