@@ -118,7 +118,7 @@ async def test_client_call_leaves_nothing_behind(
                 assert isinstance(result, GrpcError) and result.code() is expected, result
             await _settle()
             assert not _live_timers(loop, "_on_deadline")
-            for conn in channel._conns:
+            for conn in channel._pool.connections():
                 assert not conn._streams and not conn._queue and not conn._blocked
             assert not _other_tasks() or all(
                 "_connect_loop" in repr(t) or "FaultServer" in repr(t) or "_accept" in repr(t)

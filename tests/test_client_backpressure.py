@@ -45,7 +45,7 @@ async def test_request_bodies_wait_while_the_transport_is_paused() -> None:
             calls = [asyncio.ensure_future(rpc(b"x" * MiB, timeout=1.5)) for _ in range(20)]
             await asyncio.wait_for(stop_reading.wait(), 5)
             await asyncio.sleep(0.5)
-            (conn,) = channel._conns
+            (conn,) = channel._pool.connections()
             transport = conn.transport
             assert transport is not None
             buffered = transport.get_write_buffer_size()

@@ -11,6 +11,7 @@ import asyncio
 import gc
 import importlib.abc
 import os
+import re
 import sys
 import time
 import warnings
@@ -26,7 +27,8 @@ from wove.security import NetworkExecutorSecurity
 
 import wove_h2grpc
 from wove_h2grpc import GrpcError, H2GrpcExecutor, StatusCode
-from wove_h2grpc.wove.codec import encode_command
+from wove_h2grpc import worker as worker_api
+from wove_h2grpc.wove.codec import DEFAULT_METHOD, encode_command
 from wove_h2grpc.wove.executor import (
     CONFIG_KEYS,
     ConfigKeyWarning,
@@ -133,6 +135,13 @@ _NO_SECURITY = (
 )
 
 
+def test_default_method_is_woves_and_shared_by_both_sides() -> None:
+    # Wove's grpc executor calls this path when executor_config has no "method".
+    assert DEFAULT_METHOD == wove.environment._GRPC_DEFAULT_METHOD
+    assert worker_api.DEFAULT_METHOD is DEFAULT_METHOD
+    assert worker_api.WorkerService(allow_unsigned=True).method == DEFAULT_METHOD
+
+
 @pytest.mark.parametrize(
     ("config", "message"),
     [
@@ -176,6 +185,51 @@ async def test_local_targets_need_neither_tls_nor_security(local: str, remote: s
 
 
 @pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ("http://workers.example:1", "unsupported target scheme 'http'"),
+        ("workers.example:notaport", "invalid port 'notaport'"),
+        ("dns://workers.example", "must be dns:///host:port"),
+    ],
+)
+async def test_malformed_target_is_reported_before_the_security_rule(
+    target: str, message: str
+) -> None:
+    # Non-local, no TLS, no security: the security rule would refuse it, but the target is
+    # wrong first, and that is what the user must fix.
+    with pytest.raises(ValueError, match=r"^executor_config: .*" + re.escape(message)):
+        await start(H2GrpcExecutor(), target=target)
+
+
+async def test_channel_option_errors_are_woves_sentences() -> None:
+    with pytest.raises(ValueError) as info:
+        await start(H2GrpcExecutor(), target="127.0.0.1:1", private_key=b"k", secure=True)
+    assert str(info.value) == (
+        "executor_config.private_key and executor_config.certificate_chain must be given "
+        "together (mutual TLS)."
+    )
+    with pytest.raises(ValueError) as info:
+        await start(H2GrpcExecutor(), target="127.0.0.1:1", connect_timeout=-1)
+    assert str(info.value) == (
+        "executor_config.connect_timeout must be a positive number of seconds, not -1."
+    )
+    with pytest.raises(ValueError) as info:
+        await start(H2GrpcExecutor(), target="127.0.0.1:1", root_certificates=b"x")
+    assert str(info.value) == (
+        "executor_config.root_certificates needs executor_config.secure=True."
+    )
+
+
+async def test_connect_timeout_none_means_the_default() -> None:
+    executor = await start(H2GrpcExecutor(), target="127.0.0.1:1", connect_timeout=None)
+    try:
+        assert executor._channel is not None  # type: ignore[attr-defined]
+        assert executor._channel._opts.connect_timeout == 20.0  # type: ignore[attr-defined]
+    finally:
+        await executor.stop()
+
+
+@pytest.mark.parametrize(
     ("config", "error", "match"),
     [
         ({"codec": "xml"}, ValueError, "executor_config.codec must be 'json' or 'msgpack'"),
@@ -195,6 +249,15 @@ async def test_local_targets_need_neither_tls_nor_security(local: str, remote: s
         ({"root_certificates": 5, "secure": True}, TypeError, "root_certificates must be PEM"),
         ({"metadata": {"Bad Key": "v"}}, ValueError, "executor_config.metadata: metadata key"),
         ({"target": "127.0.0.1:notaport"}, ValueError, "executor_config: "),
+        ({"root_certificates": "caf\u00e9", "secure": True}, ValueError, "must be ASCII PEM"),
+        ({"root_certificates": "not pem", "secure": True}, ValueError, "is not valid PEM"),
+        ({"authority": ""}, ValueError, r"^executor_config\.authority must be a non-empty"),
+        (
+            {"max_receive_message_length": 1.5},
+            TypeError,
+            r"^executor_config\.max_receive_message_length must be a positive number of bytes "
+            r"or -1 \(unlimited\), not 1\.5\.$",
+        ),
     ],
 )
 async def test_h2_key_validation(config: Dict[str, Any], error: type, match: str) -> None:
@@ -442,24 +505,43 @@ async def test_call_timeout_is_deadline_exceeded_not_retryable(target: str) -> N
 
 
 def test_retryable_only_where_the_call_provably_did_not_run() -> None:
-    unsent = GrpcError(StatusCode.UNAVAILABLE, "connect failed")
-    unsent.request_sent = False  # type: ignore[attr-defined]
-    sent = GrpcError(StatusCode.UNAVAILABLE, "connection lost")
-    sent.request_sent = True  # type: ignore[attr-defined]
-    assert _is_retryable(unsent)
-    assert not _is_retryable(sent)
-    assert not _is_retryable(GrpcError(StatusCode.UNAVAILABLE, "unknown whether sent"))
-    assert _is_retryable(GrpcError(StatusCode.UNAVAILABLE, "no connection to h:1; last ..."))
-    calm = GrpcError(
-        StatusCode.RESOURCE_EXHAUSTED, "stream reset by server (RST_STREAM ENHANCE_YOUR_CALM)"
-    )
-    assert _is_retryable(calm)
+    for code in StatusCode:
+        assert _is_retryable(GrpcError(code, "x", request_sent=False)), code
+        assert not _is_retryable(GrpcError(code, "x", request_sent=True)), code
+        assert not _is_retryable(GrpcError(code, "x")), code  # unknown: it may have run
+    # The text of an error decides nothing: only request_sent does.
+    assert not _is_retryable(GrpcError(StatusCode.UNAVAILABLE, "no connection to h:1; last ..."))
     too_big = GrpcError(StatusCode.RESOURCE_EXHAUSTED, "Received message larger than max (5 vs. 4)")
     assert not _is_retryable(too_big)
-    for code in (StatusCode.DEADLINE_EXCEEDED, StatusCode.UNKNOWN, StatusCode.INTERNAL,
-                 StatusCode.CANCELLED, StatusCode.UNAUTHENTICATED):  # fmt: skip
-        assert not _is_retryable(GrpcError(code, "x"))
     assert not _is_retryable(RuntimeError("not a gRPC error"))
+
+
+def test_enhance_your_calm_is_retryable_only_when_the_request_was_not_sent() -> None:
+    # A server that ran stream 1 and then sent GOAWAY ENHANCE_YOUR_CALM (last stream id 1):
+    # the call may have run, so it must not be sent again.
+    details = "connection closed by the server (GOAWAY ENHANCE_YOUR_CALM, last stream 1)"
+    ran = GrpcError(StatusCode.RESOURCE_EXHAUSTED, details, request_sent=None, h2_error_code=0xB)
+    assert not _is_retryable(ran)
+    refused = GrpcError(
+        StatusCode.RESOURCE_EXHAUSTED, details, request_sent=False, h2_error_code=0xB
+    )
+    assert _is_retryable(refused)
+
+
+async def test_no_connection_error_is_marked_never_sent_and_retryable() -> None:
+    # The channel's own "waited for a connection, got none" error carries request_sent=False.
+    executor = await start(
+        H2GrpcExecutor(), target=f"127.0.0.1:{closed_port()}", timeout=5.0, connect_timeout=0.3
+    )
+    try:
+        await executor.send(run_task("never:1"))
+        event = (await events_until_terminal(executor, ["never:1"], timeout=10))["never:1"][-1]
+        assert event["type"] == "task_error"
+        assert event["error"]["grpc_status"] == "UNAVAILABLE"
+        assert "no connection to" in event["error"]["grpc_details"]
+        assert event["error"]["retryable"] is True
+    finally:
+        await executor.stop()
 
 
 async def test_unpicklable_task_is_a_transport_error(target: str) -> None:

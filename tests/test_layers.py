@@ -45,6 +45,8 @@ LAYERS: Dict[str, int] = {
     "aio.keepalive": AIO,
     "aio.server_conn": AIO,
     "aio.options": AIO,
+    "aio.pool": AIO,
+    "aio.resolver": AIO,
     "aio.connection": AIO,
     "client": API,
     "server": API,

@@ -18,7 +18,7 @@ import pytest
 from _scaleout_support import RUN_BOUND, WHO, Replicas, Run, assert_share, wait_for
 from _support import HelperProcess
 
-import wove_h2grpc.client as channel_mod
+import wove_h2grpc.aio.resolver as resolver_mod
 from wove_h2grpc import Channel, GrpcError, StatusCode
 
 
@@ -315,7 +315,7 @@ async def test_dns_reresolved_when_connections_fail(
     replicas: Replicas, headless: Tuple[int, List[str]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The only resolved replica dies and the name now points elsewhere: calls move there."""
-    monkeypatch.setattr(channel_mod, "_RESOLVE_MIN_INTERVAL", 0.2)
+    monkeypatch.setattr(resolver_mod, "_RESOLVE_MIN_INTERVAL", 0.2)
     port, _ = headless
     old = replicas.start("127.0.0.4", f"127.0.0.4:{port}")
     dns = FakeDns(monkeypatch, "workers.headless.test")
@@ -337,7 +337,7 @@ async def test_dns_reresolved_when_connections_fail(
 async def test_dns_reresolved_at_an_interval_picks_up_new_replicas(
     headless: Tuple[int, List[str]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(channel_mod, "_RESOLVE_INTERVAL", 0.3)
+    monkeypatch.setattr(resolver_mod, "_RESOLVE_INTERVAL", 0.3)
     port, _ = headless
     dns = FakeDns(monkeypatch, "workers.headless.test")
     dns.addresses = ["127.0.0.1"]

@@ -6,7 +6,12 @@ import re
 
 import pytest
 
-from wove_h2grpc.protocol.target import Target, parse_bind_address, parse_target
+from wove_h2grpc.protocol.target import (
+    Target,
+    format_host_port,
+    parse_bind_address,
+    parse_target,
+)
 
 
 @pytest.mark.parametrize(
@@ -207,3 +212,18 @@ async def test_server_refuses_a_relative_unix_bind_address() -> None:
             await server.start("unix:relative.sock")
     finally:
         await server.stop()
+
+
+@pytest.mark.parametrize(
+    ("host", "port", "text"),
+    [
+        ("localhost", 50051, "localhost:50051"),
+        ("10.0.0.1", 80, "10.0.0.1:80"),
+        ("::1", 443, "[::1]:443"),
+        ("fe80::1%eth0", 9, "[fe80::1%eth0]:9"),
+    ],
+)
+def test_format_host_port_brackets_ipv6_only(host: str, port: int, text: str) -> None:
+    assert format_host_port(host, port) == text
+    if "%" not in host:  # a zone id is not a target form
+        assert parse_target(text).addresses == ((host, port),)

@@ -33,7 +33,7 @@ import time
 from typing import Any, Callable, Dict, List, NoReturn, Optional, Sequence, Tuple
 
 from ._version import __version__
-from .protocol.target import parse_bind_address
+from .protocol.target import format_host_port, parse_bind_address
 
 __all__ = ["main"]
 
@@ -348,8 +348,7 @@ def _display_address(bind: str, port: int) -> str:
     target = parse_bind_address(bind)
     if target.kind != "tcp":
         return bind
-    host = target.host
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return format_host_port(target.host, port)
 
 
 def _install_stop_handlers(loop: asyncio.AbstractEventLoop, stop: Callable[[], None]) -> None:

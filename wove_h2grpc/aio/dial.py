@@ -11,15 +11,13 @@ import contextlib
 import os
 import socket
 import ssl
-from typing import Callable, List, Optional, Tuple, Union
+from typing import Callable, List, Optional, Tuple
 
 from ..errors import GrpcError
 from ..protocol.status import StatusCode
-from ..protocol.target import Target
+from ..protocol.target import Target, format_host_port
 
-__all__ = ["ConnectError", "build_ssl_context", "dial", "resolve"]
-
-Pem = Union[bytes, str]
+__all__ = ["ConnectError", "build_ssl_context", "dial", "pem_bytes", "resolve"]
 
 
 class ConnectError(GrpcError):
@@ -31,12 +29,16 @@ class ConnectError(GrpcError):
     """
 
     def __init__(self, details: str, *, permanent: bool = False) -> None:
-        super().__init__(StatusCode.UNAVAILABLE, details)
+        # Nothing of a call is sent before its connection exists.
+        super().__init__(StatusCode.UNAVAILABLE, details, request_sent=False)
         self.permanent = permanent
 
 
-def _pem_bytes(value: Pem, name: str) -> bytes:
+def pem_bytes(value: object, name: str) -> bytes:
+    """PEM given as bytes or (ASCII) str, as bytes; the error names the option ``name``."""
     if isinstance(value, str):
+        if not value.isascii():
+            raise ValueError(f"{name} must be ASCII PEM text")
         return value.encode("ascii")
     if isinstance(value, (bytes, bytearray)):
         return bytes(value)
@@ -45,29 +47,26 @@ def _pem_bytes(value: Pem, name: str) -> bytes:
 
 def build_ssl_context(
     *,
-    root_certificates: Optional[Pem] = None,
-    private_key: Optional[Pem] = None,
-    certificate_chain: Optional[Pem] = None,
+    root_certificates: Optional[bytes] = None,
+    client_identity: Optional[Tuple[bytes, bytes]] = None,
+    field_name: Callable[[str], str] = str,
 ) -> ssl.SSLContext:
-    """A client SSLContext: verification on, ALPN ``h2``, optional client key/chain (mTLS).
+    """A client SSLContext: verification on, TLS 1.2 or newer, ALPN ``h2``.
 
-    ``root_certificates=None`` trusts the system store. Raises ValueError for PEM that
-    does not load, naming which argument was wrong.
+    ``root_certificates=None`` trusts the system store; ``client_identity`` is the PEM
+    ``(private_key, certificate_chain)`` pair for mutual TLS. PEM that does not load raises
+    ValueError naming the option (as ``field_name`` spells it).
     """
     context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
     if root_certificates is not None:
-        cadata = _pem_bytes(root_certificates, "root_certificates").decode("ascii", "replace")
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         try:
-            context.load_verify_locations(cadata=cadata)
+            context.load_verify_locations(cadata=root_certificates.decode("ascii", "replace"))
         except (ssl.SSLError, ValueError) as exc:
-            raise ValueError(f"root_certificates is not valid PEM: {exc}") from None
+            raise ValueError(f"{field_name('root_certificates')} is not valid PEM: {exc}") from None
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    if (private_key is None) != (certificate_chain is None):
-        raise ValueError("private_key and certificate_chain must be given together (mutual TLS)")
-    if private_key is not None and certificate_chain is not None:
-        key = _pem_bytes(private_key, "private_key")
-        chain = _pem_bytes(certificate_chain, "certificate_chain")
+    if client_identity is not None:
+        key, chain = client_identity
         # ssl only loads certificates from files: write both to a private temp dir briefly.
         import tempfile  # only here: it costs import time every other user would pay
 
@@ -83,7 +82,8 @@ def build_ssl_context(
                 context.load_cert_chain(chain_path, key_path)
             except ssl.SSLError as exc:
                 raise ValueError(
-                    f"private_key / certificate_chain could not be loaded: {exc}"
+                    f"{field_name('private_key')} / {field_name('certificate_chain')} could "
+                    f"not be loaded: {exc}"
                 ) from None
     context.set_alpn_protocols(["h2"])
     return context
@@ -100,7 +100,9 @@ async def resolve(target: Target) -> List[Tuple[str, int]]:
             infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except OSError as exc:
             raise GrpcError(
-                StatusCode.UNAVAILABLE, f"DNS resolution failed for {host}:{port}: {exc}"
+                StatusCode.UNAVAILABLE,
+                f"DNS resolution failed for {format_host_port(host, port)}: {exc}",
+                request_sent=False,
             ) from None
         for _family, _type, _proto, _name, sockaddr in infos:
             addr = (str(sockaddr[0]), int(sockaddr[1]))
@@ -129,7 +131,10 @@ async def dial(
     The caller bounds the HTTP/2 preface with the rest of ``timeout``.
     """
     loop = asyncio.get_running_loop()
-    where = target.path.lstrip("\0") if target.kind != "tcp" else _fmt(address)
+    if target.kind != "tcp":
+        where = target.path.lstrip("\0")
+    else:
+        where = format_host_port(*address) if address is not None else target.original
     hostname = server_hostname
     if ssl_context is not None and hostname is None:
         hostname = target.host if target.kind == "tcp" else "localhost"
@@ -177,10 +182,3 @@ async def dial(
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return transport, protocol
-
-
-def _fmt(address: Optional[Tuple[str, int]]) -> str:
-    if address is None:
-        return "?"
-    host, port = address
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

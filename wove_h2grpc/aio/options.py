@@ -2,15 +2,218 @@
 
 Each error names the keyword it is about (ValueError for a bad value, TypeError for a bad
 type), so ``Channel``, ``Server``, the Wove executor and the CLI report the same mistakes
-the same way.
+the same way. A caller whose users know the options by other names (the Wove executor's
+``executor_config.<key>``) passes ``field_name`` to spell them its way.
 """
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Callable, Optional, Tuple, Union
 
-__all__ = ["ServerOptions", "check_int"]
+from .._version import __version__
+from ..protocol.metadata import MetadataLike, encode_metadata, normalize_metadata
+from ..protocol.target import Target, parse_target
+from .dial import build_ssl_context, pem_bytes
+
+__all__ = [
+    "DEFAULT_MAX_RECEIVE",
+    "LB_POLICIES",
+    "ChannelOptions",
+    "ServerOptions",
+    "check_compression",
+    "check_int",
+]
+
+#: The default of ``max_receive_message_length`` for channels and servers (grpcio's).
+DEFAULT_MAX_RECEIVE = 4 * 1024 * 1024
+
+#: The load-balancing policies a channel knows.
+LB_POLICIES = ("pick_first", "round_robin")
+
+FieldName = Callable[[str], str]
+
+
+@dataclass(frozen=True)
+class ChannelOptions:
+    """Validated ``Channel`` options (see ``Channel``): build them with :meth:`build`.
+
+    Values are stored as the wire uses them: ``authority``, ``scheme``, ``user_agent`` and
+    ``metadata`` are encoded header bytes, ``compression`` is ``"gzip"`` or None.
+    """
+
+    target: Target
+    ssl_context: Optional[ssl.SSLContext]
+    server_hostname: Optional[str]
+    authority: bytes
+    scheme: bytes
+    metadata: Tuple[Tuple[bytes, bytes], ...]
+    timeout: Optional[float]
+    connect_timeout: float
+    keepalive_time: Optional[float]
+    keepalive_timeout: float
+    max_send_message_length: int
+    max_receive_message_length: int
+    compression: Optional[str]
+    user_agent: bytes
+    lb_policy: str
+    transparent_retry: bool
+
+    @classmethod
+    def build(
+        cls,
+        target: Union[str, Target],
+        *,
+        secure: bool = False,
+        root_certificates: Optional[Union[bytes, str]] = None,
+        private_key: Optional[Union[bytes, str]] = None,
+        certificate_chain: Optional[Union[bytes, str]] = None,
+        ssl_context: Optional[ssl.SSLContext] = None,
+        server_hostname: Optional[str] = None,
+        authority: Optional[str] = None,
+        metadata: MetadataLike = None,
+        timeout: Optional[float] = None,
+        connect_timeout: float = 20.0,
+        keepalive_time: Optional[float] = None,
+        keepalive_timeout: float = 20.0,
+        max_send_message_length: int = -1,
+        max_receive_message_length: int = DEFAULT_MAX_RECEIVE,
+        compression: Optional[str] = None,
+        user_agent: Optional[str] = None,
+        lb_policy: str = "pick_first",
+        transparent_retry: bool = True,
+        field_name: FieldName = str,
+    ) -> ChannelOptions:
+        """Check every option once and return them frozen; the first mistake raises.
+
+        ``target`` may be a string or an already parsed :class:`Target` (parsed with the
+        same ``secure``). ``ssl_context`` implies ``secure=True``; otherwise ``secure``
+        builds a verifying context from the PEM options. ``field_name`` maps an option's
+        keyword to the name the error message uses.
+        """
+        name = field_name
+        if ssl_context is not None and not isinstance(ssl_context, ssl.SSLContext):
+            raise TypeError(f"{name('ssl_context')} must be an ssl.SSLContext")
+        secure = bool(secure) or ssl_context is not None
+        parsed = target if isinstance(target, Target) else parse_target(target, secure=secure)
+        pems = {
+            key: None if value is None else pem_bytes(value, name(key))
+            for key, value in (
+                ("root_certificates", root_certificates),
+                ("private_key", private_key),
+                ("certificate_chain", certificate_chain),
+            )
+        }
+        key, chain = pems["private_key"], pems["certificate_chain"]
+        if (key is None) != (chain is None):
+            raise ValueError(
+                f"{name('private_key')} and {name('certificate_chain')} must be given "
+                "together (mutual TLS)"
+            )
+        given = [option for option, value in pems.items() if value is not None]
+        if given and ssl_context is not None:
+            raise ValueError(
+                f"{name(given[0])} cannot be combined with {name('ssl_context')}: "
+                "load it into the context"
+            )
+        if given and not secure:
+            raise ValueError(f"{name(given[0])} needs {name('secure')}=True")
+        if ssl_context is not None:
+            ssl_context.set_alpn_protocols(["h2"])
+        elif secure:
+            ssl_context = build_ssl_context(
+                root_certificates=pems["root_certificates"],
+                client_identity=None if key is None or chain is None else (key, chain),
+                field_name=name,
+            )
+        server_hostname = _optional_text("server_hostname", server_hostname, name)
+        authority = _optional_text("authority", authority, name, ascii_only=True)
+        if authority is None:
+            authority = parsed.authority
+            if server_hostname and parsed.kind == "tcp":
+                # grpcio's ssl_target_name_override also names the :authority.
+                authority = server_hostname
+        user_agent = _optional_text("user_agent", user_agent, name, ascii_only=True)
+        agent = f"wove_h2grpc/{__version__}"
+        if user_agent is not None:
+            agent = f"{user_agent} {agent}"
+        if lb_policy not in LB_POLICIES:
+            raise ValueError(
+                f"{name('lb_policy')} must be 'pick_first' or 'round_robin', not {lb_policy!r}"
+            )
+        if not isinstance(transparent_retry, bool):
+            raise TypeError(f"{name('transparent_retry')} must be True or False")
+        return cls(
+            target=parsed,
+            ssl_context=ssl_context,
+            server_hostname=server_hostname,
+            authority=authority.encode("ascii"),
+            scheme=b"https" if secure else b"http",
+            metadata=tuple(encode_metadata(normalize_metadata(metadata))),
+            timeout=_optional_seconds("timeout", timeout, name),
+            connect_timeout=_seconds("connect_timeout", connect_timeout, name),
+            keepalive_time=_optional_seconds("keepalive_time", keepalive_time, name),
+            keepalive_timeout=_seconds("keepalive_timeout", keepalive_timeout, name),
+            max_send_message_length=_length(
+                "max_send_message_length", max_send_message_length, name, low=0
+            ),
+            max_receive_message_length=_length(
+                "max_receive_message_length", max_receive_message_length, name, low=1
+            ),
+            compression=check_compression(compression, name("compression")),
+            user_agent=agent.encode("ascii"),
+            lb_policy=lb_policy,
+            transparent_retry=transparent_retry,
+        )
+
+
+def check_compression(value: Any, name: str = "compression") -> Optional[str]:
+    """``"gzip"``, or None for no compression (``"identity"`` is accepted as None)."""
+    if value is None or value == "identity":
+        return None
+    if value != "gzip":
+        raise ValueError(f"{name} must be 'gzip' or None, not {value!r}")
+    return "gzip"
+
+
+def _seconds(field: str, value: Any, name: FieldName) -> float:
+    message = f"{name(field)} must be a positive number of seconds, not {value!r}"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise (ValueError if value is None else TypeError)(message)
+    if not value > 0:  # also refuses NaN
+        raise ValueError(message)
+    return float(value)
+
+
+def _optional_seconds(field: str, value: Any, name: FieldName) -> Optional[float]:
+    return None if value is None else _seconds(field, value, name)
+
+
+def _length(field: str, value: Any, name: FieldName, *, low: int) -> int:
+    """A message size limit: ``low`` bytes or more, or -1 for unlimited."""
+    what = "a positive number of bytes" if low == 1 else f"a number of bytes >= {low}"
+    message = f"{name(field)} must be {what} or -1 (unlimited), not {value!r}"
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(message)
+    if value < low and value != -1:
+        raise ValueError(message)
+    return value
+
+
+def _optional_text(
+    field: str, value: Any, name: FieldName, *, ascii_only: bool = False
+) -> Optional[str]:
+    """None, or a non-empty string (printable ASCII when it goes into a header)."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise TypeError(f"{name(field)} must be a non-empty string")
+    if not value:
+        raise ValueError(f"{name(field)} must be a non-empty string")
+    if ascii_only and not (value.isascii() and value.isprintable()):
+        raise ValueError(f"{name(field)} must be printable ASCII, not {value!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -44,6 +247,7 @@ class ServerOptions:
 
 
 def check_int(name: str, value: object, low: int, high: Optional[int] = None) -> None:
+    """An int in ``[low, high]`` (no upper bound when ``high`` is None), else an error."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, not {type(value).__name__}")
     if value < low or (high is not None and value > high):

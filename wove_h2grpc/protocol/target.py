@@ -13,7 +13,7 @@ import ipaddress
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
-__all__ = ["Target", "parse_target"]
+__all__ = ["Target", "format_host_port", "parse_bind_address", "parse_target"]
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,8 @@ def _split_host_port(text: str, default_port: int, target: str) -> Tuple[str, in
     return host, _check_port(port_text, target), True
 
 
-def _authority(host: str, port: int) -> str:
+def format_host_port(host: str, port: int) -> str:
+    """``host:port``, with an IPv6 host in brackets (``[::1]:50051``, RFC 3986 section 3.2.2)."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
@@ -143,10 +144,10 @@ def parse_target(target: str, *, secure: bool = False) -> Target:
         return Target("unix", path=path, authority="localhost", original=target)
     if text.startswith("ipv4:"):
         addrs = _parse_list(text[5:], default_port, target, 4)
-        return Target("tcp", tuple(addrs), authority=_authority(*addrs[0]), original=target)
+        return Target("tcp", tuple(addrs), authority=format_host_port(*addrs[0]), original=target)
     if text.startswith("ipv6:"):
         addrs = _parse_list(text[5:], default_port, target, 6)
-        return Target("tcp", tuple(addrs), authority=_authority(*addrs[0]), original=target)
+        return Target("tcp", tuple(addrs), authority=format_host_port(*addrs[0]), original=target)
     if text.startswith("dns:"):
         rest = text[4:]
         if rest.startswith("//"):
@@ -161,7 +162,7 @@ def parse_target(target: str, *, secure: bool = False) -> Target:
     return Target(
         "tcp",
         ((host, port),),
-        authority=_authority(host, port),
+        authority=format_host_port(host, port),
         needs_resolution=not _is_ip(host),
         original=target,
     )
@@ -189,5 +190,5 @@ def parse_bind_address(address: str) -> Target:
     port = int(port_text)
     host_opt: Optional[str] = host
     return Target(
-        "tcp", ((host_opt or "", port),), authority=_authority(host, port), original=address
+        "tcp", ((host_opt or "", port),), authority=format_host_port(host, port), original=address
     )

@@ -36,6 +36,7 @@ from typing import Any, Dict, List, Sequence, Tuple
 
 __all__ = [
     "CODECS",
+    "DEFAULT_METHOD",
     "PICKLED_FIELDS",
     "decode_command",
     "decode_events",
@@ -44,6 +45,9 @@ __all__ = [
     "encode_events",
     "load_raw",
 ]
+
+#: The method path Wove's grpc executor calls, and a worker serves, unless told otherwise.
+DEFAULT_METHOD = "/wove.network_executor.WorkerService/Send"
 
 #: The codecs a command or an event list may use; ``"json"`` is Wove's wire format.
 CODECS = ("json", "msgpack")

@@ -1,4 +1,4 @@
-"""Wove's ``executor="grpc"`` over our pure-asyncio :class:`~wove_h2grpc.channel.Channel`.
+"""Wove's ``executor="grpc"`` over our pure-asyncio :class:`~wove_h2grpc.client.Channel`.
 
 :class:`H2GrpcExecutor` implements Wove's ``EnvironmentExecutor`` contract (``start``,
 ``send``, ``recv``, ``stop``) with the same wire format, signing and configuration rules as
@@ -37,11 +37,12 @@ from wove.security import (
 )
 from wove.serialization import require_dispatch
 
+from ..aio.options import ChannelOptions
 from ..client import Channel
 from ..errors import GrpcError
 from ..protocol.metadata import normalize_metadata
-from ..protocol.status import StatusCode
-from .codec import CODECS, decode_events, encode_command
+from ..protocol.target import parse_target
+from .codec import CODECS, DEFAULT_METHOD, decode_events, encode_command
 
 __all__ = [
     "CONFIG_KEYS",
@@ -56,9 +57,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-#: Wove's default method path for the grpc executor.
-DEFAULT_METHOD = "/wove.network_executor.WorkerService/Send"
 
 #: Values of ``executor_config["transport"]``.
 TRANSPORTS = ("h2", "grpcio", "auto")
@@ -85,10 +83,12 @@ H2_ONLY_KEYS = (
 #: Every key ``executor_config`` may hold; anything else draws a warning.
 CONFIG_KEYS = (*WOVE_KEYS, "transport", *H2_ONLY_KEYS)
 
+# The keys that are Channel options of the same name, validated by ChannelOptions.build.
+_CHANNEL_KEYS = ("root_certificates", *(key for key in H2_ONLY_KEYS if key != "codec"))
+
 # Seconds stop() lets in-flight cancel_task calls finish before resetting them.
 _CANCEL_GRACE = 1.0
 _TERMINAL = frozenset({"task_result", "task_error", "task_cancelled"})
-_LB_POLICIES = ("pick_first", "round_robin")
 _DISPATCH_REASON = "the grpc network executor serializes task frames for a remote worker service."
 
 
@@ -106,7 +106,7 @@ class _Settings:
     metadata: Tuple[Tuple[str, Any], ...]
     security: NetworkExecutorSecurity
     codec: str
-    channel_options: Mapping[str, Any]
+    channel_options: ChannelOptions
 
 
 def _warn_unknown_keys(config: Mapping[str, Any]) -> None:
@@ -143,35 +143,9 @@ def _resolve_transport(value: Any) -> str:
     return str(value)
 
 
-def _number(config: Mapping[str, Any], key: str, *, allow_none: bool) -> Optional[float]:
-    value = config.get(key)
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(
-            f"executor_config.{key} must be a positive number of seconds, not {value!r}."
-        )
-    return float(value)
-
-
-def _pem(config: Mapping[str, Any], key: str) -> Optional[bytes]:
-    value = config.get(key)
-    if value is None:
-        return None
-    if isinstance(value, str):
-        return value.encode("utf-8")
-    if isinstance(value, (bytes, bytearray)):
-        return bytes(value)
-    raise TypeError(f"executor_config.{key} must be PEM bytes or str, not {type(value).__name__}.")
-
-
-def _optional_str(config: Mapping[str, Any], key: str) -> Optional[str]:
-    value = config.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value:
-        raise TypeError(f"executor_config.{key} must be a non-empty string.")
-    return value
+def _config_key(option: str) -> str:
+    """How an option is named in errors: Wove's ``executor_config.<key>``."""
+    return f"executor_config.{option}"
 
 
 def _wove_metadata(metadata: Any) -> Tuple[Tuple[str, str], ...]:
@@ -186,10 +160,19 @@ def _wove_metadata(metadata: Any) -> Tuple[Tuple[str, str], ...]:
 
 
 def _parse_settings(config: Mapping[str, Any]) -> _Settings:
-    """Validate ``executor_config`` for the h2 transport, Wove's checks first, in Wove's order."""
+    """Validate ``executor_config`` for the h2 transport, Wove's checks first, in Wove's order.
+
+    The target is parsed before the security rule, so a malformed target is reported as
+    such; the Channel options are checked last, once, by ``ChannelOptions.build``.
+    """
     target = config.get("target")
     if not isinstance(target, str) or not target:
         raise TypeError("executor_config.target must be a non-empty gRPC target.")
+    secure = bool(config.get("secure"))
+    try:
+        parsed = parse_target(target, secure=secure)
+    except ValueError as exc:
+        raise ValueError(f"executor_config: {exc}") from None
     method = config.get("method", DEFAULT_METHOD)
     if not isinstance(method, str) or not method.startswith("/"):
         raise TypeError("executor_config.method must be a fully-qualified gRPC method path.")
@@ -200,7 +183,6 @@ def _parse_settings(config: Mapping[str, Any]) -> _Settings:
     except ValueError as exc:
         raise ValueError(f"executor_config.metadata: {exc}") from None
     security = NetworkExecutorSecurity.from_config(config.get("security"))
-    secure = bool(config.get("secure"))
     _ensure_network_executor_security(
         executor_name="grpc",
         security=security,
@@ -212,56 +194,17 @@ def _parse_settings(config: Mapping[str, Any]) -> _Settings:
     codec = config.get("codec", "json")
     if codec not in CODECS:
         raise ValueError(f"executor_config.codec must be 'json' or 'msgpack', not {codec!r}.")
-    options: Dict[str, Any] = {"secure": secure}
-    root = _pem(config, "root_certificates")
-    if root is not None:
-        options["root_certificates"] = root
-    private_key = _pem(config, "private_key")
-    chain = _pem(config, "certificate_chain")
-    if (private_key is None) != (chain is None):
-        raise ValueError(
-            "executor_config.private_key and executor_config.certificate_chain must be given "
-            "together (mutual TLS)."
+    options = {key: config[key] for key in _CHANNEL_KEYS if key in config}
+    if "connect_timeout" in options and options["connect_timeout"] is None:
+        del options["connect_timeout"]  # None reads as "not set" here, as Wove's keys do
+    try:
+        channel_options = ChannelOptions.build(
+            parsed, secure=secure, field_name=_config_key, **options
         )
-    if private_key is not None:
-        if not secure:
-            raise ValueError("executor_config.private_key needs executor_config.secure=True.")
-        options["private_key"] = private_key
-        options["certificate_chain"] = chain
-    for key in ("server_hostname", "authority"):
-        value = _optional_str(config, key)
-        if value is not None:
-            options[key] = value
-    if config.get("connect_timeout") is not None:
-        options["connect_timeout"] = _number(config, "connect_timeout", allow_none=False)
-    if config.get("keepalive_time") is not None:
-        options["keepalive_time"] = _number(config, "keepalive_time", allow_none=False)
-    if "max_receive_message_length" in config:
-        limit = config["max_receive_message_length"]
-        if isinstance(limit, bool) or not isinstance(limit, int) or (limit <= 0 and limit != -1):
-            raise ValueError(
-                "executor_config.max_receive_message_length must be a positive number of "
-                f"bytes or -1 (unlimited), not {limit!r}."
-            )
-        options["max_receive_message_length"] = limit
-    compression = config.get("compression")
-    if compression not in (None, "gzip"):
-        raise ValueError(
-            f"executor_config.compression must be 'gzip' or None, not {compression!r}."
-        )
-    if compression is not None:
-        options["compression"] = compression
-    if "lb_policy" in config:
-        if config["lb_policy"] not in _LB_POLICIES:
-            raise ValueError(
-                "executor_config.lb_policy must be 'pick_first' or 'round_robin', "
-                f"not {config['lb_policy']!r}."
-            )
-        options["lb_policy"] = config["lb_policy"]
-    if "transparent_retry" in config:
-        if not isinstance(config["transparent_retry"], bool):
-            raise TypeError("executor_config.transparent_retry must be True or False.")
-        options["transparent_retry"] = config["transparent_retry"]
+    except TypeError as exc:
+        raise TypeError(f"{exc}.") from None
+    except ValueError as exc:
+        raise ValueError(f"{exc}.") from None
     return _Settings(
         target=target,
         method=method,
@@ -269,33 +212,18 @@ def _parse_settings(config: Mapping[str, Any]) -> _Settings:
         metadata=metadata,
         security=security,
         codec=str(codec),
-        channel_options=options,
+        channel_options=channel_options,
     )
 
 
-def _request_unsent(exc: GrpcError) -> bool:
-    """True when the request provably never reached the worker's application."""
-    flag = getattr(exc, "request_sent", None)
-    if flag is not None:
-        return flag is False
-    # The Channel's "waited for a connection and got none" error: nothing was written.
-    return exc.details().startswith("no connection to ")
-
-
 def _is_retryable(exc: BaseException) -> bool:
-    """True only where the call provably did not run (safe to send again)."""
-    if not isinstance(exc, GrpcError):
-        return False
-    code = exc.code()
-    # UNAVAILABLE is retryable only before the request left this process (connect failed,
-    # stream refused): after that, the worker may have run the task.
-    if code is StatusCode.UNAVAILABLE:
-        return _request_unsent(exc)
-    # RESOURCE_EXHAUSTED from the peer's flow control (RST_STREAM ENHANCE_YOUR_CALM) means
-    # the server shed the stream; a local message-size limit (the task ran) is not retryable.
-    if code is StatusCode.RESOURCE_EXHAUSTED:
-        return _request_unsent(exc) or "ENHANCE_YOUR_CALM" in exc.details()
-    return False
+    """True only where the request provably never reached the worker's application.
+
+    That is ``GrpcError.request_sent is False`` (no connection, still queued, stream
+    refused, above a GOAWAY's last stream id): sending it again cannot run the task twice.
+    Anything else (sent, or unknown) may have run, whatever its status code.
+    """
+    return isinstance(exc, GrpcError) and exc.request_sent is False
 
 
 def _error_frame(
@@ -379,10 +307,7 @@ class H2GrpcExecutor(EnvironmentExecutor):
 
         require_dispatch(_DISPATCH_REASON)
         settings = _parse_settings(config)
-        try:
-            channel = Channel(settings.target, **settings.channel_options)
-        except (TypeError, ValueError) as exc:
-            raise type(exc)(f"executor_config: {exc}") from exc
+        channel = Channel._from_options(settings.channel_options)
         self._settings = settings
         self._channel = channel
         self._rpc = channel.unary_unary(settings.method)

@@ -43,7 +43,7 @@ from wove.environment import normalize_exception
 from wove.security import NetworkExecutorSecurity
 
 from ..protocol.status import StatusCode
-from .codec import decode_command, encode_events, load_raw
+from .codec import DEFAULT_METHOD, decode_command, encode_events, load_raw
 
 __all__ = [
     "DEFAULT_METHOD",
@@ -54,9 +54,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-#: Wove's default method path for the grpc executor.
-DEFAULT_METHOD = "/wove.network_executor.WorkerService/Send"
 
 # Requests above this size are decoded (unpickled) in a thread so that a large pickle does
 # not stall every other call served by the same event loop.
