@@ -18,8 +18,6 @@ from fault_server import FaultServer, FaultStream
 
 from wove_h2grpc import Channel, GrpcError, Server, StatusCode
 
-pytestmark = pytest.mark.asyncio
-
 
 def _live_timers(loop: asyncio.AbstractEventLoop, *names: str) -> List[Any]:
     """Scheduled, not cancelled timer handles whose callback is one of ``names``."""
