@@ -9,7 +9,7 @@ grouping the compatibility matrix of ``docs/compatibility.md`` reports. Prints o
 ``suites: client 310 passed; wove 41 passed; worker 52 passed, 1 skipped`` and appends one
 ``lane<TAB>suite<TAB>passed<TAB>failed<TAB>skipped`` row per suite to TSV_OUT.
 ``--table`` prints those rows as a lane x suite table for the end of the CI log; ``--files``
-lists the ``tests/test_*.py`` files of the named suites (the portability lanes' selection).
+lists the ``tests/**/test_*.py`` files of the named suites (the portability lanes' selection).
 """
 
 from __future__ import annotations
@@ -81,10 +81,10 @@ def files(suites: List[str]) -> None:
     unknown = [s for s in suites if s not in known]
     if unknown:
         raise SystemExit(f"unknown suite(s) {unknown}; known: {sorted(known)}")
-    tests = Path(__file__).resolve().parent.parent / "tests"
-    for path in sorted(tests.glob("test_*.py")):
+    repo = Path(__file__).resolve().parent.parent
+    for path in sorted((repo / "tests").rglob("test_*.py")):
         if suite_of(path.name) in suites:
-            print(f"tests/{path.name}")
+            print(path.relative_to(repo).as_posix())
 
 
 def main() -> int:

@@ -74,7 +74,7 @@ def _uses_a_balancer(node: ast.AST) -> bool:
 
 def test_exactly_the_tests_that_start_a_balancer_are_marked() -> None:
     wrong = []
-    for path in sorted(TESTS_DIR.glob("test_*.py")):
+    for path in sorted(TESTS_DIR.rglob("test_*.py")):
         tree = ast.parse(path.read_text(encoding="utf-8"))
         if any(isinstance(n, ast.Assign) and "pytestmark" in ast.unparse(n) for n in tree.body):
             wrong.append(f"{path.name}: a module-wide pytestmark would hide which tests need it")
@@ -94,7 +94,7 @@ def test_not_balancers_leaves_out_only_the_balancer_tests() -> None:
         done = subprocess.run(
             [
                 *(sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--collect-only"),
-                *("-q", "-m", expression, "tests/test_balancers.py"),
+                *("-q", "-m", expression, "tests/client/test_balancers.py"),
             ],
             cwd=REPO_DIR,
             capture_output=True,
@@ -106,6 +106,6 @@ def test_not_balancers_leaves_out_only_the_balancer_tests() -> None:
 
     kept = collect("not balancers")
     left_out = collect("balancers")
-    assert kept == ["tests/test_balancers.py::test_deploy_doc_shows_the_tested_configs"]
+    assert kept == ["tests/client/test_balancers.py::test_deploy_doc_shows_the_tested_configs"]
     assert len(left_out) == 5
     assert all("nginx" in t or "haproxy" in t for t in left_out), left_out

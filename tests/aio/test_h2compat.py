@@ -8,7 +8,7 @@ sides. Runs against whichever h2, hpack and hyperframe are installed; the oldest
 releases in a throwaway venv, e.g.
 ``python -m venv /tmp/h2old && /tmp/h2old/bin/pip install h2==4.1.0 hpack==4.0.0
 hyperframe==6.0.0 pytest pytest-asyncio`` then
-``PYTHONPATH=. /tmp/h2old/bin/python -m pytest -p no:cacheprovider tests/test_h2compat.py``.
+``PYTHONPATH=. /tmp/h2old/bin/python -m pytest -p no:cacheprovider tests/aio/test_h2compat.py``.
 """
 
 from __future__ import annotations
