@@ -220,7 +220,9 @@ class ClientConnection(H2Driver):
         if self._error is not None or self._goaway_last_id is not None:
             # Never sent: the caller may send it elsewhere.
             reason = self._error.details() if self._error is not None else self.goaway_reason
-            self._deliver(call, call.on_connection_lost(StatusCode.UNAVAILABLE, reason))
+            outcome = call.on_connection_lost(StatusCode.UNAVAILABLE, reason)
+            if outcome is not None:
+                self._end(call, outcome)
             return
         if call.deadline is not None:
             call.timer = self.loop.call_at(call.deadline, self._on_deadline, call)
@@ -358,14 +360,18 @@ class ClientConnection(H2Driver):
         call = self._streams.get(event.stream_id)
         if call is not None:
             self.proven = True
-            self._deliver(call, call.on_headers(event.headers))
+            outcome = call.on_headers(event.headers)
+            if outcome is not None:
+                self._end(call, outcome)
 
     def _on_data(self, event: Any) -> None:
         sid = event.stream_id
         self.h2.acknowledge_received_data(event.flow_controlled_length, sid)
         call = self._streams.get(sid)
         if call is not None:
-            self._deliver(call, call.on_data(event.data))
+            outcome = call.on_data(event.data)
+            if outcome is not None:
+                self._end(call, outcome)
 
     def _on_trailers(self, event: Any) -> None:
         call = self._streams.get(event.stream_id)
@@ -375,16 +381,16 @@ class ClientConnection(H2Driver):
     def _on_stream_ended(self, event: Any) -> None:
         call = self._streams.get(event.stream_id)
         if call is not None:
-            self._deliver(call, call.on_end())
+            outcome = call.on_end()
+            if outcome is not None:
+                self._end(call, outcome)
 
     def _on_stream_reset(self, event: Any) -> None:
         call = self._streams.get(event.stream_id)
         if call is not None:
-            self._deliver(call, call.on_reset(int(event.error_code)))
-
-    def _deliver(self, call: WireCall, outcome: Optional[Outcome]) -> None:
-        if outcome is not None:
-            self._end(call, outcome)
+            outcome = call.on_reset(int(event.error_code))
+            if outcome is not None:
+                self._end(call, outcome)
 
     def _on_window_updated(self, event: Any) -> None:
         if not self._blocked:

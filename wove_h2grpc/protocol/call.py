@@ -68,15 +68,15 @@ class Outcome:
     """
 
     __slots__ = (
+        "_headers",
+        "_trailers",
         "code",
         "details",
         "h2_error_code",
-        "initial_metadata",
         "message",
         "request_sent",
         "reset",
         "retry",
-        "trailing_metadata",
     )
 
     def __init__(
@@ -84,8 +84,8 @@ class Outcome:
         code: StatusCode,
         details: str = "",
         *,
-        initial_metadata: Metadata = (),
-        trailing_metadata: Metadata = (),
+        headers: Optional[Headers] = None,
+        trailers: Optional[Headers] = None,
         request_sent: Optional[bool] = None,
         h2_error_code: Optional[int] = None,
         reset: Optional[int] = None,
@@ -94,8 +94,10 @@ class Outcome:
     ) -> None:
         self.code = code
         self.details = details
-        self.initial_metadata = initial_metadata
-        self.trailing_metadata = trailing_metadata
+        # The received header blocks; decoded into metadata only when asked for (a unary
+        # success never needs them).
+        self._headers = headers
+        self._trailers = trailers
         self.request_sent = False if retry is not Retry.NO else request_sent
         self.h2_error_code = h2_error_code
         self.reset = reset
@@ -105,6 +107,26 @@ class Outcome:
     @property
     def ok(self) -> bool:
         return self.code is StatusCode.OK
+
+    @property
+    def initial_metadata(self) -> Metadata:
+        """Metadata of the response headers (empty for a Trailers-Only response)."""
+        headers = self._headers
+        if headers is None or (
+            self._trailers is None and header(headers, b"grpc-status") is not None
+        ):
+            return ()
+        return decode_metadata(headers)
+
+    @property
+    def trailing_metadata(self) -> Metadata:
+        """Metadata of the trailers, or of the only HEADERS block of a Trailers-Only response."""
+        if self._trailers is not None:
+            return decode_metadata(self._trailers)
+        headers = self._headers
+        if headers is not None and header(headers, b"grpc-status") is not None:
+            return decode_metadata(headers)  # Trailers-Only
+        return ()
 
     def __repr__(self) -> str:
         return f"Outcome({self.code.name}, {self.details!r}, retry={self.retry.name})"
@@ -367,18 +389,7 @@ class ClientCall:
         message: Optional[bytes] = None,
     ) -> Outcome:
         """The one exit: record the outcome and move to DONE."""
-        headers, trailers = self.headers, self.trailers
-        initial: Metadata = ()
-        trailing: Metadata = ()
-        if trailers is not None:
-            trailing = decode_metadata(trailers)
-            if headers is not None:
-                initial = decode_metadata(headers)
-        elif headers is not None:
-            if header(headers, b"grpc-status") is not None:
-                trailing = decode_metadata(headers)  # Trailers-Only
-            else:
-                initial = decode_metadata(headers)
+        headers = self.headers
         if self.state is CallState.QUEUED:
             sent: Optional[bool] = False
         elif headers is not None:
@@ -388,8 +399,8 @@ class ClientCall:
         outcome = Outcome(
             code,
             details,
-            initial_metadata=initial,
-            trailing_metadata=trailing,
+            headers=headers,
+            trailers=self.trailers,
             request_sent=sent,
             h2_error_code=h2_error_code,
             reset=reset,
