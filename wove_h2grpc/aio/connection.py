@@ -18,7 +18,6 @@ from collections import deque
 from typing import Any, Callable, Deque, Dict, List, Optional
 
 import h2.events
-import h2.exceptions
 import h2.settings
 from h2.errors import ErrorCodes
 
@@ -112,7 +111,7 @@ class ClientConnection(H2Driver):
             loop,
             settings,
             busy=self._streams.__len__,
-            ping=self._send_ping,
+            ping=self.send_ping,
             expired=self._keepalive_expired,
         )
         self.on_idle: Optional[Callable[[ClientConnection], None]] = None
@@ -456,14 +455,6 @@ class ClientConnection(H2Driver):
 
     def _on_ping_ack(self, event: Any) -> None:
         self._keepalive.acknowledged()
-
-    def _send_ping(self) -> bool:
-        try:
-            self.h2.ping(b"wovekalv")
-        except h2.exceptions.H2Error:
-            return False
-        self.flush()
-        return True
 
     def _keepalive_expired(self) -> None:
         self._fail(

@@ -183,6 +183,15 @@ class H2Driver(asyncio.Protocol):
     def flush_pending(self) -> bool:
         return self._flush_scheduled
 
+    def send_ping(self, payload: bytes = b"wovekalv") -> bool:
+        """PING the peer now (RFC 9113 section 6.7); False if h2 refused (connection closed)."""
+        try:
+            self.h2.ping(payload)
+        except h2.exceptions.H2Error:
+            return False
+        self.flush()
+        return True
+
     def reset_stream(self, stream_id: int, code: int) -> None:
         """RST_STREAM; nothing when the stream is already closed (the peer reset it first)."""
         with contextlib.suppress(h2.exceptions.H2Error):
