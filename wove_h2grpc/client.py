@@ -21,7 +21,7 @@ from .aio.keepalive import ConnectionSettings
 from .aio.options import DEFAULT_MAX_RECEIVE, ChannelOptions, check_compression
 from .aio.pool import Pool
 from .errors import GrpcError
-from .protocol.call import Outcome, Retry
+from .protocol.call import Outcome, Retry, with_debug
 from .protocol.framing import frame_message, too_large
 from .protocol.metadata import (
     MetadataLike,
@@ -261,7 +261,8 @@ class UnaryUnaryMultiCallable(Generic[Req, Resp]):
         opts = channel._opts
         pool = channel._pool
         if pool.closed:
-            raise GrpcError(StatusCode.CANCELLED, "channel is closed", request_sent=False)
+            closed = GrpcError(StatusCode.CANCELLED, "channel is closed", request_sent=False)
+            raise with_debug(closed, method=self._method, target=opts.target.original, elapsed=0.0)
         payload = self._serializer(request) if self._serializer is not None else request
         if not isinstance(payload, bytes):
             if isinstance(payload, (bytearray, memoryview)):
@@ -289,14 +290,23 @@ class UnaryUnaryMultiCallable(Generic[Req, Resp]):
         start = loop.time()
         deadline = None if timeout is None else start + timeout
         refused = 0
+        where = opts.target.original
         while True:
-            conn = await pool.assign(deadline)
+            try:
+                conn = await pool.assign(deadline)
+            except GrpcError as exc:
+                raise with_debug(
+                    exc, method=self._method, target=where, elapsed=loop.time() - start
+                ) from None
             call_headers = headers
             if deadline is not None:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
-                    raise GrpcError(
+                    late = GrpcError(
                         StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded", request_sent=False
+                    )
+                    raise with_debug(
+                        late, method=self._method, target=where, elapsed=loop.time() - start
                     )
                 call_headers = [
                     *headers,
@@ -321,26 +331,28 @@ class UnaryUnaryMultiCallable(Generic[Req, Resp]):
             if outcome.retry is Retry.REFUSED:
                 # gRFC A6: the server refused the stream unprocessed; a bounded retry.
                 if not opts.transparent_retry:
-                    raise _not_retried(call, outcome, "not retried because transparent_retry=False")
+                    why = "not retried because transparent_retry=False"
+                    raise _not_retried(call, outcome, why, where, loop.time() - start)
                 refused += 1
                 if refused > _MAX_REFUSED_RETRIES:
-                    raise _not_retried(
-                        call, outcome, f"gave up after {_MAX_REFUSED_RETRIES} transparent retries"
-                    )
+                    why = f"gave up after {_MAX_REFUSED_RETRIES} transparent retries"
+                    raise _not_retried(call, outcome, why, where, loop.time() - start)
                 continue
             if outcome.retry is Retry.UNSENT:
                 continue  # never left this process: send it on another connection
             if not outcome.ok:
-                raise call.error(outcome, target=opts.target.original, elapsed=loop.time() - start)
+                raise call.error(outcome, target=where, elapsed=loop.time() - start)
             response = outcome.message or b""  # set on every OK unary outcome
             if self._deserializer is not None:
                 return self._deserializer(response)
             return response  # type: ignore[return-value]
 
 
-def _not_retried(call: WireCall, outcome: Outcome, why: str) -> GrpcError:
+def _not_retried(
+    call: WireCall, outcome: Outcome, why: str, target: str, elapsed: float
+) -> GrpcError:
     """The refused call's error when it is not sent again; it provably never ran."""
-    error = call.error(outcome)
+    error = call.error(outcome, target=target, elapsed=elapsed)
     return GrpcError(
         error.code(),
         f"{error.details()}; {why}",

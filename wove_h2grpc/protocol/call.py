@@ -416,21 +416,63 @@ class ClientCall:
     ) -> GrpcError:
         """The GrpcError the application sees for a failed outcome; the debug string says
         which method, where (target and peer), which stream and after how long."""
-        where = self.peer or target or "?"
-        if target and self.peer and target != self.peer:
-            where = f"{target} ({self.peer})"
-        debug = f"{outcome.code.name} from {where} stream {self.stream_id} ({self.method})"
-        if elapsed is not None:
-            debug += f" after {elapsed:.3f}s"
-        if outcome.h2_error_code is not None:
-            debug += f" [HTTP/2 {h2_error_name(outcome.h2_error_code)}]"
-        debug += f": {outcome.details}"
         return GrpcError(
             outcome.code,
             outcome.details,
             initial_metadata=outcome.initial_metadata,
             trailing_metadata=outcome.trailing_metadata,
-            debug_error_string=debug,
+            debug_error_string=debug_string(
+                outcome.code,
+                outcome.details,
+                method=self.method,
+                target=target,
+                peer=self.peer,
+                stream_id=self.stream_id,
+                elapsed=elapsed,
+                h2_error_code=outcome.h2_error_code,
+            ),
             request_sent=outcome.request_sent,
             h2_error_code=outcome.h2_error_code,
         )
+
+
+def debug_string(
+    code: StatusCode,
+    details: str,
+    *,
+    method: str,
+    target: str = "",
+    peer: str = "",
+    stream_id: int = 0,
+    elapsed: Optional[float] = None,
+    h2_error_code: Optional[int] = None,
+) -> str:
+    """One line for logs: the status, the method, where (target and peer), which stream
+    (``no stream`` when the call never got one) and how long the call had run."""
+    where = peer or target or "?"
+    if target and peer and target != peer:
+        where = f"{target} ({peer})"
+    stream = f"stream {stream_id}" if stream_id else "no stream"
+    debug = f"{code.name} from {where} {stream} ({method})"
+    if elapsed is not None:
+        debug += f" after {elapsed:.3f}s"
+    if h2_error_code is not None:
+        debug += f" [HTTP/2 {h2_error_name(h2_error_code)}]"
+    return f"{debug}: {details}"
+
+
+def with_debug(
+    error: GrpcError, *, method: str, target: str, elapsed: Optional[float]
+) -> GrpcError:
+    """``error`` (raised before the call had a stream) with a debug string naming the call."""
+    return GrpcError(
+        error.code(),
+        error.details(),
+        initial_metadata=error.initial_metadata(),
+        trailing_metadata=error.trailing_metadata(),
+        debug_error_string=debug_string(
+            error.code(), error.details(), method=method, target=target, elapsed=elapsed
+        ),
+        request_sent=error.request_sent,
+        h2_error_code=error.h2_error_code,
+    )
