@@ -142,6 +142,53 @@ def test_usage_errors_are_one_line(
     assert err.count("\n") == 1 and fragment in err, err
 
 
+# Each number option with a value it refuses and the message, or a value it takes and the
+# number it becomes: NaN is refused by every bound, infinity only by "a positive number".
+_SERVE = ["serve", "--bind", "127.0.0.1:0"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["demo", "--tasks", "x"], "argument --tasks: 'x' is not an integer"),
+        (["demo", "--tasks", "1.5"], "argument --tasks: '1.5' is not an integer"),
+        (["demo", "--tasks", "-3"], "argument --tasks: '-3' must be positive"),
+        (["demo", "--timeout", "soon"], "argument --timeout: 'soon' is not a number"),
+        (["demo", "--timeout", "0"], "argument --timeout: '0' must be a positive number"),
+        (["demo", "--timeout", "inf"], "argument --timeout: 'inf' must be a positive number"),
+        (["demo", "--timeout", "nan"], "argument --timeout: 'nan' must be a positive number"),
+        ([*_SERVE, "--grace", "-1"], "argument --grace: '-1' must be zero or more"),
+        ([*_SERVE, "--grace", "nan"], "argument --grace: 'nan' must be zero or more"),
+        ([*_SERVE, "--summary-interval", "x"], "argument --summary-interval: 'x' is not a number"),
+        ([*_SERVE, "--threads", "0"], "argument --threads: '0' must be positive"),
+    ],
+)
+def test_number_options_refuse_out_of_range_values(
+    argv: List[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        _build_parser().parse_args(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.endswith(f"error: {message} (see wove-h2grpc {argv[0]} --help)\n"), err
+
+
+@pytest.mark.parametrize(
+    ("argv", "name", "value"),
+    [
+        (["demo", "--tasks", "7"], "tasks", 7),
+        (["demo", "--timeout", "0.5"], "timeout", 0.5),
+        ([*_SERVE, "--grace", "0"], "grace", 0.0),
+        ([*_SERVE, "--grace", "inf"], "grace", float("inf")),
+        ([*_SERVE, "--summary-interval", "2.5"], "summary_interval", 2.5),
+        ([*_SERVE, "--max-concurrent-streams", "1"], "max_concurrent_streams", 1),
+    ],
+)
+def test_number_options_take_values_in_range(argv: List[str], name: str, value: float) -> None:
+    parsed = getattr(_build_parser().parse_args(argv), name)
+    assert parsed == value and type(parsed) is type(value)
+
+
 # -- serve refusals ----------------------------------------------------------------------
 
 
