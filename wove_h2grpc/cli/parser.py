@@ -4,7 +4,8 @@ options accepted before the command and after it."""
 from __future__ import annotations
 
 import argparse
-from typing import Any, NoReturn
+import math
+from typing import Any, Callable, NoReturn, TypeVar
 
 from .._version import __version__
 from .console import EXIT_USAGE, PROG
@@ -17,34 +18,33 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 DEFAULT_LOG_LEVEL = {"serve": "info", "demo": "warning"}
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number")
-    return value
+_Number = TypeVar("_Number", int, float)
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be positive")
-    return value
+def _number_type(
+    convert: Callable[[str], _Number], noun: str, accept: Callable[[_Number], bool], bound: str
+) -> Callable[[str], _Number]:
+    """An argparse ``type=``: ``convert`` the text, refuse it unless ``accept`` holds.
+
+    The messages read ``'TEXT' is not NOUN`` and ``'TEXT' must be BOUND``.
+    """
+
+    def parse(text: str) -> _Number:
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {noun}") from None
+        if not accept(value):
+            raise argparse.ArgumentTypeError(f"{text!r} must be {bound}")
+        return value
+
+    return parse
 
 
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be zero or more")
-    return value
+# NaN fails every comparison, so each bound refuses it; only "a positive number" refuses inf.
+_positive_float = _number_type(float, "a number", lambda v: 0 < v < math.inf, "a positive number")
+_positive_int = _number_type(int, "an integer", lambda v: v > 0, "positive")
+_non_negative_float = _number_type(float, "a number", lambda v: v >= 0, "zero or more")
 
 
 class _Parser(argparse.ArgumentParser):
