@@ -53,6 +53,7 @@ LAYERS: Dict[str, int] = {
     "wove": WOVE_LAYER,
     "wove.codec": WOVE_LAYER,
     "wove.executor": WOVE_LAYER,
+    "wove.install": WOVE_LAYER,
     "wove.worker": WOVE_LAYER,
     "worker": WOVE_LAYER,
     "cli": CLI,

@@ -3,9 +3,10 @@
 :class:`H2GrpcExecutor` implements Wove's ``EnvironmentExecutor`` contract (``start``,
 ``send``, ``recv``, ``stop``) with the same wire format, signing and configuration rules as
 Wove's own ``GrpcEnvironmentExecutor``, so a worker written for Wove's grpc executor serves
-it unchanged (see ``docs/protocol.md``). :func:`install` makes ``executor="grpc"`` choose
-the transport from ``executor_config["transport"]``: ``"h2"`` (this module), ``"grpcio"``
-(Wove's executor, untouched) or ``"auto"`` (grpcio when it imports, else h2).
+it unchanged (see ``docs/protocol.md``). It picks the transport from
+``executor_config["transport"]``: ``"h2"`` (this module), ``"grpcio"`` (Wove's executor,
+untouched) or ``"auto"`` (grpcio when it imports, else h2); :func:`wove_h2grpc.install` makes
+Wove's ``executor="grpc"`` build one.
 
 Delivery guarantee: every ``run_task`` ends in exactly one terminal event
 (``task_result``, ``task_error`` or ``task_cancelled``). A failed call becomes a
@@ -20,7 +21,6 @@ import difflib
 import importlib
 import logging
 import sys
-import threading
 import warnings
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 from uuid import uuid4
@@ -51,9 +51,6 @@ __all__ = [
     "TRANSPORTS",
     "ConfigKeyWarning",
     "H2GrpcExecutor",
-    "install",
-    "installed",
-    "uninstall",
 ]
 
 logger = logging.getLogger(__name__)
@@ -246,7 +243,7 @@ class H2GrpcExecutor(EnvironmentExecutor):
     """Wove's grpc executor on the h2 transport; dispatches on ``executor_config["transport"]``.
 
     ``transport`` is used when the config has no ``"transport"`` key: a bare
-    ``H2GrpcExecutor()`` means h2, the executor :func:`install` builds for ``"grpc"``
+    ``H2GrpcExecutor()`` means h2, the executor :func:`wove_h2grpc.install` builds for ``"grpc"``
     means ``"auto"``. With ``"grpcio"`` every call goes to Wove's own
     ``GrpcEnvironmentExecutor``, unchanged. One instance may be started again after
     ``stop()`` (Wove reuses an executor instance for every weave).
@@ -496,52 +493,3 @@ class H2GrpcExecutor(EnvironmentExecutor):
         if is_run and self._runs.get(str(frame.get("run_id"))) is False:
             missing = RuntimeError(f"{where} answered run_task without a terminal event.")
             self._emit(_error_frame(frame, missing, str(missing), retryable=False))
-
-
-# install() / uninstall(): Wove resolves executor names in
-# wove.environment.build_executor_from_name, called through the module global by
-# wove.environment.coerce_executor (used by ExecutorRuntime.ensure_environment); nothing
-# else in Wove holds a reference to it, so replacing that one global is the whole hook.
-_install_lock = threading.Lock()
-_original_build: Optional[Callable[[str], EnvironmentExecutor]] = None
-
-
-def _build_executor_from_name(name: str) -> EnvironmentExecutor:
-    """``wove.environment.build_executor_from_name`` with ``"grpc"`` routed by transport."""
-    if name == "grpc":
-        return H2GrpcExecutor(transport="auto")
-    if _original_build is None:
-        raise RuntimeError("wove_h2grpc.install() state lost: Wove's resolver is missing")
-    return _original_build(name)
-
-
-def install() -> None:
-    """Route Wove's ``executor="grpc"`` through ``executor_config["transport"]``. Idempotent."""
-    global _original_build
-    import wove.environment as environment
-
-    with _install_lock:
-        if environment.build_executor_from_name is _build_executor_from_name:
-            return
-        _original_build = environment.build_executor_from_name
-        environment.build_executor_from_name = _build_executor_from_name
-
-
-def uninstall() -> None:
-    """Restore Wove's own resolver exactly as :func:`install` found it. Idempotent."""
-    global _original_build
-    import wove.environment as environment
-
-    with _install_lock:
-        if environment.build_executor_from_name is not _build_executor_from_name:
-            return
-        if _original_build is not None:
-            environment.build_executor_from_name = _original_build  # type: ignore[assignment]
-        _original_build = None
-
-
-def installed() -> bool:
-    """True while :func:`install` is in effect."""
-    import wove.environment as environment
-
-    return environment.build_executor_from_name is _build_executor_from_name
