@@ -52,6 +52,7 @@ LAYERS: Dict[str, int] = {
     "server": API,
     "wove": WOVE_LAYER,
     "wove.codec": WOVE_LAYER,
+    "wove.config": WOVE_LAYER,
     "wove.executor": WOVE_LAYER,
     "wove.install": WOVE_LAYER,
     "wove.worker": WOVE_LAYER,
