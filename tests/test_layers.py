@@ -55,6 +55,8 @@ LAYERS: Dict[str, int] = {
     "wove.config": WOVE_LAYER,
     "wove.executor": WOVE_LAYER,
     "wove.install": WOVE_LAYER,
+    "wove.credentials": WOVE_LAYER,
+    "wove.stats": WOVE_LAYER,
     "wove.worker": WOVE_LAYER,
     "worker": WOVE_LAYER,
     "cli": CLI,
