@@ -23,7 +23,9 @@ from _support import REPO_DIR, Certs
 from wove.security import NetworkExecutorSecurity
 
 from wove_h2grpc import Channel, GrpcError, StatusCode
-from wove_h2grpc.cli import _build_parser, _is_local_bind, main
+from wove_h2grpc.cli import main
+from wove_h2grpc.cli.parser import build_parser
+from wove_h2grpc.cli.serve import is_local_bind
 from wove_h2grpc.worker import DEFAULT_METHOD
 from wove_h2grpc.wove.codec import decode_events, encode_command
 
@@ -142,14 +144,61 @@ def test_usage_errors_are_one_line(
     assert err.count("\n") == 1 and fragment in err, err
 
 
+# Each number option with a value it refuses and the message, or a value it takes and the
+# number it becomes: NaN is refused by every bound, infinity only by "a positive number".
+_SERVE = ["serve", "--bind", "127.0.0.1:0"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["demo", "--tasks", "x"], "argument --tasks: 'x' is not an integer"),
+        (["demo", "--tasks", "1.5"], "argument --tasks: '1.5' is not an integer"),
+        (["demo", "--tasks", "-3"], "argument --tasks: '-3' must be positive"),
+        (["demo", "--timeout", "soon"], "argument --timeout: 'soon' is not a number"),
+        (["demo", "--timeout", "0"], "argument --timeout: '0' must be a positive number"),
+        (["demo", "--timeout", "inf"], "argument --timeout: 'inf' must be a positive number"),
+        (["demo", "--timeout", "nan"], "argument --timeout: 'nan' must be a positive number"),
+        ([*_SERVE, "--grace", "-1"], "argument --grace: '-1' must be zero or more"),
+        ([*_SERVE, "--grace", "nan"], "argument --grace: 'nan' must be zero or more"),
+        ([*_SERVE, "--summary-interval", "x"], "argument --summary-interval: 'x' is not a number"),
+        ([*_SERVE, "--threads", "0"], "argument --threads: '0' must be positive"),
+    ],
+)
+def test_number_options_refuse_out_of_range_values(
+    argv: List[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.endswith(f"error: {message} (see wove-h2grpc {argv[0]} --help)\n"), err
+
+
+@pytest.mark.parametrize(
+    ("argv", "name", "value"),
+    [
+        (["demo", "--tasks", "7"], "tasks", 7),
+        (["demo", "--timeout", "0.5"], "timeout", 0.5),
+        ([*_SERVE, "--grace", "0"], "grace", 0.0),
+        ([*_SERVE, "--grace", "inf"], "grace", float("inf")),
+        ([*_SERVE, "--summary-interval", "2.5"], "summary_interval", 2.5),
+        ([*_SERVE, "--max-concurrent-streams", "1"], "max_concurrent_streams", 1),
+    ],
+)
+def test_number_options_take_values_in_range(argv: List[str], name: str, value: float) -> None:
+    parsed = getattr(build_parser().parse_args(argv), name)
+    assert parsed == value and type(parsed) is type(value)
+
+
 # -- serve refusals ----------------------------------------------------------------------
 
 
 def test_is_local_bind() -> None:
     for local in ("127.0.0.1:0", "localhost:9000", "[::1]:0", "127.0.0.2:1", "unix:/tmp/x.sock"):
-        assert _is_local_bind(local), local
+        assert is_local_bind(local), local
     for remote in ("0.0.0.0:0", "[::]:0", "192.0.2.1:9000", "workers.internal:9000"):
-        assert not _is_local_bind(remote), remote
+        assert not is_local_bind(remote), remote
 
 
 # 192.0.2.1 is TEST-NET-1 (RFC 5737), never a local address: even a broken refusal could
@@ -400,7 +449,7 @@ def test_serve_tls_with_client_certificates(certs: Certs, processes: List[CliPro
 def test_logging_options_before_or_after_the_command(
     argv: List[str], level: Optional[str], log_format: Optional[str], log_h2: bool
 ) -> None:
-    args = _build_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     assert (args.log_level, args.log_format, args.log_h2) == (level, log_format, log_h2)
 
 
@@ -557,11 +606,11 @@ def test_demo_tls_without_openssl_or_trustme_is_a_one_line_error(tmp_path: Path)
 def test_demo_certificates_are_verified_for_127_0_0_1(tmp_path: Path) -> None:
     import ssl
 
-    from wove_h2grpc.cli import _demo_certificates
+    from wove_h2grpc.cli.certs import demo_certificates
 
     if shutil.which("openssl") is None:
         pytest.skip("no openssl command on PATH here")
-    cert, key, ca_pem, maker = _demo_certificates(str(tmp_path))
+    cert, key, ca_pem, maker = demo_certificates(str(tmp_path))
     assert maker == "openssl"
     server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server.load_cert_chain(cert, key)

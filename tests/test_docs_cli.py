@@ -30,7 +30,8 @@ from _cli_support import CliProcess
 from _support import REPO_DIR, TESTS_DIR
 
 from wove_h2grpc import H2GrpcExecutor
-from wove_h2grpc.cli import _build_parser, _JsonFormatter
+from wove_h2grpc.cli.logs import JsonFormatter
+from wove_h2grpc.cli.parser import build_parser
 from wove_h2grpc.wove.codec import encode_command
 from wove_h2grpc.wove.worker import WorkerService
 
@@ -169,7 +170,7 @@ async def test_json_log_sample_in_the_docs_has_the_fields_of_a_run_line() -> Non
     shown = json.loads(sample)
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
-    handler.setFormatter(_JsonFormatter())
+    handler.setFormatter(JsonFormatter())
     worker_logger = logging.getLogger("wove_h2grpc.wove.worker")
     old_level = worker_logger.level
     worker_logger.addHandler(handler)
@@ -198,7 +199,7 @@ async def test_json_log_sample_in_the_docs_has_the_fields_of_a_run_line() -> Non
 
 def test_worker_page_lists_every_command_line_option() -> None:
     text = (DOCS / "worker.md").read_text(encoding="utf-8")
-    parser = _build_parser()
+    parser = build_parser()
     assert parser._subparsers is not None
     commands = parser._subparsers._group_actions[0].choices
     parsers = {"": parser, **commands}  # type: ignore[dict-item]

@@ -52,10 +52,22 @@ LAYERS: Dict[str, int] = {
     "server": API,
     "wove": WOVE_LAYER,
     "wove.codec": WOVE_LAYER,
+    "wove.config": WOVE_LAYER,
     "wove.executor": WOVE_LAYER,
+    "wove.install": WOVE_LAYER,
+    "wove.credentials": WOVE_LAYER,
+    "wove.stats": WOVE_LAYER,
     "wove.worker": WOVE_LAYER,
     "worker": WOVE_LAYER,
     "cli": CLI,
+    "cli.console": CLI,
+    "cli.parser": CLI,
+    "cli.logs": CLI,
+    "cli.tls": CLI,
+    "cli.certs": CLI,
+    "cli.summaries": CLI,
+    "cli.serve": CLI,
+    "cli.demo": CLI,
     "__main__": CLI,
 }
 # The IO-free layer: stdlib (minus IO), h2's events/errors and hpack only; never awaits.
@@ -159,7 +171,8 @@ def test_every_named_module_exists(module: str) -> None:
 
 def test_layout_puts_each_layer_in_its_package() -> None:
     # The tree shows the architecture: IO-free code under protocol/, asyncio under aio/,
-    # the Wove integration under wove/ (``worker`` is the public alias of wove.worker).
+    # the Wove integration under wove/ (``worker`` is the public alias of wove.worker), the
+    # command line under cli/.
     for module, rank in LAYERS.items():
         top = module.split(".")[0]
         if top == "protocol":
@@ -168,6 +181,8 @@ def test_layout_puts_each_layer_in_its_package() -> None:
             assert rank == AIO, module
         elif top == "wove":
             assert rank == WOVE_LAYER, module
+        elif top == "cli":
+            assert rank == CLI, module
 
 
 @pytest.mark.parametrize("module", CODECS)

@@ -15,7 +15,8 @@ from .protocol.status import StatusCode
 if TYPE_CHECKING:
     from .client import Channel
     from .server import Server, ServicerContext
-    from .wove.executor import H2GrpcExecutor, install, uninstall
+    from .wove.executor import H2GrpcExecutor
+    from .wove.install import install, uninstall
 
 __all__ = [
     "Channel",
@@ -34,8 +35,8 @@ _LAZY = {
     "Server": "server",
     "ServicerContext": "server",
     "H2GrpcExecutor": "wove.executor",
-    "install": "wove.executor",
-    "uninstall": "wove.executor",
+    "install": "wove.install",
+    "uninstall": "wove.install",
 }
 
 

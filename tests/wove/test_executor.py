@@ -29,14 +29,8 @@ import wove_h2grpc
 from wove_h2grpc import GrpcError, H2GrpcExecutor, StatusCode
 from wove_h2grpc import worker as worker_api
 from wove_h2grpc.wove.codec import DEFAULT_METHOD, encode_command
-from wove_h2grpc.wove.executor import (
-    CONFIG_KEYS,
-    ConfigKeyWarning,
-    _is_retryable,
-    install,
-    installed,
-    uninstall,
-)
+from wove_h2grpc.wove.executor import CONFIG_KEYS, ConfigKeyWarning, _is_retryable
+from wove_h2grpc.wove.install import install, installed, uninstall
 
 TERMINAL = {"task_result", "task_error", "task_cancelled"}
 

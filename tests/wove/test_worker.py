@@ -392,7 +392,7 @@ async def test_json_answer_is_what_wove_parses() -> None:
 
 
 def test_replay_rule_matches_wove_without_mutating_the_callers_security() -> None:
-    from wove_h2grpc.wove.worker import _NonceRegistry
+    from wove_h2grpc.wove.credentials import _NonceRegistry
 
     security = _signed_security()
     service = WorkerService(security)

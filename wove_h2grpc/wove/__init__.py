@@ -1,1 +1,2 @@
-"""Wove integration: the command/event codec, the executor, ``install()`` and the worker."""
+"""Wove integration: the command/event codec, the executor and its config, ``install()``, and
+the worker with its credentials check and run stats."""

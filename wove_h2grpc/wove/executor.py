@@ -3,9 +3,10 @@
 :class:`H2GrpcExecutor` implements Wove's ``EnvironmentExecutor`` contract (``start``,
 ``send``, ``recv``, ``stop``) with the same wire format, signing and configuration rules as
 Wove's own ``GrpcEnvironmentExecutor``, so a worker written for Wove's grpc executor serves
-it unchanged (see ``docs/protocol.md``). :func:`install` makes ``executor="grpc"`` choose
-the transport from ``executor_config["transport"]``: ``"h2"`` (this module), ``"grpcio"``
-(Wove's executor, untouched) or ``"auto"`` (grpcio when it imports, else h2).
+it unchanged (see ``docs/protocol.md``). It picks the transport from
+``executor_config["transport"]``: ``"h2"`` (this module), ``"grpcio"`` (Wove's executor,
+untouched) or ``"auto"`` (grpcio when it imports, else h2); :func:`wove_h2grpc.install` makes
+Wove's ``executor="grpc"`` build one.
 
 Delivery guarantee: every ``run_task`` ends in exactly one terminal event
 (``task_result``, ``task_error`` or ``task_cancelled``). A failed call becomes a
@@ -15,14 +16,9 @@ Delivery guarantee: every ``run_task`` ends in exactly one terminal event
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import difflib
-import importlib
 import logging
-import sys
-import threading
 import warnings
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional
 from uuid import uuid4
 
 from wove.environment import (
@@ -30,19 +26,21 @@ from wove.environment import (
     GrpcEnvironmentExecutor,
     normalize_exception,
 )
-from wove.security import (
-    NetworkExecutorSecurity,
-    _ensure_network_executor_security,
-    _is_local_grpc_target,
-)
 from wove.serialization import require_dispatch
 
-from ..aio.options import ChannelOptions
 from ..client import Channel
 from ..errors import GrpcError
-from ..protocol.metadata import normalize_metadata
-from ..protocol.target import parse_target
-from .codec import CODECS, DEFAULT_METHOD, decode_events, encode_command
+from .codec import DEFAULT_METHOD, decode_events, encode_command
+from .config import (
+    CONFIG_KEYS,
+    H2_ONLY_KEYS,
+    TRANSPORTS,
+    ConfigKeyWarning,
+    Settings,
+    parse_settings,
+    resolve_transport,
+    warn_unknown_keys,
+)
 
 __all__ = [
     "CONFIG_KEYS",
@@ -51,169 +49,14 @@ __all__ = [
     "TRANSPORTS",
     "ConfigKeyWarning",
     "H2GrpcExecutor",
-    "install",
-    "installed",
-    "uninstall",
 ]
 
 logger = logging.getLogger(__name__)
-
-#: Values of ``executor_config["transport"]``.
-TRANSPORTS = ("h2", "grpcio", "auto")
-
-#: The keys of Wove's own grpc executor, with Wove's meaning.
-WOVE_KEYS = ("target", "method", "secure", "root_certificates", "security", "metadata", "timeout",
-             "insecure")  # fmt: skip
-
-#: Keys only the h2 transport reads (Wove's grpcio executor ignores them).
-H2_ONLY_KEYS = (
-    "private_key",
-    "certificate_chain",
-    "server_hostname",
-    "authority",
-    "connect_timeout",
-    "keepalive_time",
-    "max_receive_message_length",
-    "compression",
-    "lb_policy",
-    "transparent_retry",
-    "codec",
-)
-
-#: Every key ``executor_config`` may hold; anything else draws a warning.
-CONFIG_KEYS = (*WOVE_KEYS, "transport", *H2_ONLY_KEYS)
-
-# The keys that are Channel options of the same name, validated by ChannelOptions.build.
-_CHANNEL_KEYS = ("root_certificates", *(key for key in H2_ONLY_KEYS if key != "codec"))
 
 # Seconds stop() lets in-flight cancel_task calls finish before resetting them.
 _CANCEL_GRACE = 1.0
 _TERMINAL = frozenset({"task_result", "task_error", "task_cancelled"})
 _DISPATCH_REASON = "the grpc network executor serializes task frames for a remote worker service."
-
-
-class ConfigKeyWarning(UserWarning):
-    """An ``executor_config`` key the grpc executor does not know (likely misspelt)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class _Settings:
-    """Validated ``executor_config`` for the h2 transport."""
-
-    target: str
-    method: str
-    timeout: Optional[float]
-    metadata: Tuple[Tuple[str, Any], ...]
-    security: NetworkExecutorSecurity
-    codec: str
-    channel_options: ChannelOptions
-
-
-def _warn_unknown_keys(config: Mapping[str, Any]) -> None:
-    for key in config:
-        if key in CONFIG_KEYS:
-            continue
-        close = difflib.get_close_matches(str(key), CONFIG_KEYS, n=1, cutoff=0.6)
-        hint = f"did you mean {close[0]!r}?" if close else f"valid keys: {', '.join(CONFIG_KEYS)}"
-        warnings.warn(
-            f"executor_config key {key!r} is not a grpc executor option and is ignored; {hint}",
-            ConfigKeyWarning,
-            stacklevel=4,
-        )
-
-
-def _grpcio_importable() -> bool:
-    # "auto" means: what Wove's grpcio executor would get from ``import grpc``.
-    if sys.modules.get("grpc") is not None:
-        return True
-    try:
-        importlib.import_module("grpc")
-    except ImportError:
-        return False
-    return True
-
-
-def _resolve_transport(value: Any) -> str:
-    if value not in TRANSPORTS:
-        raise ValueError(
-            f"executor_config.transport must be one of 'h2', 'grpcio', 'auto', not {value!r}."
-        )
-    if value == "auto":
-        return "grpcio" if _grpcio_importable() else "h2"
-    return str(value)
-
-
-def _config_key(option: str) -> str:
-    """How an option is named in errors: Wove's ``executor_config.<key>``."""
-    return f"executor_config.{option}"
-
-
-def _wove_metadata(metadata: Any) -> Tuple[Tuple[str, str], ...]:
-    # Wove's own normalisation (wove.environment._normalize_metadata), same messages.
-    if metadata is None:
-        return ()
-    if isinstance(metadata, dict):
-        return tuple((str(key), str(value)) for key, value in metadata.items())
-    if isinstance(metadata, (list, tuple)):
-        return tuple((str(key), str(value)) for key, value in metadata)
-    raise TypeError("executor_config.metadata must be a dictionary or sequence of pairs.")
-
-
-def _parse_settings(config: Mapping[str, Any]) -> _Settings:
-    """Validate ``executor_config`` for the h2 transport, Wove's checks first, in Wove's order.
-
-    The target is parsed before the security rule, so a malformed target is reported as
-    such; the Channel options are checked last, once, by ``ChannelOptions.build``.
-    """
-    target = config.get("target")
-    if not isinstance(target, str) or not target:
-        raise TypeError("executor_config.target must be a non-empty gRPC target.")
-    secure = bool(config.get("secure"))
-    try:
-        parsed = parse_target(target, secure=secure)
-    except ValueError as exc:
-        raise ValueError(f"executor_config: {exc}") from None
-    method = config.get("method", DEFAULT_METHOD)
-    if not isinstance(method, str) or not method.startswith("/"):
-        raise TypeError("executor_config.method must be a fully-qualified gRPC method path.")
-    raw_timeout = config.get("timeout")
-    timeout = float(raw_timeout) if raw_timeout is not None else None
-    try:
-        metadata = normalize_metadata(_wove_metadata(config.get("metadata")))
-    except ValueError as exc:
-        raise ValueError(f"executor_config.metadata: {exc}") from None
-    security = NetworkExecutorSecurity.from_config(config.get("security"))
-    _ensure_network_executor_security(
-        executor_name="grpc",
-        security=security,
-        secure_transport=secure,
-        local_target=_is_local_grpc_target(target),
-        insecure=bool(config.get("insecure", False)),
-    )
-
-    codec = config.get("codec", "json")
-    if codec not in CODECS:
-        raise ValueError(f"executor_config.codec must be 'json' or 'msgpack', not {codec!r}.")
-    options = {key: config[key] for key in _CHANNEL_KEYS if key in config}
-    if "connect_timeout" in options and options["connect_timeout"] is None:
-        del options["connect_timeout"]  # None reads as "not set" here, as Wove's keys do
-    try:
-        channel_options = ChannelOptions.build(
-            parsed, secure=secure, field_name=_config_key, **options
-        )
-    except TypeError as exc:
-        raise TypeError(f"{exc}.") from None
-    except ValueError as exc:
-        raise ValueError(f"{exc}.") from None
-    return _Settings(
-        target=target,
-        method=method,
-        timeout=timeout,
-        metadata=metadata,
-        security=security,
-        codec=str(codec),
-        channel_options=channel_options,
-    )
 
 
 def _is_retryable(exc: BaseException) -> bool:
@@ -246,7 +89,7 @@ class H2GrpcExecutor(EnvironmentExecutor):
     """Wove's grpc executor on the h2 transport; dispatches on ``executor_config["transport"]``.
 
     ``transport`` is used when the config has no ``"transport"`` key: a bare
-    ``H2GrpcExecutor()`` means h2, the executor :func:`install` builds for ``"grpc"``
+    ``H2GrpcExecutor()`` means h2, the executor :func:`wove_h2grpc.install` builds for ``"grpc"``
     means ``"auto"``. With ``"grpcio"`` every call goes to Wove's own
     ``GrpcEnvironmentExecutor``, unchanged. One instance may be started again after
     ``stop()`` (Wove reuses an executor instance for every weave).
@@ -257,7 +100,7 @@ class H2GrpcExecutor(EnvironmentExecutor):
             raise ValueError(f"transport must be one of 'h2', 'grpcio', 'auto', not {transport!r}")
         self._default_transport = transport
         self._delegate: Optional[EnvironmentExecutor] = None
-        self._settings: Optional[_Settings] = None
+        self._settings: Optional[Settings] = None
         self._channel: Optional[Channel] = None
         self._rpc: Optional[Callable[..., Any]] = None
         self._events: Optional[asyncio.Queue[Dict[str, Any]]] = None
@@ -284,8 +127,8 @@ class H2GrpcExecutor(EnvironmentExecutor):
         config = environment_config or {}
         if not isinstance(config, Mapping):
             raise TypeError("executor_config must be a dictionary.")
-        _warn_unknown_keys(config)
-        transport = _resolve_transport(config.get("transport", self._default_transport))
+        warn_unknown_keys(config)
+        transport = resolve_transport(config.get("transport", self._default_transport))
         if transport == "grpcio":
             ignored = [key for key in H2_ONLY_KEYS if key in config]
             if ignored:
@@ -306,7 +149,7 @@ class H2GrpcExecutor(EnvironmentExecutor):
             return
 
         require_dispatch(_DISPATCH_REASON)
-        settings = _parse_settings(config)
+        settings = parse_settings(config)
         channel = Channel._from_options(settings.channel_options)
         self._settings = settings
         self._channel = channel
@@ -474,7 +317,7 @@ class H2GrpcExecutor(EnvironmentExecutor):
             )
 
     def _deliver(
-        self, frame: Dict[str, Any], response: Any, is_run: bool, settings: _Settings
+        self, frame: Dict[str, Any], response: Any, is_run: bool, settings: Settings
     ) -> None:
         where = f"gRPC worker service at {settings.target}{settings.method}"
         if not response:
@@ -496,52 +339,3 @@ class H2GrpcExecutor(EnvironmentExecutor):
         if is_run and self._runs.get(str(frame.get("run_id"))) is False:
             missing = RuntimeError(f"{where} answered run_task without a terminal event.")
             self._emit(_error_frame(frame, missing, str(missing), retryable=False))
-
-
-# install() / uninstall(): Wove resolves executor names in
-# wove.environment.build_executor_from_name, called through the module global by
-# wove.environment.coerce_executor (used by ExecutorRuntime.ensure_environment); nothing
-# else in Wove holds a reference to it, so replacing that one global is the whole hook.
-_install_lock = threading.Lock()
-_original_build: Optional[Callable[[str], EnvironmentExecutor]] = None
-
-
-def _build_executor_from_name(name: str) -> EnvironmentExecutor:
-    """``wove.environment.build_executor_from_name`` with ``"grpc"`` routed by transport."""
-    if name == "grpc":
-        return H2GrpcExecutor(transport="auto")
-    if _original_build is None:
-        raise RuntimeError("wove_h2grpc.install() state lost: Wove's resolver is missing")
-    return _original_build(name)
-
-
-def install() -> None:
-    """Route Wove's ``executor="grpc"`` through ``executor_config["transport"]``. Idempotent."""
-    global _original_build
-    import wove.environment as environment
-
-    with _install_lock:
-        if environment.build_executor_from_name is _build_executor_from_name:
-            return
-        _original_build = environment.build_executor_from_name
-        environment.build_executor_from_name = _build_executor_from_name
-
-
-def uninstall() -> None:
-    """Restore Wove's own resolver exactly as :func:`install` found it. Idempotent."""
-    global _original_build
-    import wove.environment as environment
-
-    with _install_lock:
-        if environment.build_executor_from_name is not _build_executor_from_name:
-            return
-        if _original_build is not None:
-            environment.build_executor_from_name = _original_build  # type: ignore[assignment]
-        _original_build = None
-
-
-def installed() -> bool:
-    """True while :func:`install` is in effect."""
-    import wove.environment as environment
-
-    return environment.build_executor_from_name is _build_executor_from_name

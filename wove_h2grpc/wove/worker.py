@@ -16,9 +16,11 @@ Every finished run is one INFO line on this module's logger (``wove_h2grpc.wove.
 run id, task, peer, outcome and duration, also attached to the record as the attributes
 ``run_id``, ``task``, ``peer``, ``outcome``, ``duration_ms`` (and ``error`` for a failed
 run) for structured log handlers. :meth:`WorkerService.stats` counts runs and refusals for
-summaries.
+summaries. The counting and the line are :mod:`wove_h2grpc.wove.stats`'s; the credentials
+check is :mod:`wove_h2grpc.wove.credentials`'s.
 
-Status codes a refused call ends with (decided here, documented in ``docs/worker.md``):
+Status codes a refused call ends with (decided here and in the credentials check,
+documented in ``docs/worker.md``):
 
 * ``UNAUTHENTICATED``: the request's credentials are missing or wrong (no or bad signature,
   unknown key, expired timestamp, replayed nonce, wrong bearer token).
@@ -31,19 +33,17 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import copy
-import dataclasses
-import heapq
 import inspect
 import logging
 import time
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Set, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from wove.environment import normalize_exception
-from wove.security import NetworkExecutorSecurity
 
 from ..protocol.status import StatusCode
 from .codec import DEFAULT_METHOD, decode_command, encode_events, load_raw
+from .credentials import MetadataInput, RequestVerifier, WorkerPermissionError
+from .stats import RunLedger, WorkerStats
 
 __all__ = [
     "DEFAULT_METHOD",
@@ -65,60 +65,9 @@ _OFFLOAD_BYTES = 256 * 1024
 _EARLY_CANCEL_LIMIT = 4096
 _EARLY_CANCEL_TTL = 300.0
 
-#: Call metadata as ``(key, value)`` pairs (grpcio and our Server give tuples) or a mapping.
-MetadataInput = Union[Iterable[Tuple[str, Any]], Mapping[str, Any]]
-
-# wove.security's signed-request headers, as lowercase gRPC metadata keys.
-_NONCE_HEADER = "x-wove-nonce"
-_TIMESTAMP_HEADER = "x-wove-timestamp"
-
-
-class WorkerPermissionError(PermissionError):
-    """A request the worker refuses to run; ``code`` is the gRPC status to answer with."""
-
-    def __init__(self, message: str, code: StatusCode = StatusCode.UNAUTHENTICATED) -> None:
-        super().__init__(message)
-        self.code = code
-
 
 class InvalidRequestError(ValueError):
     """A verified request that is not a Wove command frame (answered ``INVALID_ARGUMENT``)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class WorkerStats:
-    """Counts of a :class:`WorkerService` since it was created (see :meth:`since`).
-
-    ``runs`` is the number of finished ``run_task`` commands, split by outcome into
-    ``results``, ``errors`` (the task raised, or the worker could not run or answer it) and
-    ``cancelled``; ``run_seconds`` is their summed duration. ``refused`` counts calls refused
-    before anything ran (credentials, permission, not a Wove command). ``running`` is the
-    number of runs executing when the snapshot was taken.
-    """
-
-    runs: int = 0
-    results: int = 0
-    errors: int = 0
-    cancelled: int = 0
-    refused: int = 0
-    run_seconds: float = 0.0
-    running: int = 0
-
-    def since(self, earlier: WorkerStats) -> WorkerStats:
-        """The counts between ``earlier`` and this snapshot (``running`` stays this one's)."""
-        return WorkerStats(
-            runs=self.runs - earlier.runs,
-            results=self.results - earlier.results,
-            errors=self.errors - earlier.errors,
-            cancelled=self.cancelled - earlier.cancelled,
-            refused=self.refused - earlier.refused,
-            run_seconds=self.run_seconds - earlier.run_seconds,
-            running=self.running,
-        )
-
-
-# Outcome of a run -> the WorkerStats counter it adds to.
-_OUTCOME_FIELD = {"result": "results", "error": "errors", "cancelled": "cancelled"}
 
 
 class _TaskExited(Exception):
@@ -127,17 +76,6 @@ class _TaskExited(Exception):
     def __init__(self, original: BaseException) -> None:
         super().__init__(repr(original))
         self.original = original
-
-
-def _security_from(security: Any) -> Optional[NetworkExecutorSecurity]:
-    if security is None:
-        return None
-    if isinstance(security, NetworkExecutorSecurity):
-        resolved = security
-    else:
-        resolved = NetworkExecutorSecurity.from_config(security)
-    # mode "none" verifies nothing: treat it exactly like "no security configured".
-    return None if resolved.mode == "none" else resolved
 
 
 def _exception_survives_pickle(exc: BaseException) -> bool:
@@ -181,29 +119,12 @@ class WorkerService:
                 f"method must be a fully-qualified gRPC method path like {DEFAULT_METHOD!r}, "
                 f"not {method!r}"
             )
-        resolved = _security_from(security)
-        if resolved is not None and allow_unsigned:
-            raise ValueError(
-                "allow_unsigned=True conflicts with security: a worker with security verifies "
-                "every request; pass security=None to run unsigned requests"
-            )
+        self._verifier = RequestVerifier(security, allow_unsigned=allow_unsigned)
         self._method = method
-        self._security = resolved
-        self._nonces: Optional[_NonceRegistry] = None
-        if resolved is not None and resolved.mode == "signed" and resolved.remember_nonces:
-            # Wove's replay check scans every remembered nonce on each request (quadratic
-            # over a large mapped task: 2.5 s of 7.5 s for 2,000 calls). Verify with a copy
-            # that skips it and keep the same rule here in O(log n).
-            self._nonces = _NonceRegistry(resolved.clock_skew_seconds)
-            resolved = copy.copy(resolved)
-            resolved.remember_nonces = False
-            self._security = resolved
-        self._allow_unsigned = bool(allow_unsigned)
         self._active: Dict[str, Set[asyncio.Future[Any]]] = {}
         self._early_cancels: collections.OrderedDict[str, float] = collections.OrderedDict()
-        self._counts: Dict[str, int] = {"results": 0, "errors": 0, "cancelled": 0, "refused": 0}
-        self._run_seconds = 0.0
-        if resolved is None and not allow_unsigned:
+        self._ledger = RunLedger(logger)
+        if self._verifier.security_mode == "none" and not allow_unsigned:
             logger.warning(
                 "WorkerService has no security and allow_unsigned=False: every request will "
                 "be refused with PERMISSION_DENIED"
@@ -217,12 +138,12 @@ class WorkerService:
     @property
     def security_mode(self) -> str:
         """``"signed"``, ``"bearer"`` or ``"none"`` (unsigned requests, if allowed)."""
-        return "none" if self._security is None else str(self._security.mode)
+        return self._verifier.security_mode
 
     @property
     def allow_unsigned(self) -> bool:
         """Whether requests without credentials are run (only possible without security)."""
-        return self._allow_unsigned
+        return self._verifier.allow_unsigned
 
     def active_runs(self) -> Tuple[str, ...]:
         """Run ids currently executing, for monitoring and tests."""
@@ -230,16 +151,7 @@ class WorkerService:
 
     def stats(self) -> WorkerStats:
         """A snapshot of the runs and refusals counted since this service was created."""
-        counts = self._counts
-        return WorkerStats(
-            runs=counts["results"] + counts["errors"] + counts["cancelled"],
-            results=counts["results"],
-            errors=counts["errors"],
-            cancelled=counts["cancelled"],
-            refused=counts["refused"],
-            run_seconds=self._run_seconds,
-            running=len(self._active),
-        )
+        return self._ledger.stats(running=len(self._active))
 
     # -- verification ------------------------------------------------------------------
 
@@ -250,30 +162,7 @@ class WorkerService:
 
         Runs before anything is unpickled: an unverified request never reaches cloudpickle.
         """
-        if self._security is None:
-            if self._allow_unsigned:
-                return
-            raise WorkerPermissionError(
-                "this worker has no security configured and does not accept unsigned "
-                "requests (start it with a security secret, or allow_unsigned=True)",
-                StatusCode.PERMISSION_DENIED,
-            )
-        pairs = _text_metadata(metadata.items() if isinstance(metadata, Mapping) else metadata)
-        try:
-            self._security.verify_metadata(
-                metadata=pairs, transport="grpc", target=self._method, body=bytes(request)
-            )
-        except PermissionError as exc:
-            raise WorkerPermissionError(str(exc), StatusCode.UNAUTHENTICATED) from None
-        if self._nonces is not None:
-            # Only reached with a valid signature, so nonce and timestamp are present.
-            values = {key.lower(): value for key, value in pairs}
-            if not self._nonces.check_and_remember(
-                values.get(_NONCE_HEADER, ""), float(values.get(_TIMESTAMP_HEADER, "0"))
-            ):
-                raise WorkerPermissionError(
-                    "Replayed Wove network executor signature.", StatusCode.UNAUTHENTICATED
-                )
+        self._verifier.verify(request, metadata, self._method)
 
     # -- the transport-agnostic entry point --------------------------------------------
 
@@ -291,7 +180,7 @@ class WorkerService:
         try:
             return await self._handle(request, metadata, peer or "unknown peer")
         except (WorkerPermissionError, InvalidRequestError):
-            self._counts["refused"] += 1
+            self._ledger.refused()
             raise
 
     async def _handle(self, request: bytes, metadata: MetadataInput, peer: str) -> bytes:
@@ -315,7 +204,7 @@ class WorkerService:
         if isinstance(run_id, str) and run_id:
             error = InvalidRequestError(f"unsupported Wove frame type {frame_type!r}")
             events = [self._error_event(frame, error, source="worker")]
-            self._finished(frame, peer, started, "error", f"worker: {error}")
+            self._ledger.finished(frame, peer, started, "error", f"worker: {error}")
             return await self._encode(events, codec)
         raise InvalidRequestError(f"unsupported Wove frame type {frame_type!r}")
 
@@ -381,7 +270,9 @@ class WorkerService:
             raise InvalidRequestError("run_task frame without a run_id")
         started = {"type": "task_started", "run_id": run_id, "task_id": frame.get("task_id")}
         if self._take_early_cancel(run_id):
-            self._finished(frame, peer, began, "cancelled", "cancel_task arrived before the run")
+            self._ledger.finished(
+                frame, peer, began, "cancelled", "cancel_task arrived before the run"
+            )
             return await self._encode([started, self._cancelled_event(frame)], codec)
         func = frame.get("callable")
         args = frame.get("args")
@@ -392,7 +283,7 @@ class WorkerService:
                 "run_task needs a callable and a dict of keyword arguments, got "
                 f"{type(func).__name__} and {type(args).__name__}"
             )
-            self._finished(frame, peer, began, "error", f"worker: {error}")
+            self._ledger.finished(frame, peer, began, "error", f"worker: {error}")
             return await self._encode([started, self._error_event(frame, error, "worker")], codec)
 
         run = asyncio.ensure_future(self._invoke(func, args))
@@ -404,7 +295,7 @@ class WorkerService:
             await asyncio.wait({run})
         except asyncio.CancelledError:
             run.cancel()
-            self._finished(frame, peer, began, "cancelled", "the call was cancelled")
+            self._ledger.finished(frame, peer, began, "cancelled", "the call was cancelled")
             raise
         finally:
             runs.discard(run)
@@ -440,40 +331,8 @@ class WorkerService:
             error_event = self._error_event(frame, exc, source="worker")
             outcome, detail = "error", f"worker: cannot serialize the answer: {exc!r}"
             answer = await self._encode([started, error_event], codec)
-        self._finished(frame, peer, began, outcome, detail)
+        self._ledger.finished(frame, peer, began, outcome, detail)
         return answer
-
-    def _finished(
-        self, frame: Dict[str, Any], peer: str, began: float, outcome: str, detail: str = ""
-    ) -> None:
-        """Count a finished run and log its one INFO line."""
-        seconds = time.monotonic() - began
-        self._counts[_OUTCOME_FIELD[outcome]] += 1
-        self._run_seconds += seconds
-        if not logger.isEnabledFor(logging.INFO):
-            return
-        run_id = frame.get("run_id")
-        task = _task_name(frame)
-        duration_ms = round(seconds * 1000.0, 1)
-        extra: Dict[str, Any] = {
-            "run_id": run_id,
-            "task": task,
-            "peer": peer,
-            "outcome": outcome,
-            "duration_ms": duration_ms,
-        }
-        if outcome == "error":
-            extra["error"] = detail
-        shown = f"{outcome} ({detail})" if detail else outcome
-        logger.info(
-            "run %s task %s from %s: %s in %.1f ms",
-            run_id,
-            task,
-            peer,
-            shown,
-            duration_ms,
-            extra=extra,
-        )
 
     async def _invoke(self, func: Callable[..., Any], args: Dict[str, Any]) -> Any:
         try:
@@ -575,55 +434,10 @@ class WorkerService:
         frame = {"run_id": run_id, "task_id": raw.get("task_id")}
         logger.warning("run %s: cannot decode the task: %s", run_id, error)
         started = {"type": "task_started", "run_id": run_id, "task_id": raw.get("task_id")}
-        self._finished(frame, peer, began, "error", f"worker: cannot decode the task: {error}")
+        self._ledger.finished(
+            frame, peer, began, "error", f"worker: cannot decode the task: {error}"
+        )
         return await self._encode([started, self._error_event(frame, error, "worker")], codec)
-
-
-class _NonceRegistry:
-    """Wove's replay rule (``NetworkExecutorSecurity._check_nonce``) in O(log n) per request.
-
-    A nonce is refused if it was seen with a timestamp inside the clock-skew window; entries
-    older than the window are forgotten (the timestamp check refuses those requests anyway).
-    Timestamps come from clients, not in order, hence a heap for expiry.
-    """
-
-    def __init__(self, window: float) -> None:
-        self._window = float(window)
-        self._seen: Dict[str, float] = {}
-        self._expiry: List[Tuple[float, str]] = []
-
-    def check_and_remember(self, nonce: str, timestamp: float) -> bool:
-        cutoff = time.time() - self._window
-        expiry = self._expiry
-        while expiry and expiry[0][0] < cutoff:
-            seen_at, old = heapq.heappop(expiry)
-            if self._seen.get(old) == seen_at:
-                del self._seen[old]
-        if nonce in self._seen:
-            return False
-        self._seen[nonce] = timestamp
-        heapq.heappush(expiry, (timestamp, nonce))
-        return True
-
-
-def _text_metadata(metadata: Iterable[Tuple[str, Any]]) -> List[Tuple[str, str]]:
-    # Signature headers are ASCII text; -bin values (bytes) take no part in verification.
-    pairs: List[Tuple[str, str]] = []
-    for key, value in metadata:
-        if isinstance(value, (bytes, bytearray)):
-            continue
-        pairs.append((str(key), str(value)))
-    return pairs
-
-
-def _task_name(frame: Dict[str, Any]) -> str:
-    """Wove's task name (the frame's ``task_id``), else the callable's qualified name."""
-    task_id = frame.get("task_id")
-    if isinstance(task_id, str) and task_id:
-        return task_id
-    func = frame.get("callable")
-    name = getattr(func, "__qualname__", None) or getattr(func, "__name__", None)
-    return str(name) if name else "?"
 
 
 def _log_refusal(what: str, context: Any, exc: Exception, status: str) -> None:
