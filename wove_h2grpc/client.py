@@ -21,7 +21,7 @@ from .aio.keepalive import ConnectionSettings
 from .aio.options import DEFAULT_MAX_RECEIVE, ChannelOptions, check_compression
 from .aio.pool import Pool
 from .errors import GrpcError
-from .protocol.call import Outcome, Retry, with_debug
+from .protocol.call import REFUSED, UNSENT, Outcome, with_debug
 from .protocol.framing import frame_message, too_large
 from .protocol.metadata import (
     MetadataLike,
@@ -33,6 +33,8 @@ from .protocol.status import StatusCode
 from .protocol.target import format_host_port
 
 __all__ = ["Channel", "UnaryUnaryMultiCallable"]
+
+_OK = StatusCode.OK  # a module constant: cheaper than the enum lookup on every call
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
@@ -260,7 +262,7 @@ class UnaryUnaryMultiCallable(Generic[Req, Resp]):
         channel = self._channel
         opts = channel._opts
         pool = channel._pool
-        if pool.closed:
+        if pool._closed:
             closed = GrpcError(StatusCode.CANCELLED, "channel is closed", request_sent=False)
             raise with_debug(closed, method=self._method, target=opts.target.original, elapsed=0.0)
         payload = self._serializer(request) if self._serializer is not None else request
@@ -293,7 +295,7 @@ class UnaryUnaryMultiCallable(Generic[Req, Resp]):
         where = opts.target.original
         while True:
             try:
-                conn = await pool.assign(deadline)
+                conn = pool.pick_now(loop) or await pool.assign(deadline)
             except GrpcError as exc:
                 raise with_debug(
                     exc, method=self._method, target=where, elapsed=loop.time() - start
@@ -328,7 +330,7 @@ class UnaryUnaryMultiCallable(Generic[Req, Resp]):
             except asyncio.CancelledError:
                 conn.cancel(call)
                 raise
-            if outcome.retry is Retry.REFUSED:
+            if outcome.retry is REFUSED:
                 # gRFC A6: the server refused the stream unprocessed; a bounded retry.
                 if not opts.transparent_retry:
                     why = "not retried because transparent_retry=False"
@@ -338,9 +340,9 @@ class UnaryUnaryMultiCallable(Generic[Req, Resp]):
                     why = f"gave up after {_MAX_REFUSED_RETRIES} transparent retries"
                     raise _not_retried(call, outcome, why, where, loop.time() - start)
                 continue
-            if outcome.retry is Retry.UNSENT:
+            if outcome.retry is UNSENT:
                 continue  # never left this process: send it on another connection
-            if not outcome.ok:
+            if outcome.code is not _OK:
                 raise call.error(outcome, target=where, elapsed=loop.time() - start)
             response = outcome.message or b""  # set on every OK unary outcome
             if self._deserializer is not None:

@@ -13,7 +13,6 @@ import asyncio
 import logging
 import os
 import select
-import time
 from collections import deque
 from typing import Any, Callable, Deque, Dict, List, Optional
 
@@ -84,6 +83,9 @@ class ClientConnection(H2Driver):
     MAX_CONCURRENT_STREAMS wait in a queue instead of failing.
     """
 
+    # A client has few connections and may read large responses: read in bigger chunks.
+    receive_buffer_size = 256 * 1024
+
     def __init__(
         self, loop: asyncio.AbstractEventLoop, settings: ConnectionSettings, peer: str
     ) -> None:
@@ -113,7 +115,9 @@ class ClientConnection(H2Driver):
             busy=self._streams.__len__,
             ping=self.send_ping,
             expired=self._keepalive_expired,
+            last_read=lambda: self.last_read,
         )
+        self.settings_first = True  # until the server's SETTINGS arrive
         self.on_idle: Optional[Callable[[ClientConnection], None]] = None
 
     def handlers(self) -> Dict[type, Callable[[Any], None]]:
@@ -163,13 +167,6 @@ class ClientConnection(H2Driver):
         )
         h2c.increment_flow_control_window(CONNECTION_WINDOW - 65535)
         self.flush()
-
-    def expects_settings_first(self) -> bool:
-        return not self.ready.done()
-
-    def data_received(self, data: bytes) -> None:
-        self._keepalive.last_read = time.monotonic()
-        super().data_received(data)
 
     def on_broken(self, exc: Exception, not_http2: bool) -> None:
         if not_http2:
@@ -229,7 +226,7 @@ class ClientConnection(H2Driver):
         if len(streams) < self._max_streams and not self._queue:
             idle = not streams
             self._open(call)
-            if idle and not self.flush_pending:
+            if idle and not self._flush_scheduled:
                 # A lone call (the sequential case) goes out now: one loop turn saved.
                 # Calls started while others are open coalesce into one write per turn.
                 self.flush()
@@ -341,7 +338,8 @@ class ClientConnection(H2Driver):
             if outcome.reset is not None and self._error is None and self.transport is not None:
                 self.reset_stream(sid, outcome.reset)
                 self.flush()
-            self._drain_queue()
+            if self._queue:
+                self._drain_queue()
         elif not sid and self._queue:
             try:
                 self._queue.remove(call)
@@ -408,6 +406,7 @@ class ClientConnection(H2Driver):
             self._max_streams = changed.new_value
         if not self.ready.done():
             self.ready.set_result(None)
+            self.settings_first = False
             if self._error is None:
                 self._keepalive.start()
         if changed is not None:

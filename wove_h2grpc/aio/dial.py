@@ -120,12 +120,12 @@ def _describe_ssl_error(exc: BaseException) -> str:
 async def dial(
     target: Target,
     address: Optional[Tuple[str, int]],
-    protocol_factory: Callable[[], asyncio.Protocol],
+    protocol_factory: Callable[[], asyncio.BaseProtocol],
     *,
     ssl_context: Optional[ssl.SSLContext],
     server_hostname: Optional[str],
     timeout: float,
-) -> Tuple[asyncio.Transport, asyncio.Protocol]:
+) -> Tuple[asyncio.Transport, asyncio.BaseProtocol]:
     """Connect to one address (or the unix path) and check ALPN; UNAVAILABLE on failure.
 
     The caller bounds the HTTP/2 preface with the rest of ``timeout``.

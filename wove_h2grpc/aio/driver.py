@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import struct
+import time
 from typing import Any, Callable, Dict, Optional
 
 import h2.connection
@@ -29,7 +30,7 @@ logger = logging.getLogger(__name__)
 CLOSE_ABORT_DELAY = 5.0
 
 
-class H2Driver(asyncio.Protocol):
+class H2Driver(asyncio.BufferedProtocol):
     """The HTTP/2 connection machinery both sides share; subclasses add the call logic.
 
     Subclass hooks: ``handlers()`` (the dispatch table), ``on_connected()``,
@@ -39,6 +40,10 @@ class H2Driver(asyncio.Protocol):
     # Stop reading while our writes are blocked (server: frames h2 answers by itself, such
     # as PING and SETTINGS ACKs, cannot then pile up for a peer that does not read).
     pause_reading_when_blocked = False
+    # The socket is read into one buffer of this size, kept for the connection's life: a
+    # plain Protocol gets a fresh bytes object of asyncio's 256 KiB read size per read,
+    # which glibc may serve with mmap/mremap/munmap, three system calls per read.
+    receive_buffer_size = 64 * 1024
 
     def __init__(self, loop: asyncio.AbstractEventLoop, conn: h2.connection.H2Connection) -> None:
         self.loop = loop
@@ -47,9 +52,14 @@ class H2Driver(asyncio.Protocol):
         self.peer = "unknown"
         self.write_paused = False
         self.closing = False  # no more frames are read or written for calls
+        # While True, the peer's first frame must be SETTINGS (RFC 9113 section 3.4): the
+        # client sets it until the server's SETTINGS arrive.
+        self.settings_first = False
+        self.last_read = time.monotonic()  # when bytes last arrived (keepalive reads it)
         self.closed: asyncio.Future[None] = loop.create_future()
         self._flush_scheduled = False
         self._abort_handle: Optional[asyncio.TimerHandle] = None
+        self._receive_view = memoryview(bytearray(self.receive_buffer_size))
         self._dispatch: Dict[type, Callable[[Any], None]] = self.handlers()
 
     # ------------------------------------------------------------------ hooks
@@ -60,10 +70,6 @@ class H2Driver(asyncio.Protocol):
 
     def on_connected(self) -> None:
         """The transport is up (the preface is for the subclass to send)."""
-
-    def expects_settings_first(self) -> bool:
-        """True while the peer's first frame must be SETTINGS (client, before the server's)."""
-        return False
 
     def on_broken(self, exc: Exception, not_http2: bool) -> None:
         """The peer broke HTTP/2 (or we failed handling it): a GOAWAY is out; end everything.
@@ -83,9 +89,20 @@ class H2Driver(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         self.on_connected()
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        """Where asyncio reads the socket into (BufferedProtocol): the connection's buffer."""
+        return self._receive_view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        """``nbytes`` arrived in the buffer; h2 copies what it keeps, so the buffer is free
+        again when this returns."""
+        self.data_received(self._receive_view[:nbytes])
+
+    def data_received(self, data: Any) -> None:
+        """Bytes (or a view of them) from the peer: to h2, then its events to the handlers."""
         if self.closing:
             return
+        self.last_read = time.monotonic()
         h2c = self.h2
         not_http2 = False
         try:
@@ -93,7 +110,7 @@ class H2Driver(asyncio.Protocol):
             # h2 checks a frame's length only once its whole body is buffered; refuse an
             # oversized frame from its 9-byte header (RFC 9113 section 4.2).
             problem = pending_frame_problem(h2c, first=False)
-            if not problem and self.expects_settings_first():
+            if not problem and self.settings_first:
                 problem = pending_frame_problem(h2c, first=True)
                 not_http2 = bool(problem)  # RFC 9113 section 3.4: not SETTINGS first
             if problem:
@@ -170,7 +187,9 @@ class H2Driver(asyncio.Protocol):
         self._flush_scheduled = False
         data = self.h2.data_to_send()
         transport = self.transport
-        if data and transport is not None and not transport.is_closing():
+        if data and transport is not None:
+            # A closing transport still sends what it buffered (our GOAWAY included);
+            # after connection_lost there is no transport.
             transport.write(data)
 
     def flush_soon(self) -> None:
@@ -178,10 +197,6 @@ class H2Driver(asyncio.Protocol):
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self.loop.call_soon(self.flush)
-
-    @property
-    def flush_pending(self) -> bool:
-        return self._flush_scheduled
 
     def send_ping(self, payload: bytes = b"wovekalv") -> bool:
         """PING the peer now (RFC 9113 section 6.7); False if h2 refused (connection closed)."""

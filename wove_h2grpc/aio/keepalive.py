@@ -45,19 +45,19 @@ class Keepalive:
     """The keepalive timers of one connection.
 
     ``busy()`` says whether calls are open, ``ping()`` sends a PING (False if it could
-    not), ``expired()`` is called when a PING went unanswered. The connection sets
-    ``last_read`` on every read and resets ``pings_without_data`` when it sends a call.
+    not), ``expired()`` is called when a PING went unanswered, ``last_read()`` says when
+    bytes last arrived. The connection resets ``pings_without_data`` when it sends a call.
     """
 
     __slots__ = (
         "_busy",
         "_deadline",
         "_expired",
+        "_last_read",
         "_loop",
         "_ping",
         "_settings",
         "_timer",
-        "last_read",
         "pings_without_data",
     )
 
@@ -69,6 +69,7 @@ class Keepalive:
         busy: Callable[[], int],
         ping: Callable[[], bool],
         expired: Callable[[], None],
+        last_read: Callable[[], float],
     ) -> None:
         self._loop = loop
         self._settings = settings
@@ -77,7 +78,7 @@ class Keepalive:
         self._expired = expired
         self._timer: Optional[asyncio.TimerHandle] = None
         self._deadline: Optional[asyncio.TimerHandle] = None
-        self.last_read = time.monotonic()
+        self._last_read = last_read
         self.pings_without_data = 0
 
     def start(self) -> None:
@@ -116,7 +117,7 @@ class Keepalive:
         interval = self._settings.keepalive_time
         if interval is None:
             return
-        idle = time.monotonic() - self.last_read
+        idle = time.monotonic() - self._last_read()
         busy = bool(self._busy())
         if (
             busy

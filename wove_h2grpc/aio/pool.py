@@ -273,6 +273,26 @@ class Pool(Generic[C]):
         """Every live connection, draining ones included."""
         return tuple(self._conns)
 
+    def pick_now(self, loop: asyncio.AbstractEventLoop) -> Optional[C]:
+        """A connection ready for a call right now, or None: then ``await assign()``.
+
+        The hot path of every call: no await, no allocation. None whenever assign() has
+        work to do (another event loop or a forked child, no usable connection, unread
+        input on an idle connection).
+        """
+        if self._closed or self._loop is not loop or self._fork_gen != _fork_generation[0]:
+            return None
+        if self._round_robin:
+            conn = self._pick()
+        else:  # pick_first, inline: the common case pays for no extra call
+            subs = self._subchannels
+            conn = subs[0].conn if subs else None
+            if conn is not None and not conn.usable:
+                return None
+        if conn is None or conn.input_pending():
+            return None
+        return conn
+
     async def assign(self, deadline: Optional[float] = None, *, fail_fast: bool = False) -> C:
         """The connection for one call, connecting (or reconnecting) as needed.
 

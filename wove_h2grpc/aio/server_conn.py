@@ -160,7 +160,7 @@ class ServerConnection(H2Driver):
             )
         self.flush()
 
-    def data_received(self, data: bytes) -> None:
+    def data_received(self, data: Any) -> None:
         if self._started:
             super().data_received(data)
 

@@ -59,6 +59,20 @@ class Retry(enum.Enum):
     REFUSED = "refused"  # sent, refused before processing (gRFC A6 transparent retry)
 
 
+# Enum members as module constants for the per-call path: before Python 3.12 every
+# ``CallState.X`` lookup goes through ``EnumMeta.__getattr__``, which costs more than the
+# rest of a state check.
+QUEUED, OPEN, RECEIVING, NOT_GRPC, DONE = (
+    CallState.QUEUED,
+    CallState.OPEN,
+    CallState.RECEIVING,
+    CallState.NOT_GRPC,
+    CallState.DONE,
+)
+NO_RETRY, UNSENT, REFUSED = Retry.NO, Retry.UNSENT, Retry.REFUSED
+_OK = StatusCode.OK
+
+
 class Outcome:
     """How a call ended: status, metadata, the cause as data, and what the driver must do.
 
@@ -89,7 +103,7 @@ class Outcome:
         request_sent: Optional[bool] = None,
         h2_error_code: Optional[int] = None,
         reset: Optional[int] = None,
-        retry: Retry = Retry.NO,
+        retry: Retry = NO_RETRY,
         message: Optional[bytes] = None,
     ) -> None:
         self.code = code
@@ -98,7 +112,7 @@ class Outcome:
         # success never needs them).
         self._headers = headers
         self._trailers = trailers
-        self.request_sent = False if retry is not Retry.NO else request_sent
+        self.request_sent = False if retry is not NO_RETRY else request_sent
         self.h2_error_code = h2_error_code
         self.reset = reset
         self.retry = retry
@@ -106,7 +120,7 @@ class Outcome:
 
     @property
     def ok(self) -> bool:
-        return self.code is StatusCode.OK
+        return self.code is _OK
 
     @property
     def initial_metadata(self) -> Metadata:
@@ -185,7 +199,7 @@ class ClientCall:
         self.request_headers = request_headers
         self.max_receive = max_receive
         self.single_response = single_response
-        self.state = CallState.QUEUED
+        self.state = QUEUED
         self.stream_id = 0
         self.peer = ""
         self.headers: Optional[Headers] = None
@@ -200,14 +214,14 @@ class ClientCall:
 
     def opened(self, stream_id: int, peer: str) -> None:
         """The request headers went out on ``stream_id`` to ``peer``."""
-        if self.state is CallState.QUEUED:
-            self.state = CallState.OPEN
+        if self.state is QUEUED:
+            self.state = OPEN
             self.stream_id = stream_id
             self.peer = peer
 
     def on_headers(self, headers: Headers) -> Optional[Outcome]:
         """Response headers (or a Trailers-Only block, followed by end of stream)."""
-        if self.state is not CallState.OPEN:
+        if self.state is not OPEN:
             return None
         self.headers = headers
         status = header(headers, b":status")
@@ -218,18 +232,18 @@ class ClientCall:
         if self.http_status != 200 or not is_grpc_content_type(header(headers, b"content-type")):
             # Not a gRPC response (an error page, a proxy's answer): its body is not
             # length-prefixed messages; the status comes from the HTTP status.
-            self.state = CallState.NOT_GRPC
+            self.state = NOT_GRPC
             return None
         encoding = header(headers, b"grpc-encoding")
         self.encoding = encoding.decode("ascii", "replace") if encoding is not None else None
         self.decoder = MessageDecoder(self.max_receive)
-        self.state = CallState.RECEIVING
+        self.state = RECEIVING
         return None
 
     def on_data(self, data: bytes) -> Optional[Outcome]:
         """A DATA payload: completed messages are queued; a bad one ends the call."""
         decoder = self.decoder
-        if self.state is not CallState.RECEIVING or decoder is None:
+        if self.state is not RECEIVING or decoder is None:
             return None  # not gRPC (dropped), or already decided
         try:
             for compressed, payload in decoder.feed(data):
@@ -246,13 +260,13 @@ class ClientCall:
         return None
 
     def on_trailers(self, trailers: Headers) -> Optional[Outcome]:
-        if self.state in (CallState.RECEIVING, CallState.NOT_GRPC):
+        if self.state in (RECEIVING, NOT_GRPC):
             self.trailers = trailers
         return None
 
     def on_end(self) -> Optional[Outcome]:
         """The server ended the stream: decide the status (PROTOCOL-HTTP2 "Responses")."""
-        if self.state is CallState.DONE:
+        if self.state is DONE:
             return None
         headers = self.headers or []
         trailers = self.trailers
@@ -265,7 +279,7 @@ class ClientCall:
             code = parse_grpc_status(raw_status.decode("ascii", "replace"))
         except ValueError as exc:
             return self._finish(StatusCode.INTERNAL, str(exc))
-        if code is not StatusCode.OK:
+        if code is not _OK:
             raw_message = header(block, b"grpc-message")
             details = decode_grpc_message(raw_message) if raw_message is not None else ""
             return self._finish(code, details)
@@ -275,13 +289,13 @@ class ClientCall:
             if incomplete is not None:
                 return self._finish(incomplete.code(), incomplete.details())
         if not self.single_response:
-            return self._finish(StatusCode.OK)
+            return self._finish(_OK)
         if not self.messages:
             return self._finish(
                 StatusCode.INTERNAL,
                 f"server sent OK but no response message for unary {self.method}",
             )
-        return self._finish(StatusCode.OK, message=self.messages.popleft())
+        return self._finish(_OK, message=self.messages.popleft())
 
     def _missing_status(
         self, headers: Headers, trailers: Optional[Headers]
@@ -306,7 +320,7 @@ class ClientCall:
 
     def on_reset(self, error_code: int) -> Optional[Outcome]:
         """The server reset the stream (RST_STREAM)."""
-        if self.state is CallState.DONE:
+        if self.state is DONE:
             return None
         name = h2_error_name(error_code)
         if error_code == ErrorCodes.REFUSED_STREAM and self.headers is None:
@@ -314,7 +328,7 @@ class ClientCall:
             return self._finish(
                 StatusCode.UNAVAILABLE,
                 f"stream refused by {self.peer} (RST_STREAM REFUSED_STREAM)",
-                retry=Retry.REFUSED,
+                retry=REFUSED,
                 h2_error_code=error_code,
             )
         return self._finish(
@@ -331,15 +345,15 @@ class ClientCall:
         Streams at or below it may still complete; with an error code the connection ends,
         and they fail (they may have run).
         """
-        if self.state is CallState.DONE:
+        if self.state is DONE:
             return None
-        if self.state is CallState.QUEUED:
-            return self._finish(StatusCode.UNAVAILABLE, reason, retry=Retry.UNSENT)
+        if self.state is QUEUED:
+            return self._finish(StatusCode.UNAVAILABLE, reason, retry=UNSENT)
         if self.stream_id > last_stream_id:
             return self._finish(
                 StatusCode.UNAVAILABLE,
                 f"{reason}: stream {self.stream_id} above last-stream-id {last_stream_id}",
-                retry=Retry.REFUSED,
+                retry=REFUSED,
                 h2_error_code=error_code,
             )
         if error_code != ErrorCodes.NO_ERROR:
@@ -350,15 +364,15 @@ class ClientCall:
         self, code: StatusCode, details: str, *, h2_error_code: Optional[int] = None
     ) -> Optional[Outcome]:
         """The connection failed or closed: a queued call was never sent, others may have run."""
-        if self.state is CallState.DONE:
+        if self.state is DONE:
             return None
-        if self.state is CallState.QUEUED:
-            return self._finish(StatusCode.UNAVAILABLE, details, retry=Retry.UNSENT)
+        if self.state is QUEUED:
+            return self._finish(StatusCode.UNAVAILABLE, details, retry=UNSENT)
         return self._finish(code, details, h2_error_code=h2_error_code)
 
     def on_deadline(self) -> Optional[Outcome]:
         """The call's deadline passed: DEADLINE_EXCEEDED, stream reset with CANCEL."""
-        if self.state is CallState.DONE:
+        if self.state is DONE:
             return None
         return self._finish(
             StatusCode.DEADLINE_EXCEEDED,
@@ -368,7 +382,7 @@ class ClientCall:
 
     def on_cancel(self, details: str = "Locally cancelled by application!") -> Optional[Outcome]:
         """The application gave up on the call: CANCELLED, stream reset with CANCEL."""
-        if self.state is CallState.DONE:
+        if self.state is DONE:
             return None
         return self._finish(
             StatusCode.CANCELLED,
@@ -384,13 +398,13 @@ class ClientCall:
         details: str = "",
         *,
         reset: Optional[int] = None,
-        retry: Retry = Retry.NO,
+        retry: Retry = NO_RETRY,
         h2_error_code: Optional[int] = None,
         message: Optional[bytes] = None,
     ) -> Outcome:
         """The one exit: record the outcome and move to DONE."""
         headers = self.headers
-        if self.state is CallState.QUEUED:
+        if self.state is QUEUED:
             sent: Optional[bool] = False
         elif headers is not None:
             sent = True
@@ -407,7 +421,7 @@ class ClientCall:
             retry=retry,
             message=message,
         )
-        self.state = CallState.DONE
+        self.state = DONE
         self.outcome = outcome
         return outcome
 

@@ -45,6 +45,15 @@ class ServerCallState(enum.Enum):
     DONE = "done"  # the final status is decided (or the stream is gone)
 
 
+# Enum members as module constants for the per-call path (before Python 3.12 every
+# ``ServerCallState.X`` lookup goes through ``EnumMeta.__getattr__``).
+RECEIVING, HALF_CLOSED, DONE = (
+    ServerCallState.RECEIVING,
+    ServerCallState.HALF_CLOSED,
+    ServerCallState.DONE,
+)
+
+
 class Finish:
     """What ends a stream on the wire: a HEADERS block with END_STREAM, then maybe RST_STREAM.
 
@@ -218,7 +227,7 @@ class ServerCall:
         self.single_request = single_request
         self.decoder = MessageDecoder(max_receive)
         self.requests: Deque[bytes] = deque()
-        self.state = ServerCallState.RECEIVING
+        self.state = RECEIVING
         self.headers_sent = False
         self.initial_metadata: Metadata = ()
         self.trailing_metadata: Metadata = ()
@@ -228,11 +237,11 @@ class ServerCall:
 
     @property
     def done(self) -> bool:
-        return self.state is ServerCallState.DONE
+        return self.state is DONE
 
     @property
     def request_complete(self) -> bool:
-        return self.state is not ServerCallState.RECEIVING
+        return self.state is not RECEIVING
 
     def metadata(self) -> Metadata:
         """The request's metadata (decoded once, on first use)."""
@@ -244,7 +253,7 @@ class ServerCall:
 
     def on_data(self, data: bytes) -> Optional[Finish]:
         """A DATA payload of the request: messages are queued; a bad one ends the call."""
-        if self.state is not ServerCallState.RECEIVING:
+        if self.state is not RECEIVING:
             return None
         try:
             for compressed, payload in self.decoder.feed(data):
@@ -262,9 +271,9 @@ class ServerCall:
 
     def on_end(self) -> Optional[Finish]:
         """The client ended its request stream (half-closed remote)."""
-        if self.state is not ServerCallState.RECEIVING:
+        if self.state is not RECEIVING:
             return None
-        self.state = ServerCallState.HALF_CLOSED
+        self.state = HALF_CLOSED
         error = self.decoder.incomplete_error()
         if error is not None:
             return self.finish(error.code(), error.details())
@@ -276,14 +285,14 @@ class ServerCall:
 
     def on_reset(self) -> None:
         """The client reset the stream, or it is gone with the connection: nothing more to send."""
-        self.state = ServerCallState.DONE
+        self.state = DONE
         self.requests.clear()
 
     # ---------------------------------------------------------------- output
 
     def response_headers(self) -> Optional[Headers]:
         """The response HEADERS block (with initial metadata) if not sent yet, else None."""
-        if self.headers_sent or self.state is ServerCallState.DONE:
+        if self.headers_sent or self.state is DONE:
             return None
         self.headers_sent = True
         headers = _GZIP_RESPONSE_HEADERS if self.gzip_reply else _RESPONSE_HEADERS
@@ -298,10 +307,10 @@ class ServerCall:
     def finish(self, code: StatusCode, details: str = "") -> Optional[Finish]:
         """End the call with ``code``: the status block to send (Trailers-Only when no
         response headers went out), once; None when the call had already ended."""
-        if self.state is ServerCallState.DONE:
+        if self.state is DONE:
             return None
         request_complete = self.request_complete
-        self.state = ServerCallState.DONE
+        self.state = DONE
         self.requests.clear()
         status = _status_block(code, details)
         if self.headers_sent:
