@@ -315,14 +315,15 @@ class UnaryUnaryMultiCallable(Generic[Req, Resp]):
                     (b"grpc-timeout", encode_grpc_timeout(remaining).encode()),
                 ]
             future: asyncio.Future[Outcome] = loop.create_future()
+            # Positional: a class call with keywords builds a dict on every call.
             call = WireCall(
                 self._method,
                 call_headers,
                 prefix,
                 payload,
-                future=future,
-                deadline=deadline,
-                max_receive=opts.max_receive_message_length,
+                future,
+                deadline,
+                opts.max_receive_message_length,
             )
             conn.start(call)
             try:

@@ -58,12 +58,11 @@ class WireCall(ClientCall):
         request_headers: Headers,
         prefix: bytes,
         body: bytes,
-        *,
         future: asyncio.Future[Outcome],
         deadline: Optional[float],
         max_receive: int,
     ) -> None:
-        super().__init__(method, request_headers, max_receive=max_receive)
+        super().__init__(method, request_headers, max_receive)
         self.future = future
         self.deadline = deadline
         # The 5-byte message prefix and the message, kept apart: joining them would copy

@@ -97,7 +97,6 @@ class Outcome:
         self,
         code: StatusCode,
         details: str = "",
-        *,
         headers: Optional[Headers] = None,
         trailers: Optional[Headers] = None,
         request_sent: Optional[bool] = None,
@@ -191,7 +190,6 @@ class ClientCall:
         self,
         method: str,
         request_headers: Headers,
-        *,
         max_receive: int = -1,
         single_response: bool = True,
     ) -> None:
@@ -410,16 +408,9 @@ class ClientCall:
             sent = True
         else:
             sent = None
+        # Positional: a class call with keywords builds a dict on every call.
         outcome = Outcome(
-            code,
-            details,
-            headers=headers,
-            trailers=self.trailers,
-            request_sent=sent,
-            h2_error_code=h2_error_code,
-            reset=reset,
-            retry=retry,
-            message=message,
+            code, details, headers, self.trailers, sent, h2_error_code, reset, retry, message
         )
         self.state = DONE
         self.outcome = outcome
