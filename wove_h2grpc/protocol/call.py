@@ -222,17 +222,26 @@ class ClientCall:
         if self.state is not OPEN:
             return None
         self.headers = headers
-        status = header(headers, b":status")
-        try:
-            self.http_status = int(status) if status is not None else 0
-        except ValueError:
-            self.http_status = 0
-        if self.http_status != 200 or not is_grpc_content_type(header(headers, b"content-type")):
+        status = content_type = encoding = None
+        for key, value in headers:  # one pass for the three headers this needs
+            if key == b":status":
+                status = value
+            elif key == b"content-type":
+                content_type = value
+            elif key == b"grpc-encoding":
+                encoding = value
+        if status == b"200":
+            self.http_status = 200
+        else:
+            try:
+                self.http_status = int(status) if status is not None else 0
+            except ValueError:
+                self.http_status = 0
+        if self.http_status != 200 or not is_grpc_content_type(content_type):
             # Not a gRPC response (an error page, a proxy's answer): its body is not
             # length-prefixed messages; the status comes from the HTTP status.
             self.state = NOT_GRPC
             return None
-        encoding = header(headers, b"grpc-encoding")
         self.encoding = encoding.decode("ascii", "replace") if encoding is not None else None
         self.decoder = MessageDecoder(self.max_receive)
         self.state = RECEIVING
