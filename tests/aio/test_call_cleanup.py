@@ -49,6 +49,25 @@ async def _ended(coro: Awaitable[Any]) -> BaseException | Any:
         return exc
 
 
+async def _call_and_check(rpc: Any, mode: Any, expected: Any, reply: bytes) -> None:
+    """One call ended the way ``mode`` says (a timeout, or "cancel" by the caller), with
+    ``expected`` (None: ``reply``; "cancelled"; or a status code); then let the loop settle."""
+    if mode == "cancel":
+        task = asyncio.ensure_future(rpc(b"x", timeout=5.0))
+        await asyncio.sleep(0.2)
+        task.cancel()
+        result = await _ended(task)
+    else:
+        result = await _ended(rpc(b"x", timeout=mode if mode else 5.0))
+    if expected is None:
+        assert result == reply
+    elif expected == "cancelled":
+        assert isinstance(result, asyncio.CancelledError)
+    else:
+        assert isinstance(result, GrpcError) and result.code() is expected, result
+    await _settle()
+
+
 # ------------------------------------------------------------------------------ client side
 
 
@@ -100,21 +119,7 @@ async def test_client_call_leaves_nothing_behind(
     async with FaultServer(handler) as server:
         channel = Channel(server.target, connect_timeout=2.0, transparent_retry=False)
         try:
-            rpc = channel.unary_unary("/t.S/M")
-            if mode == "cancel":
-                task = asyncio.ensure_future(rpc(b"x", timeout=5.0))
-                await asyncio.sleep(0.2)
-                task.cancel()
-                result = await _ended(task)
-            else:
-                result = await _ended(rpc(b"x", timeout=mode if mode else 5.0))
-            if expected is None:
-                assert result == b"ok"
-            elif expected == "cancelled":
-                assert isinstance(result, asyncio.CancelledError)
-            else:
-                assert isinstance(result, GrpcError) and result.code() is expected, result
-            await _settle()
+            await _call_and_check(channel.unary_unary("/t.S/M"), mode, expected, b"ok")
             assert not _live_timers(loop, "_on_deadline")
             for conn in channel._pool.connections():
                 assert not conn._streams and not conn._queue and not conn._blocked
@@ -171,21 +176,7 @@ async def test_server_call_leaves_nothing_behind(method: str, mode: Any, expecte
     port = await server.start("127.0.0.1:0")
     try:
         async with Channel(f"127.0.0.1:{port}") as channel:
-            rpc = channel.unary_unary(method)
-            if mode == "cancel":
-                task = asyncio.ensure_future(rpc(b"x", timeout=5.0))
-                await asyncio.sleep(0.2)
-                task.cancel()
-                result = await _ended(task)
-            else:
-                result = await _ended(rpc(b"x", timeout=mode if mode else 5.0))
-            if expected is None:
-                assert result == b"x"
-            elif expected == "cancelled":
-                assert isinstance(result, asyncio.CancelledError)
-            else:
-                assert isinstance(result, GrpcError) and result.code() is expected, result
-            await _settle()
+            await _call_and_check(channel.unary_unary(method), mode, expected, b"x")
             (conn,) = server._connections
             assert not conn.calls, conn.calls
             assert not _live_timers(loop, "_deadline_expired", "_on_deadline")
