@@ -339,12 +339,10 @@ class ClientConnection(H2Driver):
                 self.flush()
             if self._queue:
                 self._drain_queue()
-        elif not sid and self._queue:
-            try:
-                self._queue.remove(call)
-                removed = True
-            except ValueError:
-                pass  # ended by a connection-wide event that emptied the queue first
+        elif not sid and call in self._queue:
+            # (Not there when a connection-wide event emptied the queue first.)
+            self._queue.remove(call)
+            removed = True
         if not call.future.done():
             call.future.set_result(outcome)
         if removed and not self._streams and not self._queue and self.on_idle is not None:

@@ -16,6 +16,7 @@ clients retry) instead of a connection error.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 from typing import Any, Callable, Dict, Optional, cast
@@ -407,14 +408,13 @@ class ServerConnection(H2Driver):
 
     def _write_finish(self, stream_id: int, finish: Finish) -> None:
         """The one place a stream's final status goes on the wire."""
-        try:
+        # The client may have reset the stream meanwhile: then there is nothing to answer.
+        with contextlib.suppress(h2.exceptions.ProtocolError):
             if finish.headers is not None:
                 self.h2.send_headers(stream_id, finish.headers, end_stream=True)
             if finish.reset is not None:
                 # RFC 9113 section 8.1: a complete response before the request ended.
                 self.h2.reset_stream(stream_id, finish.reset)
-        except h2.exceptions.ProtocolError:
-            pass  # the client reset the stream meanwhile: there is nothing to answer
         self.flush_soon()
 
     # -- calls: the one exit -------------------------------------------------------------

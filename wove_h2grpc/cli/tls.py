@@ -60,8 +60,7 @@ def _check_readable(option: str, path: str) -> None:
     ``ssl`` reports a missing file as a bare ``[Errno 2]`` without the file's name.
     """
     try:
-        with open(path, "rb"):
-            pass
+        open(path, "rb").close()
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
         raise CliError(f"cannot load TLS file {option} {path}: {reason}") from None
