@@ -455,7 +455,7 @@ def test_ok_outcome_carries_the_message_and_metadata() -> None:
     _, outcome = run_client(
         [("open",), ("headers", headers), ("data", msg(b"reply")), ("trailers", trailers), ("end",)]
     )
-    assert outcome.ok and outcome.message == b"reply"
+    assert outcome.code is StatusCode.OK and outcome.message == b"reply"
     assert outcome.initial_metadata == (("x-init", "1"),)
     assert outcome.trailing_metadata == (("x-trail", "2"), ("k-bin", b"\x00\x01"))
 
@@ -480,7 +480,7 @@ def test_gzip_response_and_receive_limit() -> None:
             ("end",),
         ]
     )
-    assert ok.ok and ok.message == b"y" * 1000
+    assert ok.code is StatusCode.OK and ok.message == b"y" * 1000
     # The limit is checked from the prefix (before buffering) and after inflating.
     _, big = run_client(
         [("open",), ("headers", OK_HEADERS), ("data", msg(b"x" * 100)[:5])], max_receive=10
@@ -504,7 +504,7 @@ def test_streaming_response_queues_every_message_in_order() -> None:
         ],
         single=False,
     )
-    assert outcome.ok and outcome.message is None
+    assert outcome.code is StatusCode.OK and outcome.message is None
     assert list(call.messages) == [b"one", b"two", b"three"]
 
 

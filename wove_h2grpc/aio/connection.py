@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import select
 from collections import deque
 from typing import Any, Callable, Deque, Dict, List, Optional
@@ -107,7 +106,6 @@ class ClientConnection(H2Driver):
         self.proven = False  # the server answered a request here (resets reconnect backoff)
         self._error: Optional[GrpcError] = None
         self.ready: asyncio.Future[None] = loop.create_future()
-        self.pid = os.getpid()
         self._keepalive = Keepalive(
             loop,
             settings,

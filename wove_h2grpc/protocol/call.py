@@ -118,10 +118,6 @@ class Outcome:
         self.message = message
 
     @property
-    def ok(self) -> bool:
-        return self.code is _OK
-
-    @property
     def initial_metadata(self) -> Metadata:
         """Metadata of the response headers (empty for a Trailers-Only response)."""
         headers = self._headers
