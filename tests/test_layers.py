@@ -37,6 +37,7 @@ LAYERS: Dict[str, int] = {
     "protocol.target": PROTOCOL,
     "protocol.call": PROTOCOL,
     "protocol.server_call": PROTOCOL,
+    "protocol.kinds": PROTOCOL,
     "aio": AIO,
     "aio._h2compat": AIO,
     "aio._h2fast": AIO,

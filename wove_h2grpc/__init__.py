@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
 from .errors import GrpcError
+from .protocol.kinds import EOF
 from .protocol.status import StatusCode
 
 if TYPE_CHECKING:
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
     from .wove.install import install, uninstall
 
 __all__ = [
+    "EOF",
     "Channel",
     "GrpcError",
     "H2GrpcExecutor",
