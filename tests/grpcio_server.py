@@ -21,6 +21,20 @@ Methods (requests and responses are raw bytes; JSON where a method takes paramet
 - ``/test.Test/Stats``: returns JSON of the counters: calls seen per method, sleeps started,
   woke and cancelled.
 
+Streaming methods:
+
+- ``/test.Test/Count`` (unary_stream): request ``{"count": n, "size": s, "delay": sec,
+  "code": c, "details": "..."}`` -> ``n`` messages, message ``i`` being ``i`` as 8 ASCII digits
+  padded with ``x`` to ``s`` bytes (at least 8), ``delay`` seconds apart; then the call ends
+  with status ``code`` (OK by default). ``x-`` metadata is echoed as initial and trailing
+  metadata. Counts ``count_cancelled`` when the client cancels it.
+- ``/test.Test/Collect`` (stream_unary): returns JSON ``{"count": n, "bytes": b}`` of the
+  request stream; a request message ``b"fail"`` ends the call with INVALID_ARGUMENT at once.
+- ``/test.Test/Bidi`` (stream_stream): answers each request message with the same bytes.
+- ``/test.Test/Flood`` (unary_stream): request ``{"total": bytes, "chunk": size}``; sends
+  ``chunk``-byte messages as fast as flow control lets it, counting ``flood_sent`` bytes (see
+  Stats) so a test can see how far a client that stops reading let it get.
+
 Options: ``--bind`` (``127.0.0.1:0``, ``[::1]:0``, ``unix:/path``), ``--tls-cert``/``--tls-key``,
 ``--client-ca`` (require and verify a client certificate), ``--max-pending`` (the server's
 ``grpc.server.max_pending_requests``; 0 leaves grpcio's default), ``--compression gzip``
@@ -123,6 +137,63 @@ async def stats(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
     return json.dumps(dict(COUNTS)).encode()
 
 
+async def count(request: bytes, context: grpc.aio.ServicerContext) -> Any:
+    spec = json.loads(request or b"{}")
+    echoed = _echoed_metadata(context)
+    if echoed:
+        await context.send_initial_metadata(echoed)
+        context.set_trailing_metadata(echoed)
+    size = max(8, int(spec.get("size", 8)))
+    delay = float(spec.get("delay", 0))
+    try:
+        for i in range(int(spec.get("count", 0))):
+            if delay and i:
+                await asyncio.sleep(delay)
+            yield str(i).zfill(8).encode().ljust(size, b"x")
+    except asyncio.CancelledError:
+        COUNTS["count_cancelled"] += 1
+        _say("COUNT-CANCELLED")
+        raise
+    code = int(spec.get("code", 0))
+    if code:
+        await context.abort(_CODES[code], spec.get("details", ""))
+
+
+async def collect(request_iterator: Any, context: grpc.aio.ServicerContext) -> bytes:
+    n = total = 0
+    async for message in request_iterator:
+        if message == b"fail":
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"failed after {n}")
+        n += 1
+        total += len(message)
+    return json.dumps({"count": n, "bytes": total}).encode()
+
+
+async def bidi(request_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
+    async for message in request_iterator:
+        yield message
+
+
+async def flood(request: bytes, context: grpc.aio.ServicerContext) -> Any:
+    spec = json.loads(request)
+    chunk = int(spec["chunk"])
+    payload = b"f" * chunk
+    sent = 0
+    while sent < int(spec["total"]):
+        yield payload
+        sent += chunk
+        COUNTS["flood_sent"] += chunk
+
+
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+STREAM_HANDLERS = {
+    "Count": grpc.unary_stream_rpc_method_handler(count),
+    "Collect": grpc.stream_unary_rpc_method_handler(collect),
+    "Bidi": grpc.stream_stream_rpc_method_handler(bidi),
+    "Flood": grpc.unary_stream_rpc_method_handler(flood),
+}
+
 HANDLERS = {
     "Echo": echo,
     "Status": status,
@@ -147,7 +218,13 @@ async def serve(args: argparse.Namespace) -> None:
         (
             grpc.method_handlers_generic_handler(
                 "test.Test",
-                {name: grpc.unary_unary_rpc_method_handler(fn) for name, fn in HANDLERS.items()},
+                {
+                    **{
+                        name: grpc.unary_unary_rpc_method_handler(fn)
+                        for name, fn in HANDLERS.items()
+                    },
+                    **STREAM_HANDLERS,
+                },
             ),
         )
     )

@@ -50,6 +50,7 @@ LAYERS: Dict[str, int] = {
     "aio.resolver": AIO,
     "aio.connection": AIO,
     "client": API,
+    "calls": API,
     "server": API,
     "wove": WOVE_LAYER,
     "wove.codec": WOVE_LAYER,

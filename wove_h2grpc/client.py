@@ -1,4 +1,4 @@
-"""The public client: ``Channel`` and its unary callable.
+"""The public client: ``Channel``, which makes the multicallables of ``calls`` for a target.
 
 A channel validates its options once (``aio.options.ChannelOptions``), leaves its
 connections to an ``aio.pool.Pool`` (one per address under ``round_robin``, one in all under
@@ -13,33 +13,38 @@ from __future__ import annotations
 import asyncio
 import functools
 import ssl
-from typing import Any, Callable, Generic, List, Optional, Tuple, TypeVar
+from typing import Any, Callable, List, Optional, Tuple, Type, TypeVar
 
-from .aio.connection import ClientConnection, WireCall
+from .aio.connection import ClientConnection
 from .aio.dial import ConnectError, dial, resolve
 from .aio.keepalive import ConnectionSettings
-from .aio.options import DEFAULT_MAX_RECEIVE, ChannelOptions, check_compression
-from .aio.pool import Pool
-from .errors import GrpcError
-from .protocol.call import REFUSED, UNSENT, Outcome, with_debug
-from .protocol.framing import frame_message, too_large
-from .protocol.metadata import (
-    MetadataLike,
-    encode_grpc_timeout,
-    encode_metadata,
-    normalize_metadata,
+from .aio.options import (
+    DEFAULT_CONNECTION_WINDOW,
+    DEFAULT_MAX_RECEIVE,
+    DEFAULT_STREAM_WINDOW,
+    ChannelOptions,
 )
-from .protocol.status import StatusCode
+from .aio.pool import Pool
+from .calls import (
+    StreamStreamMultiCallable,
+    StreamUnaryMultiCallable,
+    UnaryStreamMultiCallable,
+    UnaryUnaryMultiCallable,
+    _MultiCallable,
+)
+from .errors import GrpcError
+from .protocol.metadata import MetadataLike
 from .protocol.target import format_host_port
 
-__all__ = ["Channel", "UnaryUnaryMultiCallable"]
+__all__ = [
+    "Channel",
+    "StreamStreamMultiCallable",
+    "StreamUnaryMultiCallable",
+    "UnaryStreamMultiCallable",
+    "UnaryUnaryMultiCallable",
+]
 
-_OK = StatusCode.OK  # a module constant: cheaper than the enum lookup on every call
-
-Req = TypeVar("Req")
-Resp = TypeVar("Resp")
-
-_MAX_REFUSED_RETRIES = 3  # bounded transparent retries of refused streams (gRFC A6)
+M = TypeVar("M", bound=_MultiCallable)
 
 
 class Channel:
@@ -70,7 +75,10 @@ class Channel:
         compression: Optional[str] = None,
         user_agent: Optional[str] = None,
         lb_policy: str = "pick_first",
+        wait_for_ready: bool = False,
         transparent_retry: bool = True,
+        initial_window_size: int = DEFAULT_STREAM_WINDOW,
+        connection_window_size: int = DEFAULT_CONNECTION_WINDOW,
     ) -> None:
         self._setup(
             ChannelOptions.build(
@@ -92,7 +100,10 @@ class Channel:
                 compression=compression,
                 user_agent=user_agent,
                 lb_policy=lb_policy,
+                wait_for_ready=wait_for_ready,
                 transparent_retry=transparent_retry,
+                initial_window_size=initial_window_size,
+                connection_window_size=connection_window_size,
             )
         )
 
@@ -109,6 +120,8 @@ class Channel:
             max_receive_message_length=options.max_receive_message_length,
             keepalive_time=options.keepalive_time,
             keepalive_timeout=options.keepalive_timeout,
+            initial_window_size=options.initial_window_size,
+            connection_window_size=options.connection_window_size,
         )
         target = options.target
         self._pool: Pool[ClientConnection] = Pool(
@@ -128,10 +141,61 @@ class Channel:
         request_serializer: Optional[Callable[[Any], bytes]] = None,
         response_deserializer: Optional[Callable[[bytes], Any]] = None,
     ) -> UnaryUnaryMultiCallable[Any, Any]:
-        """A callable for one unary method (bytes in, bytes out unless serializers are given)."""
+        """A callable for a unary method: ``await rpc(request)`` -> the response
+        (bytes in, bytes out unless serializers are given)."""
+        return self._multicallable(
+            UnaryUnaryMultiCallable, method, request_serializer, response_deserializer
+        )
+
+    def unary_stream(
+        self,
+        method: str,
+        request_serializer: Optional[Callable[[Any], bytes]] = None,
+        response_deserializer: Optional[Callable[[bytes], Any]] = None,
+    ) -> UnaryStreamMultiCallable[Any, Any]:
+        """A callable for a server-streaming method: ``async for reply in rpc(request)``."""
+        return self._multicallable(
+            UnaryStreamMultiCallable, method, request_serializer, response_deserializer
+        )
+
+    def stream_unary(
+        self,
+        method: str,
+        request_serializer: Optional[Callable[[Any], bytes]] = None,
+        response_deserializer: Optional[Callable[[bytes], Any]] = None,
+    ) -> StreamUnaryMultiCallable[Any, Any]:
+        """A callable for a client-streaming method: write the requests, ``await`` the reply."""
+        return self._multicallable(
+            StreamUnaryMultiCallable, method, request_serializer, response_deserializer
+        )
+
+    def stream_stream(
+        self,
+        method: str,
+        request_serializer: Optional[Callable[[Any], bytes]] = None,
+        response_deserializer: Optional[Callable[[bytes], Any]] = None,
+    ) -> StreamStreamMultiCallable[Any, Any]:
+        """A callable for a bidirectional-streaming method: write and read, interleaved."""
+        return self._multicallable(
+            StreamStreamMultiCallable, method, request_serializer, response_deserializer
+        )
+
+    def _multicallable(
+        self,
+        cls: Type[M],
+        method: str,
+        serializer: Optional[Callable[[Any], bytes]],
+        deserializer: Optional[Callable[[bytes], Any]],
+    ) -> M:
         if not isinstance(method, str) or not method.startswith("/"):
             raise ValueError(f"method must be a path starting with '/', got {method!r}")
-        return UnaryUnaryMultiCallable(self, method, request_serializer, response_deserializer)
+        for name, value in (
+            ("request_serializer", serializer),
+            ("response_deserializer", deserializer),
+        ):
+            if value is not None and not callable(value):
+                raise TypeError(f"{name} must be callable or None")
+        return cls(self, method, serializer, deserializer)
 
     async def channel_ready(self) -> None:
         """Connect now, trying every address once (bounded by connect_timeout).
@@ -220,146 +284,3 @@ class Channel:
                 f"{opts.connect_timeout:g}s elapsed"
             )
         raise last
-
-
-class UnaryUnaryMultiCallable(Generic[Req, Resp]):
-    """``await rpc(request, *, timeout=None, metadata=None, compression=None)`` -> response."""
-
-    __slots__ = ("_base_headers", "_channel", "_deserializer", "_method", "_serializer")
-
-    def __init__(
-        self,
-        channel: Channel,
-        method: str,
-        serializer: Optional[Callable[[Req], bytes]],
-        deserializer: Optional[Callable[[bytes], Resp]],
-    ) -> None:
-        opts = channel._opts
-        self._channel = channel
-        self._method = method
-        self._serializer = serializer
-        self._deserializer = deserializer
-        self._base_headers: List[Tuple[bytes, bytes]] = [
-            (b":method", b"POST"),
-            (b":scheme", opts.scheme),
-            (b":path", method.encode("ascii")),
-            (b":authority", opts.authority),
-            (b"te", b"trailers"),
-            (b"content-type", b"application/grpc"),
-            (b"user-agent", opts.user_agent),
-            (b"grpc-accept-encoding", b"identity,gzip"),
-            *opts.metadata,
-        ]
-
-    async def __call__(
-        self,
-        request: Req,
-        *,
-        timeout: Optional[float] = None,
-        metadata: MetadataLike = None,
-        compression: Optional[str] = None,
-    ) -> Resp:
-        channel = self._channel
-        opts = channel._opts
-        pool = channel._pool
-        if pool._closed:
-            closed = GrpcError(StatusCode.CANCELLED, "channel is closed", request_sent=False)
-            raise with_debug(closed, method=self._method, target=opts.target.original, elapsed=0.0)
-        payload = self._serializer(request) if self._serializer is not None else request
-        if not isinstance(payload, bytes):
-            if isinstance(payload, (bytearray, memoryview)):
-                payload = bytes(payload)
-            else:
-                raise TypeError(
-                    f"request must be bytes (or give a request_serializer), "
-                    f"not {type(payload).__name__}"
-                )
-        limit = opts.max_send_message_length
-        if limit >= 0 and len(payload) > limit:
-            raise too_large("Sent", len(payload), limit)
-        headers = self._base_headers
-        if metadata is not None:
-            headers = headers + encode_metadata(normalize_metadata(metadata))
-        algo = opts.compression if compression is None else check_compression(compression)
-        if algo is not None:
-            headers = [*headers, (b"grpc-encoding", b"gzip")]
-        prefix, payload = frame_message(payload, algo is not None)
-        loop = asyncio.get_running_loop()
-        if timeout is None:
-            timeout = opts.timeout
-        elif isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-            raise TypeError(f"timeout must be a number of seconds, not {type(timeout).__name__}")
-        start = loop.time()
-        deadline = None if timeout is None else start + timeout
-        refused = 0
-        where = opts.target.original
-        while True:
-            try:
-                conn = pool.pick_now(loop) or await pool.assign(deadline)
-            except GrpcError as exc:
-                raise with_debug(
-                    exc, method=self._method, target=where, elapsed=loop.time() - start
-                ) from None
-            call_headers = headers
-            if deadline is not None:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    late = GrpcError(
-                        StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded", request_sent=False
-                    )
-                    raise with_debug(
-                        late, method=self._method, target=where, elapsed=loop.time() - start
-                    )
-                call_headers = [
-                    *headers,
-                    (b"grpc-timeout", encode_grpc_timeout(remaining).encode()),
-                ]
-            future: asyncio.Future[Outcome] = loop.create_future()
-            # Positional: a class call with keywords builds a dict on every call.
-            call = WireCall(
-                self._method,
-                call_headers,
-                prefix,
-                payload,
-                future,
-                deadline,
-                opts.max_receive_message_length,
-            )
-            conn.start(call)
-            try:
-                outcome = await future
-            except asyncio.CancelledError:
-                conn.cancel(call)
-                raise
-            if outcome.retry is REFUSED:
-                # gRFC A6: the server refused the stream unprocessed; a bounded retry.
-                if not opts.transparent_retry:
-                    why = "not retried because transparent_retry=False"
-                    raise _not_retried(call, outcome, why, where, loop.time() - start)
-                refused += 1
-                if refused > _MAX_REFUSED_RETRIES:
-                    why = f"gave up after {_MAX_REFUSED_RETRIES} transparent retries"
-                    raise _not_retried(call, outcome, why, where, loop.time() - start)
-                continue
-            if outcome.retry is UNSENT:
-                continue  # never left this process: send it on another connection
-            if outcome.code is not _OK:
-                raise call.error(outcome, target=where, elapsed=loop.time() - start)
-            response = outcome.message or b""  # set on every OK unary outcome
-            if self._deserializer is not None:
-                return self._deserializer(response)
-            return response  # type: ignore[return-value]
-
-
-def _not_retried(
-    call: WireCall, outcome: Outcome, why: str, target: str, elapsed: float
-) -> GrpcError:
-    """The refused call's error when it is not sent again; it provably never ran."""
-    error = call.error(outcome, target=target, elapsed=elapsed)
-    return GrpcError(
-        error.code(),
-        f"{error.details()}; {why}",
-        debug_error_string=error.debug_error_string(),
-        request_sent=False,
-        h2_error_code=outcome.h2_error_code,
-    )

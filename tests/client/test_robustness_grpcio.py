@@ -71,7 +71,10 @@ def _peak_rss_mib() -> float:
 @pytest.mark.slow
 @pytest.mark.parametrize("how", ["sigterm", "sigkill"])
 async def test_server_restart_mid_run_costs_only_calls_in_flight(how: str) -> None:
-    """SIGTERM: grpcio stops gracefully (GOAWAY); SIGKILL: the connection just drops."""
+    """SIGTERM: grpcio stops gracefully (GOAWAY); SIGKILL: the connection just drops.
+
+    With ``wait_for_ready=True`` calls made while the server is away wait for it.
+    """
     port = _unused_port()
     bind = f"127.0.0.1:{port}"
     box: Dict[str, HelperProcess] = {"server": _start("--bind", bind)}
@@ -87,7 +90,7 @@ async def test_server_restart_mid_run_costs_only_calls_in_flight(how: str) -> No
     failures: List[Tuple[int, str, str]] = []
     restarting: Optional[asyncio.Future[None]] = None
     try:
-        async with Channel(bind) as ch:
+        async with Channel(bind, wait_for_ready=True) as ch:
             started = time.monotonic()
             for i in range(10_000):
                 if i == 2_000:
@@ -115,10 +118,35 @@ async def test_server_restart_mid_run_costs_only_calls_in_flight(how: str) -> No
     assert len(failures) <= 2, failures
 
 
+async def test_call_while_server_down_fails_fast_by_default(server: HelperProcess) -> None:
+    """wait_for_ready=False (the default, grpcio's fail-fast): a refused connect fails the
+    call with UNAVAILABLE at once, not at its deadline."""
+    async with Channel(f"127.0.0.1:{server.port}") as ch:
+        assert await _echo(ch, b"up") == b"up"
+        server.kill()
+        await asyncio.sleep(0.2)  # the loop sees the connection close
+        started = time.monotonic()
+        with pytest.raises(GrpcError) as info:
+            await _echo(ch, b"down", timeout=5.0)
+        elapsed = time.monotonic() - started
+        assert info.value.code() == StatusCode.UNAVAILABLE, info.value
+        assert info.value.request_sent is False
+        assert elapsed < 1.5, elapsed  # one connect attempt, not the 5 s deadline
+        details = info.value.details().lower()
+        assert "refused" in details or "connect call failed" in details, info.value.details()
+        # Per call, wait_for_ready=True overrides the channel's default: it waits.
+        started = time.monotonic()
+        with pytest.raises(GrpcError) as waited:
+            rpc = ch.unary_unary("/test.Test/Echo")
+            await asyncio.wait_for(rpc(b"down", timeout=1.0, wait_for_ready=True), 6.0)
+        assert waited.value.code() == StatusCode.UNAVAILABLE
+        assert 0.8 <= time.monotonic() - started < 2.5
+
+
 async def test_call_while_server_down_waits_then_unavailable_with_connect_error(
     server: HelperProcess,
 ) -> None:
-    async with Channel(f"127.0.0.1:{server.port}") as ch:
+    async with Channel(f"127.0.0.1:{server.port}", wait_for_ready=True) as ch:
         assert await _echo(ch, b"up") == b"up"
         server.kill()
         # Let the loop see the connection close. (A call made in the instant before that
@@ -154,7 +182,7 @@ async def test_call_queued_while_down_succeeds_when_server_returns_within_deadli
     first = _start("--bind", bind)
     second: Optional[HelperProcess] = None
     try:
-        async with Channel(bind) as ch:
+        async with Channel(bind, wait_for_ready=True) as ch:
             assert await _echo(ch, b"before") == b"before"
             first.kill()
             await asyncio.sleep(0.2)  # the channel notices the loss, as above

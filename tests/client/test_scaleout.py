@@ -320,7 +320,9 @@ async def test_dns_reresolved_when_connections_fail(
     old = replicas.start("127.0.0.4", f"127.0.0.4:{port}")
     dns = FakeDns(monkeypatch, "workers.headless.test")
     dns.addresses = ["127.0.0.4"]
-    async with Channel(f"workers.headless.test:{port}", lb_policy="round_robin") as channel:
+    async with Channel(
+        f"workers.headless.test:{port}", lb_policy="round_robin", wait_for_ready=True
+    ) as channel:
         run = Run(channel)
         await run.calls(100, concurrency=10)
         assert run.ok() == {"127.0.0.4": 100}, run.details[:5]
@@ -341,7 +343,9 @@ async def test_dns_reresolved_at_an_interval_picks_up_new_replicas(
     port, _ = headless
     dns = FakeDns(monkeypatch, "workers.headless.test")
     dns.addresses = ["127.0.0.1"]
-    async with Channel(f"workers.headless.test:{port}", lb_policy="round_robin") as channel:
+    async with Channel(
+        f"workers.headless.test:{port}", lb_policy="round_robin", wait_for_ready=True
+    ) as channel:
         run = Run(channel)
         await run.calls(50, concurrency=5)
         dns.addresses = ["127.0.0.1", "127.0.0.2"]  # scaled out: a second replica
@@ -364,7 +368,9 @@ async def test_dns_failure_fails_calls_at_their_deadline_with_the_resolver_error
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     dns = FakeDns(monkeypatch, "nowhere.headless.test")  # answers nothing: NXDOMAIN
-    async with Channel("nowhere.headless.test:9000", lb_policy="round_robin") as channel:
+    async with Channel(
+        "nowhere.headless.test:9000", lb_policy="round_robin", wait_for_ready=True
+    ) as channel:
         rpc = channel.unary_unary(WHO)
         started = time.monotonic()
         with pytest.raises(GrpcError) as info:

@@ -233,6 +233,7 @@ async def test_connect_timeout_none_means_the_default() -> None:
         ({"keepalive_time": 0}, ValueError, "executor_config.keepalive_time must be a positive"),
         ({"max_receive_message_length": 0}, ValueError, "max_receive_message_length must be"),
         ({"transparent_retry": "yes"}, TypeError, "transparent_retry must be True or False"),
+        ({"wait_for_ready": 1}, TypeError, "executor_config.wait_for_ready must be True or False"),
         ({"server_hostname": 5}, TypeError, "executor_config.server_hostname must be"),
         ({"private_key": b"k", "secure": True}, ValueError, "must be given together"),
         (
@@ -780,3 +781,12 @@ async def test_server_hostname_override(tmp_path: Path, certs: Any) -> None:
         await wrong_ca.stop()
     finally:
         w.stop()
+
+
+def test_wait_for_ready_defaults_to_true_and_can_be_turned_off() -> None:
+    """The h2 transport waits for a restarting worker (only in-flight calls are lost)."""
+    from wove_h2grpc.wove.config import parse_settings
+
+    assert parse_settings({"target": "127.0.0.1:1"}).channel_options.wait_for_ready is True
+    off = parse_settings({"target": "127.0.0.1:1", "wait_for_ready": False})
+    assert off.channel_options.wait_for_ready is False

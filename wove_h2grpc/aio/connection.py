@@ -13,7 +13,7 @@ import asyncio
 import logging
 import select
 from collections import deque
-from typing import Any, Callable, Deque, Dict, List, Optional
+from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
 import h2.events
 import h2.settings
@@ -32,14 +32,16 @@ logger = logging.getLogger(__name__)
 
 _SettingCodes = h2.settings.SettingCodes
 
-# Receive side: large windows so a multi-megabyte response streams without waiting for
-# WINDOW_UPDATE round trips (RFC 9113 section 6.9.2); h2 re-opens them as data is consumed.
-STREAM_WINDOW = 16 * 1024 * 1024
-CONNECTION_WINDOW = 64 * 1024 * 1024
+# The receive windows (ConnectionSettings, from the channel's options) are large, so that a
+# multi-megabyte response streams without waiting for WINDOW_UPDATE round trips (RFC 9113
+# section 6.9.2). A unary response's bytes are acknowledged as they arrive (the message-size
+# limit bounds them); a response stream's only while its reader keeps up (see _on_data).
 MAX_FRAME_SIZE = 1024 * 1024
 MAX_HEADER_LIST_SIZE = 64 * 1024
 # Framed request bytes that trigger an immediate write (see _send_body).
 _FLUSH_THRESHOLD = 256 * 1024
+# A response stream's unread messages up to this many bytes do not hold back the window.
+_READ_LOW_WATER = 64 * 1024
 # Concurrent streams per connection when the server advertises no limit: grpcio servers
 # advertise none and cancel calls beyond grpc.server.max_pending_requests (default 1000).
 DEFAULT_MAX_STREAMS = 1000
@@ -47,9 +49,31 @@ DEFAULT_MAX_STREAMS = 1000
 
 class WireCall(ClientCall):
     """A ClientCall with what carrying it over asyncio needs: the caller's future, the
-    deadline timer and the request bytes still to send."""
+    deadline timer and the request bytes still to send.
 
-    __slots__ = ("body", "deadline", "future", "out_pos", "prefix", "timer")
+    A unary request is one message, given at construction, after which the request stream
+    ends. A streaming request (``closing`` False) gets its messages through
+    ``ClientConnection.write`` and ends with ``done_writing``; ``writer`` is resolved when
+    what was written has gone out, ``progress`` when response headers, a message or the
+    outcome arrive (both set by the waiting side, resolved once, by the connection).
+    """
+
+    __slots__ = (
+        "body",
+        "closing",
+        "data_sent",
+        "deadline",
+        "end_sent",
+        "future",
+        "out_pos",
+        "outbox",
+        "prefix",
+        "progress",
+        "streaming",
+        "timer",
+        "unacked",
+        "writer",
+    )
 
     def __init__(
         self,
@@ -60,8 +84,10 @@ class WireCall(ClientCall):
         future: asyncio.Future[Outcome],
         deadline: Optional[float],
         max_receive: int,
+        single_response: bool = True,
+        closing: bool = True,
     ) -> None:
-        super().__init__(method, request_headers, max_receive)
+        super().__init__(method, request_headers, max_receive, single_response)
         self.future = future
         self.deadline = deadline
         # The 5-byte message prefix and the message, kept apart: joining them would copy
@@ -70,6 +96,35 @@ class WireCall(ClientCall):
         self.body = body
         self.out_pos = 0  # bytes of prefix + body sent
         self.timer: Optional[asyncio.TimerHandle] = None
+        self.closing = closing  # the request ends after the messages written so far
+        self.end_sent = False  # END_STREAM went out
+        self.data_sent = 0  # request bytes sent, all messages together
+        self.outbox: Optional[Deque[Tuple[bytes, bytes]]] = None  # messages after this one
+        self.streaming = not single_response  # response bytes acknowledged as read
+        self.unacked = 0  # received bytes not acknowledged yet (a reader that fell behind)
+        self.writer: Optional[asyncio.Future[None]] = None
+        self.progress: Optional[asyncio.Future[None]] = None
+
+    def queue(self, prefix: bytes, body: bytes) -> None:
+        """Add one message to the request, after those written before it."""
+        if self.prefix:
+            if self.outbox is None:
+                self.outbox = deque()
+            self.outbox.append((prefix, body))
+        else:
+            self.prefix, self.body, self.out_pos = prefix, body, 0
+
+    @property
+    def request_drained(self) -> bool:
+        """True when every message written so far has gone out to the connection."""
+        return not self.prefix and not self.outbox
+
+    def take_request(self, other: WireCall) -> None:
+        """Carry over ``other``'s unsent request (a retry on another connection)."""
+        self.prefix, self.body, self.out_pos = other.prefix, other.body, other.out_pos
+        self.outbox, self.closing = other.outbox, other.closing
+        other.prefix = other.body = b""
+        other.outbox = None
 
 
 class ClientConnection(H2Driver):
@@ -157,12 +212,14 @@ class ClientConnection(H2Driver):
         h2c.update_settings(
             {
                 _SettingCodes.ENABLE_PUSH: 0,
-                _SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
+                _SettingCodes.INITIAL_WINDOW_SIZE: self._settings.initial_window_size,
                 _SettingCodes.MAX_FRAME_SIZE: MAX_FRAME_SIZE,
                 _SettingCodes.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST_SIZE,
             }
         )
-        h2c.increment_flow_control_window(CONNECTION_WINDOW - 65535)
+        extra = self._settings.connection_window_size - 65535
+        if extra > 0:
+            h2c.increment_flow_control_window(extra)
         self.flush()
 
     def on_broken(self, exc: Exception, not_http2: bool) -> None:
@@ -232,9 +289,14 @@ class ClientConnection(H2Driver):
         else:
             self._queue.append(call)
 
-    def cancel(self, call: WireCall) -> None:
+    def cancel(
+        self,
+        call: WireCall,
+        details: str = "Locally cancelled by application!",
+        code: StatusCode = StatusCode.CANCELLED,
+    ) -> None:
         """The caller gave up on ``call``: reset its stream (or drop it from the queue)."""
-        outcome = call.on_cancel()
+        outcome = call.on_cancel(details, code)
         if outcome is not None:
             self._end(call, outcome)
 
@@ -248,41 +310,104 @@ class ClientConnection(H2Driver):
         self._send_body(call)
 
     def _send_body(self, call: WireCall) -> None:
-        """Send as much of the request as the windows allow (RFC 9113 section 5.2)."""
+        """Send as much of the request as the windows allow (RFC 9113 section 5.2).
+
+        Messages go out in order; END_STREAM goes with the last frame once the request is
+        closing (a unary request is closing from the start, so its last DATA frame ends
+        the stream).
+        """
         h2c = self.h2
         sid = call.stream_id
-        prefix = call.prefix
-        body = call.body
-        head = len(prefix)
-        total = head + len(body)
-        pos = call.out_pos
-        while pos < total and not self.write_paused:
-            window = h2c.local_flow_control_window(sid)
-            if window <= 0:
+        while True:
+            prefix = call.prefix
+            body = call.body
+            head = len(prefix)
+            total = head + len(body)
+            pos = call.out_pos
+            last = call.closing and not call.outbox
+            while pos < total and not self.write_paused:
+                window = h2c.local_flow_control_window(sid)
+                if window <= 0:
+                    break
+                size = min(total - pos, window, h2c.max_outbound_frame_size)
+                end = pos + size
+                if pos < head:
+                    # The frame with the prefix: copies at most one frame of the message.
+                    data: Any = prefix[pos:] + body[: end - head]
+                elif pos == head and end == total:
+                    data = body
+                else:
+                    data = memoryview(body)[pos - head : end - head]
+                ends = last and end == total
+                h2c.send_data(sid, data, end_stream=ends)
+                if ends:
+                    call.end_sent = True
+                pos = end
+                call.data_sent += size
+                self._unflushed += size
+                if self._unflushed >= _FLUSH_THRESHOLD:
+                    # Hand large bodies to the transport as they are framed, so that its
+                    # pause_writing() can stop the rest (instead of h2 buffering them all).
+                    self._unflushed = 0
+                    self.flush()
+            call.out_pos = pos
+            if pos < total:
+                self._blocked[sid] = call
+                return
+            outbox = call.outbox
+            if not outbox:
                 break
-            size = min(total - pos, window, h2c.max_outbound_frame_size)
-            end = pos + size
-            if pos < head:
-                # The frame with the prefix: copies at most one frame of the message.
-                data: Any = prefix[pos:] + body[: end - head]
-            elif pos == head and end == total:
-                data = body
-            else:
-                data = memoryview(body)[pos - head : end - head]
-            h2c.send_data(sid, data, end_stream=end == total)
-            pos = end
-            self._unflushed += size
-            if self._unflushed >= _FLUSH_THRESHOLD:
-                # Hand large bodies to the transport as they are framed, so that its
-                # pause_writing() can stop the rest (instead of h2 buffering them all).
-                self._unflushed = 0
-                self.flush()
-        call.out_pos = pos
-        if pos >= total:
-            call.body = call.prefix = b""
-            self._blocked.pop(sid, None)
-        else:
-            self._blocked[sid] = call
+            call.prefix, call.body = outbox.popleft()
+            call.out_pos = 0
+        call.body = call.prefix = b""
+        self._blocked.pop(sid, None)
+        if call.closing and not call.end_sent:
+            # Nothing (more) to send with it: an empty DATA frame ends the request.
+            h2c.end_stream(sid)
+            call.end_sent = True
+        writer = call.writer
+        if writer is not None:
+            call.writer = None
+            if not writer.done():
+                writer.set_result(None)
+
+    def write(self, call: WireCall, prefix: bytes, body: bytes) -> bool:
+        """Add one message to a streaming request; True when it has gone out already.
+
+        Otherwise the caller waits on ``call.writer`` (the windows or the transport hold
+        it back, or the stream is not open yet), which resolves when the connection has
+        taken every message written so far, or the call ended.
+        """
+        call.queue(prefix, body)
+        sid = call.stream_id
+        if sid and self._streams.get(sid) is call:
+            self._send_body(call)
+            self.flush_soon()
+        return call.request_drained
+
+    def done_writing(self, call: WireCall) -> None:
+        """End a streaming request after the messages written so far (half-close)."""
+        if call.closing:
+            return
+        call.closing = True
+        sid = call.stream_id
+        if sid and self._streams.get(sid) is call:
+            self._send_body(call)
+            self.flush_soon()
+
+    def consumed(self, call: WireCall, size: int) -> None:
+        """The reader took a message of ``size`` framed bytes from a response stream: give
+        that much of the window it held back to the server again (all of it once the reader
+        has caught up)."""
+        unacked = call.unacked
+        if not unacked:
+            return
+        if call.buffered > _READ_LOW_WATER:
+            unacked = min(unacked, size)
+        call.unacked -= unacked
+        if self._error is None and self.transport is not None:
+            self.h2.acknowledge_received_data(unacked, call.stream_id)
+            self.flush_soon()
 
     def _send_blocked(self) -> None:
         """Resume waiting request bodies, oldest first, while the connection can take data.
@@ -341,6 +466,19 @@ class ClientConnection(H2Driver):
             # (Not there when a connection-wide event emptied the queue first.)
             self._queue.remove(call)
             removed = True
+        if call.streaming:
+            if call.unacked and self._error is None and self.transport is not None:
+                # The stream is over: give its held-back bytes to the connection window.
+                self.h2.acknowledge_received_data(call.unacked, sid)
+                self.flush_soon()
+            call.unacked = 0
+            if call.progress is not None:
+                _resolve_progress(call)
+        writer = call.writer
+        if writer is not None:
+            call.writer = None
+            if not writer.done():
+                writer.set_result(None)
         if not call.future.done():
             call.future.set_result(outcome)
         if removed and not self._streams and not self._queue and self.on_idle is not None:
@@ -355,15 +493,33 @@ class ClientConnection(H2Driver):
             outcome = call.on_headers(event.headers)
             if outcome is not None:
                 self._end(call, outcome)
+            elif call.progress is not None:
+                _resolve_progress(call)
 
     def _on_data(self, event: Any) -> None:
         sid = event.stream_id
-        self.h2.acknowledge_received_data(event.flow_controlled_length, sid)
         call = self._streams.get(sid)
-        if call is not None:
+        if call is None or not call.streaming:
+            self.h2.acknowledge_received_data(event.flow_controlled_length, sid)
+            if call is None:
+                return
             outcome = call.on_data(event.data)
             if outcome is not None:
                 self._end(call, outcome)
+            return
+        # A response stream: its window reopens only while the reader keeps up, so a
+        # reader that stops stops the server after one window (memory stays bounded).
+        outcome = call.on_data(event.data)
+        if outcome is not None:
+            call.unacked += event.flow_controlled_length
+            self._end(call, outcome)
+            return
+        if call.unacked or call.buffered > _READ_LOW_WATER:
+            call.unacked += event.flow_controlled_length
+        else:
+            self.h2.acknowledge_received_data(event.flow_controlled_length, sid)
+        if call.progress is not None and call.messages:
+            _resolve_progress(call)
 
     def _on_trailers(self, event: Any) -> None:
         call = self._streams.get(event.stream_id)
@@ -506,3 +662,10 @@ class ClientConnection(H2Driver):
         """Forget the connection without touching its socket (used in a forked child)."""
         self.transport = None
         self._error = GrpcError(StatusCode.UNAVAILABLE, "connection belongs to the parent process")
+
+
+def _resolve_progress(call: WireCall) -> None:
+    progress = call.progress
+    call.progress = None
+    if progress is not None and not progress.done():
+        progress.set_result(None)

@@ -27,7 +27,13 @@ class ConnectionSettings:
     keepalive_time must also hold for the channel's next connections (as in grpcio).
     """
 
-    __slots__ = ("keepalive_time", "keepalive_timeout", "max_receive_message_length")
+    __slots__ = (
+        "connection_window_size",
+        "initial_window_size",
+        "keepalive_time",
+        "keepalive_timeout",
+        "max_receive_message_length",
+    )
 
     def __init__(
         self,
@@ -35,10 +41,14 @@ class ConnectionSettings:
         max_receive_message_length: int,
         keepalive_time: Optional[float],
         keepalive_timeout: float,
+        initial_window_size: int = 16 * 1024 * 1024,
+        connection_window_size: int = 64 * 1024 * 1024,
     ) -> None:
         self.max_receive_message_length = max_receive_message_length
         self.keepalive_time = keepalive_time
         self.keepalive_timeout = keepalive_timeout
+        self.initial_window_size = initial_window_size
+        self.connection_window_size = connection_window_size
 
 
 class Keepalive:

@@ -18,16 +18,26 @@ from ..protocol.target import Target, parse_target
 from .dial import build_ssl_context, pem_bytes
 
 __all__ = [
+    "DEFAULT_CONNECTION_WINDOW",
     "DEFAULT_MAX_RECEIVE",
+    "DEFAULT_STREAM_WINDOW",
     "LB_POLICIES",
     "ChannelOptions",
     "ServerOptions",
     "check_compression",
     "check_int",
+    "check_window",
 ]
 
 #: The default of ``max_receive_message_length`` for channels and servers (grpcio's).
 DEFAULT_MAX_RECEIVE = 4 * 1024 * 1024
+
+#: Receive windows a channel advertises by default (RFC 9113 section 6.9): per stream, what
+#: a reader that stops reading may still be sent; per connection, the sum over its streams.
+DEFAULT_STREAM_WINDOW = 16 * 1024 * 1024
+DEFAULT_CONNECTION_WINDOW = 64 * 1024 * 1024
+_MAX_WINDOW = 2**31 - 1
+_MIN_WINDOW = 65535
 
 #: The load-balancing policies a channel knows.
 LB_POLICIES = ("pick_first", "round_robin")
@@ -59,6 +69,9 @@ class ChannelOptions:
     user_agent: bytes
     lb_policy: str
     transparent_retry: bool
+    wait_for_ready: bool = False
+    initial_window_size: int = DEFAULT_STREAM_WINDOW
+    connection_window_size: int = DEFAULT_CONNECTION_WINDOW
 
     @classmethod
     def build(
@@ -83,6 +96,9 @@ class ChannelOptions:
         user_agent: Optional[str] = None,
         lb_policy: str = "pick_first",
         transparent_retry: bool = True,
+        wait_for_ready: bool = False,
+        initial_window_size: int = DEFAULT_STREAM_WINDOW,
+        connection_window_size: int = DEFAULT_CONNECTION_WINDOW,
         field_name: FieldName = str,
     ) -> ChannelOptions:
         """Check every option once and return them frozen; the first mistake raises.
@@ -144,6 +160,8 @@ class ChannelOptions:
             )
         if not isinstance(transparent_retry, bool):
             raise TypeError(f"{name('transparent_retry')} must be True or False")
+        if not isinstance(wait_for_ready, bool):
+            raise TypeError(f"{name('wait_for_ready')} must be True or False")
         return cls(
             target=parsed,
             ssl_context=ssl_context,
@@ -165,7 +183,22 @@ class ChannelOptions:
             user_agent=agent.encode("ascii"),
             lb_policy=lb_policy,
             transparent_retry=transparent_retry,
+            wait_for_ready=wait_for_ready,
+            initial_window_size=check_window("initial_window_size", initial_window_size, name),
+            connection_window_size=check_window(
+                "connection_window_size", connection_window_size, name
+            ),
         )
+
+
+def check_window(field: str, value: Any, name: FieldName = str) -> int:
+    """An HTTP/2 receive window: 64 KiB - 1 (the protocol's initial window) to 2**31 - 1."""
+    message = f"{name(field)} must be a number of bytes from {_MIN_WINDOW} to {_MAX_WINDOW}"
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{message}, not {value!r}")
+    if not _MIN_WINDOW <= value <= _MAX_WINDOW:
+        raise ValueError(f"{message}, not {value!r}")
+    return value
 
 
 def check_compression(value: Any, name: str = "compression") -> Optional[str]:

@@ -35,6 +35,7 @@ __all__ = [
     "Outcome",
     "Retry",
     "header",
+    "initial_metadata_of",
     "is_grpc_content_type",
 ]
 
@@ -120,12 +121,7 @@ class Outcome:
     @property
     def initial_metadata(self) -> Metadata:
         """Metadata of the response headers (empty for a Trailers-Only response)."""
-        headers = self._headers
-        if headers is None or (
-            self._trailers is None and header(headers, b"grpc-status") is not None
-        ):
-            return ()
-        return decode_metadata(headers)
+        return initial_metadata_of(self._headers, self._trailers)
 
     @property
     def trailing_metadata(self) -> Metadata:
@@ -139,6 +135,14 @@ class Outcome:
 
     def __repr__(self) -> str:
         return f"Outcome({self.code.name}, {self.details!r}, retry={self.retry.name})"
+
+
+def initial_metadata_of(headers: Optional[Headers], trailers: Optional[Headers]) -> Metadata:
+    """The initial metadata of a response so far: none before its headers, none when the
+    only HEADERS block is a Trailers-Only status."""
+    if headers is None or (trailers is None and header(headers, b"grpc-status") is not None):
+        return ()
+    return decode_metadata(headers)
 
 
 def header(headers: Sequence[Tuple[bytes, bytes]], name: bytes) -> Optional[bytes]:
@@ -166,6 +170,7 @@ class ClientCall:
     """
 
     __slots__ = (
+        "buffered",
         "decoder",
         "encoding",
         "headers",
@@ -202,7 +207,17 @@ class ClientCall:
         self.encoding: Optional[str] = None
         self.decoder: Optional[MessageDecoder] = None
         self.messages: Deque[bytes] = deque()
+        self.buffered = 0  # bytes of the messages in ``messages``
         self.outcome: Optional[Outcome] = None
+
+    def take(self) -> Optional[bytes]:
+        """The next received message, or None when none is waiting."""
+        messages = self.messages
+        if not messages:
+            return None
+        message = messages.popleft()
+        self.buffered -= len(message)
+        return message
 
     # ------------------------------------------------------------ wire inputs
 
@@ -255,9 +270,9 @@ class ClientCall:
                         StatusCode.INTERNAL,
                         f"server sent more than one response message for unary {self.method}",
                     )
-                self.messages.append(
-                    decompress(compressed, payload, self.encoding, self.max_receive)
-                )
+                message = decompress(compressed, payload, self.encoding, self.max_receive)
+                self.messages.append(message)
+                self.buffered += len(message)
         except GrpcError as exc:
             return self._finish(exc.code(), exc.details(), reset=ErrorCodes.CANCEL)
         return None
@@ -383,12 +398,18 @@ class ClientCall:
             reset=ErrorCodes.CANCEL if self.stream_id else None,
         )
 
-    def on_cancel(self, details: str = "Locally cancelled by application!") -> Optional[Outcome]:
-        """The application gave up on the call: CANCELLED, stream reset with CANCEL."""
+    def on_cancel(
+        self,
+        details: str = "Locally cancelled by application!",
+        code: StatusCode = StatusCode.CANCELLED,
+    ) -> Optional[Outcome]:
+        """The application gave up on the call (CANCELLED), or the client found it cannot
+        go on (``code``: a request message over the size limit, a failing request
+        iterator): the stream is reset with CANCEL."""
         if self.state is DONE:
             return None
         return self._finish(
-            StatusCode.CANCELLED,
+            code,
             details,
             reset=ErrorCodes.CANCEL if self.stream_id else None,
         )

@@ -57,6 +57,7 @@ H2_ONLY_KEYS = (
     "compression",
     "lb_policy",
     "transparent_retry",
+    "wait_for_ready",
     "codec",
 )
 
@@ -174,6 +175,10 @@ def parse_settings(config: Mapping[str, Any]) -> Settings:
     options = {key: config[key] for key in _CHANNEL_KEYS if key in config}
     if "connect_timeout" in options and options["connect_timeout"] is None:
         del options["connect_timeout"]  # None reads as "not set" here, as Wove's keys do
+    # A task sent while its worker restarts waits for it (within the call's timeout, or
+    # connect_timeout) instead of failing at once: a restart costs only the calls in flight.
+    if options.get("wait_for_ready") is None:
+        options["wait_for_ready"] = True
     try:
         channel_options = ChannelOptions.build(
             parsed, secure=secure, field_name=_config_key, **options
