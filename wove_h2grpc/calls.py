@@ -12,6 +12,7 @@ request messages written so far. A call's final state is set in one place, ``_se
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import (
     TYPE_CHECKING,
@@ -149,6 +150,7 @@ class Call:
     )
 
     _kind = RpcKind.UNARY_UNARY
+    _single_response = True  # the kind's response is one message (read from _kind once)
 
     def __init__(
         self,
@@ -314,7 +316,6 @@ class Call:
     def _new_wire(self, previous: Optional[WireCall]) -> WireCall:
         """The WireCall of one attempt (its headers are completed when it is sent)."""
         rpc = self._rpc
-        kind = self._kind
         request = self._request
         future: asyncio.Future[Outcome] = self._loop.create_future()
         if request is not None:
@@ -331,7 +332,7 @@ class Call:
             future,
             self._deadline,
             rpc._channel._opts.max_receive_message_length,
-            not kind.response_streaming,
+            self._single_response,
             closing,
         )
         if previous is not None:
@@ -340,10 +341,11 @@ class Call:
             wire.writer, previous.writer = previous.writer, None
         return wire
 
-    async def _attempts(self) -> None:
+    async def _attempts(self) -> Any:
         """Send the call until it ends: pick a connection, open a stream, retry only what
-        the server provably never processed. Sets the final state (never raises, except
-        CancelledError when the awaiting task itself is cancelled)."""
+        the server provably never processed. Sets the final state, then returns
+        ``_value()`` (a unary response, or raises its error; None for the streaming kinds,
+        whose task never raises except CancelledError when it is cancelled)."""
         rpc = self._rpc
         channel = rpc._channel
         opts = channel._opts
@@ -360,7 +362,7 @@ class Call:
                         StatusCode.CANCELLED, "channel is closed", request_sent=False
                     )
                     self._settle_error(closed)
-                    return
+                    break
                 conn = pool.pick_now(loop)
                 if conn is None:
                     # In a task of its own, so that cancel() can stop the wait.
@@ -373,7 +375,7 @@ class Call:
                     finally:
                         self._assigning = None
                 if self._done:
-                    return  # cancelled (or failed locally) while waiting for a connection
+                    break  # cancelled (or failed locally) while waiting for a connection
                 wire = self._new_wire(wire) if wire is None or wire.future.done() else wire
                 self._wire = wire
                 if deadline is not None:
@@ -383,7 +385,7 @@ class Call:
                             StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded", request_sent=False
                         )
                         self._settle_error(late)
-                        return
+                        break
                     wire.request_headers = [
                         *wire.request_headers,
                         (b"grpc-timeout", encode_grpc_timeout(remaining).encode()),
@@ -398,7 +400,7 @@ class Call:
                     conn.cancel(wire)
                     raise
                 if self._done:
-                    return  # settled by cancel() or a local failure meanwhile
+                    break  # settled by cancel() or a local failure meanwhile
                 retry = outcome.retry
                 if retry is not NO_RETRY and (self._request is not None or wire.data_sent == 0):
                     if retry is REFUSED:
@@ -406,18 +408,18 @@ class Call:
                         if not opts.transparent_retry:
                             why = "not retried because transparent_retry=False"
                             self._settle(outcome, self._not_retried(wire, outcome, why))
-                            return
+                            break
                         refused += 1
                         if refused > _MAX_REFUSED_RETRIES:
                             why = f"gave up after {_MAX_REFUSED_RETRIES} transparent retries"
                             self._settle(outcome, self._not_retried(wire, outcome, why))
-                            return
+                            break
                     continue  # never processed: send it (again) on another stream
                 error = None
                 if outcome.code is not _OK:
                     error = wire.error(outcome, target=where, elapsed=loop.time() - self._start)
                 self._settle(outcome, error)
-                return
+                break
         except GrpcError as exc:  # from pool.assign: no connection
             self._settle_error(exc)
         except asyncio.CancelledError:
@@ -431,6 +433,7 @@ class Call:
                     )
                 )
             raise
+        return self._value()
 
     def _not_retried(self, wire: WireCall, outcome: Outcome, why: str) -> GrpcError:
         """The refused call's error when it is not sent again; it provably never ran."""
@@ -488,7 +491,6 @@ class Call:
         self._done = True
         self._outcome = outcome
         self._error = error
-        self._ended()
         if self._progress is not None:
             self._poke()
         callbacks = self._callbacks
@@ -497,8 +499,9 @@ class Call:
             for callback in callbacks:
                 _run_callback(callback, self)
 
-    def _ended(self) -> None:
-        """Hook for the kinds: release what the call holds beyond its stream."""
+    def _value(self) -> Any:
+        """What the attempt loop returns once the call has ended (see UnaryUnaryCall)."""
+        return None
 
 
 class UnaryUnaryCall(Call, Generic[Resp]):
@@ -510,18 +513,24 @@ class UnaryUnaryCall(Call, Generic[Resp]):
         if self._started:
             return self._result_when_done().__await__()
         self._started = True
-        return self._run().__await__()
-
-    async def _run(self) -> Resp:
-        await self._attempts()
-        return self._result()
+        return self._attempts().__await__()
 
     async def _result_when_done(self) -> Resp:
         while not self._done:
             await self._wait()
-        return self._result()
+        return self._value()
 
-    def _result(self) -> Resp:
+    def _ensure_started(self) -> None:
+        # Run by a task of its own: the response (or error) is read by whoever awaits.
+        if not self._started:
+            self._started = True
+            self._task = self._loop.create_task(self._attempts_quietly())
+
+    async def _attempts_quietly(self) -> None:
+        with contextlib.suppress(GrpcError):
+            await self._attempts()
+
+    def _value(self) -> Resp:
         if self._error is not None or self._cancelled:
             self._raise_if_failed()
         outcome = self._outcome
@@ -669,8 +678,9 @@ class _RequestStream(Call):
             return
         self._done_writing()
 
-    def _ended(self) -> None:
-        consumer = self._consumer
+    def _settle(self, outcome: Optional[Outcome], error: Optional[GrpcError]) -> None:
+        super()._settle(outcome, error)
+        consumer = self._consumer  # the request iterator has nothing more to do
         if consumer is not None and not consumer.done() and consumer is not _current_task():
             consumer.cancel()
 
@@ -681,6 +691,7 @@ class UnaryStreamCall(_ResponseStream):
     __slots__ = ()
 
     _kind = RpcKind.UNARY_STREAM
+    _single_response = not RpcKind.UNARY_STREAM.response_streaming
 
 
 class StreamUnaryCall(_RequestStream, Generic[Resp]):
@@ -689,6 +700,7 @@ class StreamUnaryCall(_RequestStream, Generic[Resp]):
     __slots__ = ()
 
     _kind = RpcKind.STREAM_UNARY
+    _single_response = not RpcKind.STREAM_UNARY.response_streaming
 
     def __await__(self) -> Generator[Any, None, Resp]:
         return self._response().__await__()
@@ -710,6 +722,7 @@ class StreamStreamCall(_RequestStream, _ResponseStream):
     __slots__ = ()
 
     _kind = RpcKind.STREAM_STREAM
+    _single_response = not RpcKind.STREAM_STREAM.response_streaming
 
 
 # ------------------------------------------------------------------ multicallables
@@ -730,8 +743,20 @@ class UnaryUnaryMultiCallable(_MultiCallable, Generic[Req, Resp]):
         compression: Optional[str] = None,
         wait_for_ready: Optional[bool] = None,
     ) -> UnaryUnaryCall[Resp]:
-        compress = _compressing(self, compression)
-        framed = frame_message(self._serialize(request), compress)
+        # The common case inline (bytes, no serializer, the channel's compression): this is
+        # the per-call path of every unary call.
+        opts = self._channel._opts
+        if compression is None:
+            compress = opts.compression is not None
+        else:
+            compress = _compressing(self, compression)
+        if self._serializer is None and isinstance(request, bytes):
+            limit = opts.max_send_message_length
+            if limit >= 0 and len(request) > limit:
+                raise too_large("Sent", len(request), limit)
+            framed = frame_message(request, compress)
+        else:
+            framed = frame_message(self._serialize(request), compress)
         return UnaryUnaryCall(self, framed, timeout, metadata, compress, wait_for_ready)
 
 
