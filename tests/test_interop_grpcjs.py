@@ -410,3 +410,21 @@ def test_grpcjs_client_against_grpcjs_server(grpcjs_server: HelperProcess) -> No
     failed = {name: r["error"] for name, r in results.items() if not r["ok"]}
     assert not failed
     assert proc.returncode == 0, proc.stderr
+
+
+async def test_grpcjs_client_reports_failures(grpcjs_available: None) -> None:
+    """The grpc-js client is not vacuous: a server that answers wrongly fails its cases."""
+
+    async def short_unary(request: bytes, context: Any) -> bytes:
+        return pb.simple_response(b"\0")  # one byte, whatever was asked
+
+    server = Server({M + "UnaryCall": short_unary})  # EmptyCall left out: UNIMPLEMENTED
+    port = await server.start("127.0.0.1:0")
+    try:
+        results = await _grpcjs_client(port, ["large_unary", "empty_unary"])
+    finally:
+        await server.stop(grace=1.0)
+    assert not results["large_unary"]["ok"]
+    assert "314159" in results["large_unary"]["error"]
+    assert not results["empty_unary"]["ok"]
+    assert "UNIMPLEMENTED" in results["empty_unary"]["error"]
