@@ -7,7 +7,7 @@
 //
 //   node interop_server.js [--bind HOST:PORT]      (default 127.0.0.1:0)
 //
-// Prints `READY <port>` once it serves; stops on SIGTERM/SIGINT.
+// Prints `READY <port>` once it serves; stops on SIGTERM/SIGINT, or when its parent exits.
 const { grpc, loadTesting } = require('./load_protos');
 
 const ECHO_INITIAL = 'x-grpc-test-echo-initial';
@@ -176,6 +176,11 @@ function main() {
   };
   process.on('SIGTERM', stop);
   process.on('SIGINT', stop);
+  // A test run that dies without stopping us leaves no server behind: exit once orphaned.
+  const parent = process.ppid;
+  setInterval(() => {
+    if (process.ppid !== parent) stop();
+  }, 1000).unref();
 }
 
 main();
