@@ -493,6 +493,12 @@ class Call:
         self._error = error
         if self._progress is not None:
             self._poke()
+        wire = self._wire
+        if wire is not None and wire.writer is not None:
+            # A writer waits on an attempt that never reached a connection: wake it.
+            writer, wire.writer = wire.writer, None
+            if not writer.done():
+                writer.set_result(None)
         callbacks = self._callbacks
         if callbacks:
             self._callbacks = None

@@ -382,3 +382,14 @@ async def test_call_arguments_are_checked_at_once(server: HelperProcess) -> None
         Channel("127.0.0.1:1", initial_window_size=10)
     with pytest.raises(TypeError):
         Channel("127.0.0.1:1", wait_for_ready=1)
+
+
+async def test_write_before_a_connection_ends_with_the_deadline() -> None:
+    """A writer waiting for the first connection is woken when the call fails meanwhile."""
+    async with Channel("127.0.0.1:9", wait_for_ready=True) as ch:  # nothing listens there
+        call = ch.stream_stream("/test.Test/Bidi")(timeout=0.2)
+        with pytest.raises(GrpcError) as info:
+            await asyncio.wait_for(call.write(b"x"), T)
+        # At the deadline, with the last connect error (as for a unary call).
+        assert info.value.code() in (StatusCode.UNAVAILABLE, StatusCode.DEADLINE_EXCEEDED)
+        assert info.value.request_sent is False
