@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 if __package__ in (None, ""):  # run as ``python benchmarks/run.py``
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -146,6 +146,15 @@ def child_env(tree: Optional[Path] = None) -> Dict[str, str]:
     return env
 
 
+def parse_ready(line: str) -> Tuple[int, bool]:
+    """A server's ``READY <port> [no-streams]`` line -> ``(port, serves the streaming
+    methods)``."""
+    words = line.split()
+    if len(words) < 2 or words[0] != "READY" or not words[1].isdigit():
+        raise ValueError(f"not a READY line: {line!r}")
+    return int(words[1]), "no-streams" not in words[2:]
+
+
 class ServerProcess:
     """A benchmark server in its own process; ``port`` is known once it printed READY."""
 
@@ -161,14 +170,14 @@ class ServerProcess:
             cwd=str(REPO_DIR),
         )
         ready = threading.Event()
-        box: List[List[str]] = []
+        box: List[str] = []
 
         def pump() -> None:
             assert self.proc.stdout is not None
             for line in self.proc.stdout:
                 self.lines.append(line.rstrip("\n"))
                 if not ready.is_set() and line.startswith("READY"):
-                    box.append(line.split()[1:])
+                    box.append(line)
                     ready.set()
             ready.set()
 
@@ -177,9 +186,7 @@ class ServerProcess:
             self.stop()
             tail = "\n".join(self.lines[-15:])
             raise RuntimeError(f"server {kind} did not start:\n{tail}")
-        self.port = int(box[0][0])
-        # ``READY <port> no-streams``: the server cannot serve the streaming methods.
-        self.streams = "no-streams" not in box[0][1:]
+        self.port, self.streams = parse_ready(box[0])
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL after 10 s."""
