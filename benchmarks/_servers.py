@@ -59,6 +59,17 @@ async def _stream(request: bytes, context: Any) -> AsyncIterator[bytes]:
         yield payload
 
 
+def takes_kind(add_method: Any) -> bool:
+    """Whether a ``Server.add_method`` takes ``kind=`` (serves the streaming kinds)."""
+    try:
+        parameters = inspect.signature(add_method).parameters
+    except (TypeError, ValueError):
+        return False
+    return "kind" in parameters or any(
+        p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()
+    )
+
+
 def _ready(port: int, streams: bool = True) -> None:
     sys.stdout.write(f"READY {port}{'' if streams else ' no-streams'}\n")
     sys.stdout.flush()
@@ -127,7 +138,7 @@ async def _h2_echo(port: int) -> None:
 
     server = Server({ECHO_METHOD: echo}, max_receive_message_length=MAX_MESSAGE)
     add_method: Any = server.add_method  # typed without ``kind`` on older checkouts
-    streams = "kind" in inspect.signature(add_method).parameters
+    streams = takes_kind(add_method)
     if streams:  # our Server's streaming kinds (not on every checkout yet)
         add_method(BIDI_METHOD, _echo_each, kind="stream_stream")
         add_method(STREAM_METHOD, _stream, kind="unary_stream")
