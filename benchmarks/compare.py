@@ -56,7 +56,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     finally:
         server.stop()
     sys.stdout.write(
-        f"client CPU per call against the grpcio echo server, median of {args.rounds} rounds\n"
+        "client CPU per call (per round trip or message in a streaming scenario) against the "
+        f"grpcio echo server, median of {args.rounds} rounds\n"
         f"this tree: {REPO_DIR}; baseline: {baseline}\n\n"
         "| scenario | this tree (us) | baseline (us) | this / baseline |\n"
         "| --- | --- | --- | --- |\n"
