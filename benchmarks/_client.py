@@ -6,8 +6,14 @@ client alone. The process connects, warms up, then measures; only the measured s
 counted in the CPU figure. The result is one JSON object on the last line of stdout.
 
 Spec keys: ``client`` (``wove_h2grpc`` | ``grpc.aio`` | ``grpclib``), ``port``, ``method``,
-``scenario`` (``sequential`` | ``concurrent`` | ``burst``), ``size`` (payload bytes),
-``calls``, ``concurrency``, ``warmup``, optional ``profile`` (path prefix for cProfile output).
+``scenario`` (``sequential`` | ``concurrent`` | ``burst`` | ``bidi`` | ``server_stream`` |
+``slow_consumer``), ``size`` (payload bytes), ``calls`` (calls; round trips for ``bidi``,
+messages for the two server streams), ``concurrency``, ``warmup``, optional ``profile``
+(path prefix for cProfile output). The streaming scenarios (``_measure_stream``) also take
+``window`` (the stream receive window to ask the client for, bytes; absent = the client's
+default), ``server_pid`` (whose RSS the slow consumer samples too), and for
+``slow_consumer`` ``stall_s`` (seconds it waits after the first message), ``pause_every``
+and ``pause_s`` (it sleeps ``pause_s`` after every ``pause_every`` messages).
 """
 
 from __future__ import annotations
@@ -19,10 +25,22 @@ import os
 import resource
 import sys
 import time
-from typing import Any, Awaitable, Callable, Dict, List, Tuple
+from typing import (
+    Any,
+    AsyncContextManager,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Dict,
+    List,
+    Optional,
+    Sequence,
+    Tuple,
+)
 
 Call = Callable[[bytes], Awaitable[bytes]]
 MAX_MESSAGE = 64 * 1024 * 1024
+STREAM_SCENARIOS = ("bidi", "server_stream", "slow_consumer")
 
 
 def _cpu_seconds() -> float:
@@ -58,20 +76,8 @@ async def _open_client(
     if name == "grpclib":
         from grpclib.client import Channel as GrpclibChannel
         from grpclib.const import Cardinality
-        from grpclib.encoding.base import CodecBase
 
-        class RawCodec(CodecBase):
-            """Bytes in, bytes out: grpclib's codec hook without protobuf."""
-
-            __content_subtype__ = "proto"  # plain "application/grpc" on the wire
-
-            def encode(self, message: Any, message_type: Any) -> bytes:
-                return message  # type: ignore[no-any-return]
-
-            def decode(self, data: bytes, message_type: Any) -> Any:
-                return data
-
-        gchannel = GrpclibChannel("127.0.0.1", port, codec=RawCodec())
+        gchannel = GrpclibChannel("127.0.0.1", port, codec=_grpclib_codec())
 
         async def call_grpclib(request: bytes) -> bytes:
             async with gchannel.request(method, Cardinality.UNARY_UNARY, bytes, bytes) as stream:
@@ -238,6 +244,319 @@ async def _measure(spec: Dict[str, Any]) -> Dict[str, Any]:
     }
 
 
+# ----------------------------------------------------------------- streaming scenarios
+
+BIDI_METHOD = "/bench.Echo/Bidi"
+STREAM_METHOD = "/bench.Echo/Stream"
+Send = Callable[[bytes], Awaitable[None]]
+Recv = Callable[[], Awaitable[Optional[bytes]]]  # None once the stream has ended
+Bidi = Callable[[], AsyncContextManager[Tuple[Send, Recv]]]
+ServerStream = Callable[[bytes], AsyncContextManager[AsyncIterator[bytes]]]
+
+
+def stream_request(count: int, size: int) -> bytes:
+    """The ``/bench.Echo/Stream`` request: ``count`` messages of ``size`` bytes, please
+    (``_servers.parse_stream_request`` reads it)."""
+    return b"%d %d" % (count, size)
+
+
+async def _open_streams(
+    name: str, port: int, window: Optional[int]
+) -> Tuple[Bidi, ServerStream, Callable[[], Awaitable[None]]]:
+    """``(bidi, server_stream, close)`` for one client library, each in its own idiom:
+    ``async with bidi() as (send, recv)`` is one open bidi call (leaving the block half-closes
+    it and reads it to its end); ``async with server_stream(request) as messages`` gives an
+    async iterator over the replies. ``window``: the stream receive window to ask for."""
+    import contextlib
+
+    target = f"127.0.0.1:{port}"
+    if name == "grpc.aio":
+        import grpc.aio
+
+        options = [
+            ("grpc.max_receive_message_length", MAX_MESSAGE),
+            ("grpc.max_send_message_length", MAX_MESSAGE),
+        ]
+        if window:
+            # The C core's initial stream window; BDP probing would grow it, so it is off.
+            options += [("grpc.http2.lookahead_bytes", window), ("grpc.http2.bdp_probe", 0)]
+        channel = grpc.aio.insecure_channel(target, options=options)
+        bidi_rpc = channel.stream_stream(BIDI_METHOD)
+        stream_rpc = channel.unary_stream(STREAM_METHOD)
+        eof: Any = grpc.aio.EOF
+    elif name == "wove_h2grpc":
+        from wove_h2grpc import EOF, Channel
+
+        kwargs: Dict[str, Any] = {"max_receive_message_length": MAX_MESSAGE}
+        if window:
+            kwargs["initial_window_size"] = window
+        channel = Channel(target, **kwargs)
+        bidi_rpc = channel.stream_stream(BIDI_METHOD)
+        stream_rpc = channel.unary_stream(STREAM_METHOD)
+        eof = EOF
+    elif name == "grpclib":
+        return _grpclib_streams(port, window)
+    else:
+        raise SystemExit(f"unknown client {name!r}")
+
+    @contextlib.asynccontextmanager
+    async def bidi() -> AsyncIterator[Tuple[Send, Recv]]:
+        call = bidi_rpc()
+
+        async def recv() -> Optional[bytes]:
+            message = await call.read()
+            return None if message is eof else message
+
+        try:
+            yield call.write, recv
+            await call.done_writing()
+            while await recv() is not None:
+                pass
+        finally:
+            call.cancel()  # a no-op once the call has ended
+
+    @contextlib.asynccontextmanager
+    async def server_stream(request: bytes) -> AsyncIterator[AsyncIterator[bytes]]:
+        call = stream_rpc(request)
+        try:
+            yield call.__aiter__()
+        finally:
+            call.cancel()
+
+    async def close() -> None:
+        await channel.close()
+
+    return bidi, server_stream, close
+
+
+def _grpclib_streams(
+    port: int, window: Optional[int]
+) -> Tuple[Bidi, ServerStream, Callable[[], Awaitable[None]]]:
+    import contextlib
+
+    from grpclib.client import Channel as GrpclibChannel
+    from grpclib.config import Configuration
+    from grpclib.const import Cardinality
+
+    config = Configuration(http2_stream_window_size=window) if window else None
+    channel = GrpclibChannel("127.0.0.1", port, codec=_grpclib_codec(), config=config)
+
+    @contextlib.asynccontextmanager
+    async def bidi() -> AsyncIterator[Tuple[Send, Recv]]:
+        async with channel.request(BIDI_METHOD, Cardinality.STREAM_STREAM, bytes, bytes) as st:
+            yield st.send_message, st.recv_message
+            await st.end()
+            while await st.recv_message() is not None:
+                pass
+
+    @contextlib.asynccontextmanager
+    async def server_stream(request: bytes) -> AsyncIterator[AsyncIterator[bytes]]:
+        async with channel.request(STREAM_METHOD, Cardinality.UNARY_STREAM, bytes, bytes) as st:
+            await st.send_message(request, end=True)
+            yield st.__aiter__()
+
+    async def close() -> None:
+        channel.close()
+
+    return bidi, server_stream, close
+
+
+def _grpclib_codec() -> Any:
+    from grpclib.encoding.base import CodecBase
+
+    class RawCodec(CodecBase):
+        """Bytes in, bytes out: grpclib's codec hook without protobuf."""
+
+        __content_subtype__ = "proto"  # plain "application/grpc" on the wire
+
+        def encode(self, message: Any, message_type: Any) -> bytes:
+            return message  # type: ignore[no-any-return]
+
+        def decode(self, data: bytes, message_type: Any) -> Any:
+            return data
+
+    return RawCodec()
+
+
+def rss_kib(pid: Any = "self") -> Optional[int]:
+    """Resident set size of a process now (``/proc/<pid>/statm``), or ``None`` (not Linux,
+    or the process is gone)."""
+    try:
+        with open(f"/proc/{pid}/statm", encoding="ascii") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def rss_growth_kib(
+    baseline: Optional[int], samples: Sequence[Optional[int]], maxrss_before: int, maxrss_after: int
+) -> Optional[int]:
+    """Peak RSS during a section minus the RSS at its start, in KiB.
+
+    ``samples`` are RSS readings taken during the section; ``ru_maxrss`` (the process's
+    lifetime peak, before and after the section) adds the peak between samples, but only
+    when the section raised it: otherwise the lifetime peak is older than the section.
+    """
+    if baseline is None:
+        return None
+    peak = max((s for s in samples if s is not None), default=baseline)
+    if maxrss_after > maxrss_before:
+        peak = max(peak, maxrss_after)
+    return max(0, peak - baseline)
+
+
+def rates(count: int, wall_s: float, cpu_s: float, size: int) -> Dict[str, float]:
+    """Messages/s, MiB/s and CPU µs per message of a stream of ``count`` ``size``-byte
+    messages received in ``wall_s`` seconds using ``cpu_s`` seconds of CPU."""
+    if count <= 0 or wall_s <= 0:
+        raise ValueError("no messages or no time: nothing to rate")
+    return {
+        "messages_per_s": count / wall_s,
+        "mib_per_s": count * size / wall_s / (1024 * 1024),
+        "cpu_us_per_message": cpu_s * 1e6 / count,
+    }
+
+
+class _Section:
+    """The measured section: CPU (user + system), wall time, optional cProfile."""
+
+    def __init__(self, profile: Optional[str]) -> None:
+        self.profile = profile
+        self.profiler: Any = None
+        if profile:
+            import cProfile
+
+            self.profiler = cProfile.Profile(time.process_time)
+
+    def __enter__(self) -> _Section:
+        gc.collect()
+        self.maxrss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        self.cpu0, self.sys0, self.wall0 = _cpu_seconds(), _sys_seconds(), time.perf_counter()
+        if self.profiler is not None:
+            self.profiler.enable()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.profiler is not None:
+            self.profiler.disable()
+        self.wall = time.perf_counter() - self.wall0
+        self.cpu = _cpu_seconds() - self.cpu0
+        self.system = _sys_seconds() - self.sys0
+        self.maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        if self.profiler is not None and self.profile:
+            _write_profile(self.profiler, self.profile)
+
+
+async def _pingpong(send: Send, recv: Recv, payload: bytes, n: int) -> List[int]:
+    latencies = []
+    clock = time.perf_counter_ns
+    for _ in range(n):
+        start = clock()
+        await send(payload)
+        reply = await recv()
+        latencies.append(clock() - start)
+        if reply is None or len(reply) != len(payload):
+            raise RuntimeError("bidi echo ended early or returned a different size")
+    return latencies
+
+
+async def _drain(messages: AsyncIterator[bytes], size: int) -> int:
+    count = 0
+    async for message in messages:
+        if len(message) != size:
+            raise RuntimeError(f"stream message of {len(message)} bytes, expected {size}")
+        count += 1
+    return count
+
+
+async def _measure_stream(spec: Dict[str, Any]) -> Dict[str, Any]:
+    scenario, size, count = spec["scenario"], spec["size"], spec["calls"]
+    bidi, server_stream, close = await _open_streams(
+        spec["client"], spec["port"], spec.get("window")
+    )
+    payload = os.urandom(size)
+    result: Dict[str, Any] = {}
+    try:
+        if scenario == "bidi":
+            async with bidi() as (send, recv):
+                await _pingpong(send, recv, payload, spec["warmup"])  # connects, warms up
+                with _Section(spec.get("profile")) as section:
+                    latencies = await _pingpong(send, recv, payload, count)
+            latencies.sort()
+            result = {
+                "calls": count,
+                "calls_per_s": count / section.wall,
+                "p50_us": _percentile(latencies, 50),
+                "p99_us": _percentile(latencies, 99),
+                "cpu_us_per_call": section.cpu * 1e6 / count,
+                "cpu_sys_us_per_call": section.system * 1e6 / count,
+                "latency_quantiles_us": _quantiles(latencies),
+            }
+        elif scenario == "server_stream":
+            async with server_stream(stream_request(spec["warmup"], size)) as messages:
+                await _drain(messages, size)
+            with _Section(spec.get("profile")) as section:
+                async with server_stream(stream_request(count, size)) as messages:
+                    received = await _drain(messages, size)
+            if received != count:
+                raise RuntimeError(f"received {received} of {count} messages")
+            result = rates(count, section.wall, section.cpu, size)
+            result["cpu_sys_us_per_message"] = section.system * 1e6 / count
+        elif scenario == "slow_consumer":
+            result = await _slow_consumer(spec, server_stream, size, count)
+        else:
+            raise SystemExit(f"unknown scenario {scenario!r}")
+    finally:
+        await close()
+    result["messages"] = count
+    result["peak_rss_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return result
+
+
+async def _slow_consumer(
+    spec: Dict[str, Any], server_stream: ServerStream, size: int, count: int
+) -> Dict[str, Any]:
+    """Read ``count`` messages of ``size`` bytes slowly: wait ``stall_s`` after the first
+    (the sender fills the receive window meanwhile), then sleep ``pause_s`` after every
+    ``pause_every`` messages. The figures are the RSS growth of this process (and of the
+    server's) over its RSS when the call started: about the window if reading applies flow
+    control, about the whole stream if it does not."""
+    server_pid = spec.get("server_pid")
+    stall, every, pause = spec.get("stall_s", 0.2), spec.get("pause_every", 8), spec["pause_s"]
+    async with server_stream(stream_request(spec["warmup"], size)) as messages:
+        await _drain(messages, size)  # connects; the allocator has seen messages this size
+    ours: List[Optional[int]] = []
+    theirs: List[Optional[int]] = []
+    received = 0
+    with _Section(spec.get("profile")) as section:
+        base, server_base = rss_kib(), rss_kib(server_pid) if server_pid else None
+        async with server_stream(stream_request(count, size)) as messages:
+            async for message in messages:
+                if len(message) != size:
+                    raise RuntimeError(f"stream message of {len(message)} bytes")
+                received += 1
+                if received == 1:
+                    await asyncio.sleep(stall)
+                elif received % every == 0:
+                    ours.append(rss_kib())
+                    if server_pid:
+                        theirs.append(rss_kib(server_pid))
+                    await asyncio.sleep(pause)
+    if received != count:
+        raise RuntimeError(f"received {received} of {count} messages")
+    growth = rss_growth_kib(base, ours, section.maxrss0, section.maxrss)
+    server_growth = rss_growth_kib(server_base, theirs, 0, 0)
+    out: Dict[str, Any] = rates(count, section.wall, section.cpu, size)
+    out["stream_mib"] = count * size / (1024 * 1024)
+    if spec.get("window"):
+        out["window_mib"] = spec["window"] / (1024 * 1024)
+    if growth is not None:
+        out["rss_growth_mib"] = growth / 1024
+    if server_growth is not None:
+        out["server_rss_growth_mib"] = server_growth / 1024
+    return out
+
+
 def _write_profile(profiler: Any, prefix: str) -> None:
     """Write ``prefix.prof`` and ``prefix.txt``: top 20 by cumulative and by own time, in %."""
     import pstats
@@ -267,8 +586,9 @@ def _short(filename: str) -> str:
 
 def main() -> None:
     spec = json.loads(sys.argv[1])
+    measure = _measure_stream if spec.get("scenario") in STREAM_SCENARIOS else _measure
     try:
-        result = asyncio.run(_measure(spec))
+        result = asyncio.run(measure(spec))
     except Exception as exc:
         result = {"error": _describe_error(exc)}
     sys.stdout.write(json.dumps(result) + "\n")

@@ -2,25 +2,76 @@
 
 Kinds: ``grpcio-echo`` (grpc.aio generic echo handler), ``h2-echo`` (``wove_h2grpc.Server``),
 ``grpcio-worker`` and ``h2-worker`` (``wove_h2grpc.worker.WorkerService`` on either server).
-Each prints ``READY <port>`` once serving and runs until SIGTERM or SIGINT.
+Each prints ``READY <port> [no-streams]`` once serving and runs until SIGTERM or SIGINT;
+``no-streams`` means the server cannot serve the streaming methods (a ``wove_h2grpc.Server``
+whose ``add_method`` takes no ``kind`` yet), so the harness skips the streaming scenarios.
+
+The echo servers serve, besides the unary ``/bench.Echo/Echo``:
+
+- ``/bench.Echo/Bidi`` (stream-stream): every request message is echoed back as it arrives;
+- ``/bench.Echo/Stream`` (unary-stream): the request is ``b"<count> <size>"`` (ASCII
+  decimals, see ``parse_stream_request``); the reply is ``count`` messages of ``size`` bytes
+  (one prebuilt payload sent again and again, so the server allocates nothing per message).
+  The slow-consumer scenario is this method with a large count of 64 KiB messages.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import inspect
 import os
 import signal
 import sys
-from typing import Any
+from typing import Any, AsyncIterator, Tuple
 
 ECHO_METHOD = "/bench.Echo/Echo"
+BIDI_METHOD = "/bench.Echo/Bidi"
+STREAM_METHOD = "/bench.Echo/Stream"
 SECRET_ENV = "WOVE_H2GRPC_BENCH_SECRET"
 MAX_MESSAGE = 64 * 1024 * 1024
 
 
-def _ready(port: int) -> None:
-    sys.stdout.write(f"READY {port}\n")
+def parse_stream_request(data: bytes) -> Tuple[int, int]:
+    """``b"<count> <size>"`` -> ``(count, size)``; ValueError unless both are decimals with
+    ``count >= 0`` and ``0 <= size <= MAX_MESSAGE``."""
+    parts = data.split()
+    if len(parts) != 2 or not all(p.isdigit() for p in parts):
+        raise ValueError(f"stream request must be b'<count> <size>', got {data[:40]!r}")
+    count, size = int(parts[0]), int(parts[1])
+    if size > MAX_MESSAGE:
+        raise ValueError(f"message size {size} is over {MAX_MESSAGE}")
+    return count, size
+
+
+async def _echo_each(requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
+    """The bidi handler of both servers: echo each request as it arrives."""
+    async for request in requests:
+        yield request
+
+
+async def _stream(request: bytes, context: Any) -> AsyncIterator[bytes]:
+    """The server-stream handler of both servers: ``count`` messages of ``size`` bytes (a
+    malformed request fails the call with UNKNOWN)."""
+    count, size = parse_stream_request(request)
+    payload = os.urandom(size)
+    for _ in range(count):
+        yield payload
+
+
+def takes_kind(add_method: Any) -> bool:
+    """Whether a ``Server.add_method`` takes ``kind=`` (serves the streaming kinds)."""
+    try:
+        parameters = inspect.signature(add_method).parameters
+    except (TypeError, ValueError):
+        return False
+    return "kind" in parameters or any(
+        p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()
+    )
+
+
+def _ready(port: int, streams: bool = True) -> None:
+    sys.stdout.write(f"READY {port}{'' if streams else ' no-streams'}\n")
     sys.stdout.flush()
 
 
@@ -56,16 +107,25 @@ async def _grpcio_echo(port: int) -> None:
     async def echo(request: bytes, context: Any) -> bytes:
         return request
 
-    service, method = ECHO_METHOD.lstrip("/").split("/")
+    service = ECHO_METHOD.lstrip("/").split("/")[0]
     handler = grpc.method_handlers_generic_handler(
-        service, {method: grpc.unary_unary_rpc_method_handler(echo)}
+        service,
+        {
+            _name(ECHO_METHOD): grpc.unary_unary_rpc_method_handler(echo),
+            _name(BIDI_METHOD): grpc.stream_stream_rpc_method_handler(_echo_each),
+            _name(STREAM_METHOD): grpc.unary_stream_rpc_method_handler(_stream),
+        },
     )
     await _grpcio_server(port, handler)
 
 
-async def _h2_server(port: int, server: Any) -> None:
+def _name(path: str) -> str:
+    return path.rsplit("/", 1)[1]
+
+
+async def _h2_server(port: int, server: Any, streams: bool = False) -> None:
     bound = await server.start(f"127.0.0.1:{port}")
-    _ready(bound)
+    _ready(bound, streams)
     await _wait_for_signal()
     await server.stop(grace=1.0)
 
@@ -76,7 +136,13 @@ async def _h2_echo(port: int) -> None:
     async def echo(request: bytes, context: Any) -> bytes:
         return request
 
-    await _h2_server(port, Server({ECHO_METHOD: echo}, max_receive_message_length=MAX_MESSAGE))
+    server = Server({ECHO_METHOD: echo}, max_receive_message_length=MAX_MESSAGE)
+    add_method: Any = server.add_method  # typed without ``kind`` on older checkouts
+    streams = takes_kind(add_method)
+    if streams:  # our Server's streaming kinds (not on every checkout yet)
+        add_method(BIDI_METHOD, _echo_each, kind="stream_stream")
+        add_method(STREAM_METHOD, _stream, kind="unary_stream")
+    await _h2_server(port, server, streams)
 
 
 def _worker_service() -> Any:

@@ -19,12 +19,55 @@ FIGURES = (
     ("cpu_us_per_call", "client CPU µs/call", "{:,.0f}"),
     ("peak_rss_kib", "peak RSS MiB", "{:,.1f}"),
 )
+# The streaming scenarios' figures, by scenario kind; the fourth field says whether the
+# ratio to grpc.aio is shown (not for the server's RSS: one server serves every client).
+STREAM_FIGURES: Dict[str, Tuple[Tuple[str, str, str, bool], ...]] = {
+    "bidi": (
+        ("calls_per_s", "round trips/s", "{:,.0f}", True),
+        ("p50_us", "p50 µs", "{:,.0f}", True),
+        ("p99_us", "p99 µs", "{:,.0f}", True),
+        ("cpu_us_per_call", "client CPU µs/round trip", "{:,.0f}", True),
+        ("peak_rss_kib", "peak RSS MiB", "{:,.1f}", True),
+    ),
+    "server_stream": (
+        ("messages_per_s", "messages/s", "{:,.0f}", True),
+        ("cpu_us_per_message", "client CPU µs/message", "{:,.1f}", True),
+        ("peak_rss_kib", "peak RSS MiB", "{:,.1f}", True),
+    ),
+    "slow_consumer": (
+        ("mib_per_s", "MiB/s", "{:,.0f}", True),
+        ("cpu_us_per_message", "client CPU µs/message", "{:,.1f}", True),
+        ("rss_growth_mib", "client RSS growth MiB", "{:,.1f}", True),
+        ("server_rss_growth_mib", "server RSS growth MiB", "{:,.1f}", False),
+        ("peak_rss_kib", "peak RSS MiB", "{:,.1f}", True),
+    ),
+}
+STREAM_KINDS = tuple(STREAM_FIGURES)
+
+
+def figures_for(kind: str) -> Tuple[Tuple[str, str, str, bool], ...]:
+    """The table rows of a scenario kind: (result key, title, format, ratio shown)."""
+    return STREAM_FIGURES.get(kind) or tuple((k, t, f, True) for k, t, f in FIGURES)
 
 
 def one_line(result: Dict[str, Any]) -> str:
     """Short progress line for one measurement."""
     if "error" in result:
         return "ERROR " + str(result["error"])
+    if "mib_per_s" in result and "rss_growth_mib" in result:
+        server = result.get("server_rss_growth_mib")
+        growth = f"rss growth {result['rss_growth_mib']:6.1f} MiB"
+        if server is not None:
+            growth += f" (server {server:.1f} MiB)"
+        return (
+            f"{result['mib_per_s']:9,.0f} MiB/s    cpu {result['cpu_us_per_message']:7,.1f} "
+            f"µs/msg  {growth}  rss {result['peak_rss_kib'] / 1024:6.1f} MiB"
+        )
+    if "messages_per_s" in result:
+        return (
+            f"{result['messages_per_s']:9,.0f} msgs/s   cpu {result['cpu_us_per_message']:7,.1f} "
+            f"µs/msg  rss {result['peak_rss_kib'] / 1024:6.1f} MiB"
+        )
     if "calls_per_s" in result:
         return (
             f"{result['calls_per_s']:9,.0f} calls/s  p50 {result['p50_us']:8,.0f} µs  "
@@ -90,13 +133,14 @@ def client_tables(results: Dict[str, Any]) -> List[str]:
         for scenario in server["scenarios"].values():
             medians = {c: scenario["clients"][c]["median"] for c in clients}
             first = True
-            for key, title, fmt in FIGURES:
-                base = _value(key, medians.get(BASELINE, {"error": ""}))
+            for key, title, fmt, ratio in figures_for(scenario.get("kind", "")):
+                base = _value(key, medians.get(BASELINE, {"error": ""})) if ratio else None
                 cells = [
                     _cell(fmt, _value(key, medians[c]), base, medians[c].get("error", ""))
                     for c in clients
                 ]
-                label = f"{scenario['title']} ({scenario['calls']:,} calls)" if first else ""
+                unit = scenario.get("unit", "calls")
+                label = f"{scenario['title']} ({scenario['calls']:,} {unit})" if first else ""
                 lines.append(f"| {label} | {title} | " + " | ".join(cells) + " |")
                 first = False
         notes = failure_notes(server, clients)
@@ -236,6 +280,8 @@ def targets(results: Dict[str, Any]) -> List[Tuple[str, str, str]]:
                 _ratio_row(f"CPU/call ≤ {limit:.1f}{X} grpc.aio, {title}{where}", ours, base, limit)
             )
         for scenario, data in results["servers"][server]["scenarios"].items():
+            if data.get("kind") in STREAM_KINDS:
+                continue  # the targets predate the streaming scenarios: unary calls only
             ours = _cpu(results, server, scenario, "wove_h2grpc")
             other = _cpu(results, server, scenario, "grpclib")
             rows.append(
@@ -349,7 +395,13 @@ def plot_latency(results: Dict[str, Any], path: Path) -> Optional[str]:
     server = servers.get("grpcio") or next(iter(servers.values()), None)
     if server is None:
         return None
-    scenarios = list(server["scenarios"].values())
+    scenarios = [  # the scenarios that time calls or round trips, not server streams
+        s
+        for s in server["scenarios"].values()
+        if any(d["median"].get("latency_quantiles_us") for d in s["clients"].values())
+    ]
+    if not scenarios:
+        return None
     fig, axes = plt.subplots(1, len(scenarios), figsize=(4 * len(scenarios), 3.6), squeeze=False)
     for ax, scenario in zip(axes[0], scenarios):
         for client, data in scenario["clients"].items():

@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks import _client, _env, report, run  # noqa: E402
+from benchmarks import _client, _env, _servers, report, run  # noqa: E402
 
 
 def _figures(cpu: float, rate: float = 1000.0) -> Dict[str, Any]:
@@ -193,3 +193,179 @@ def test_parse_args_defaults_and_quick_mode() -> None:
     assert quick.clients == ["grpc.aio"] and quick.skip == {"wove"}
     with pytest.raises(SystemExit):
         run.parse_args(["--clients", "nonsense"])
+
+
+# ------------------------------------------------------------------ streaming scenarios
+
+
+def test_stream_request_round_trips_and_malformed_requests_are_refused() -> None:
+    assert _client.stream_request(100000, 100) == b"100000 100"
+    assert _servers.parse_stream_request(_client.stream_request(100000, 100)) == (100000, 100)
+    assert _servers.parse_stream_request(b"0 0") == (0, 0)
+    for bad in (b"", b"10", b"10 20 30", b"-1 100", b"ten 100", b"1 1.5"):
+        with pytest.raises(ValueError):
+            _servers.parse_stream_request(bad)
+    with pytest.raises(ValueError):
+        _servers.parse_stream_request(b"1 %d" % (_servers.MAX_MESSAGE + 1))
+
+
+def test_h2_server_streams_once_add_method_takes_kind() -> None:
+    def before(path: str, handler: Any) -> None: ...
+
+    def after(path: str, handler: Any, kind: str = "unary_unary") -> None: ...
+
+    def forwarding(path: str, handler: Any, **options: Any) -> None: ...
+
+    assert not _servers.takes_kind(before)
+    assert _servers.takes_kind(after) and _servers.takes_kind(forwarding)
+
+
+def test_ready_line_says_whether_the_server_streams() -> None:
+    assert run.parse_ready("READY 50051\n") == (50051, True)
+    assert run.parse_ready("READY 50051 no-streams\n") == (50051, False)
+    with pytest.raises(ValueError):
+        run.parse_ready("READY port")
+
+
+def test_stream_rates() -> None:
+    figures = _client.rates(count=100000, wall_s=2.0, cpu_s=1.5, size=100)
+    assert figures["messages_per_s"] == 50000.0
+    assert figures["cpu_us_per_message"] == 15.0
+    assert figures["mib_per_s"] == pytest.approx(100000 * 100 / 2.0 / 1048576)
+    assert _client.rates(16, 1.0, 0.0, 1048576)["mib_per_s"] == 16.0
+    with pytest.raises(ValueError):
+        _client.rates(0, 1.0, 1.0, 100)
+
+
+def test_rss_growth_is_the_peak_during_the_section_over_its_start() -> None:
+    # Samples only: the lifetime peak did not move during the section.
+    assert _client.rss_growth_kib(1000, [1200, 1500, 1100], 9000, 9000) == 500
+    # The lifetime peak rose during the section: a peak between two samples counts.
+    assert _client.rss_growth_kib(1000, [1200, 1500], 1000, 2000) == 1000
+    # An old lifetime peak (from before the section) is not the section's.
+    assert _client.rss_growth_kib(1000, [], 5000, 5000) == 0
+    # Missing readings (no /proc) are skipped; no baseline means no figure.
+    assert _client.rss_growth_kib(1000, [None, 1300], 0, 0) == 300
+    assert _client.rss_growth_kib(None, [1300], 0, 0) is None
+    # RSS that shrank is no growth.
+    assert _client.rss_growth_kib(1000, [800], 0, 0) == 0
+
+
+def test_client_spec_of_streaming_and_unary_scenarios() -> None:
+    by_key = {s.key: s for s in run.SCENARIOS}
+    unary = run.client_spec(by_key["seq_100b"], "grpclib", 1234, quick=True, server_pid=99)
+    assert unary == {
+        "client": "grpclib",
+        "port": 1234,
+        "method": run.ECHO_METHOD,
+        "scenario": "sequential",
+        "size": 100,
+        "calls": 60,
+        "warmup": 64,
+        "concurrency": 64,
+    }
+    stream = run.client_spec(by_key["server_stream_100b"], "wove_h2grpc", 1, server_pid=99)
+    assert stream["scenario"] == "server_stream" and stream["calls"] == 100000
+    assert stream["server_pid"] == 99 and "window" not in stream and "pause_s" not in stream
+    slow = run.client_spec(by_key["slow_consumer_1mib_window"], "grpc.aio", 1, quick=True)
+    assert slow["window"] == 1024 * 1024 and slow["size"] == 64 * 1024
+    assert slow["calls"] * slow["size"] == 64 * 1024 * 1024  # quick: 64 MiB
+    assert {"stall_s", "pause_every", "pause_s"} <= set(slow)
+    full = run.client_spec(by_key["slow_consumer"], "grpc.aio", 1)
+    assert full["calls"] * full["size"] == 1024**3 and "window" not in full
+    assert by_key["bidi_pingpong_100b"].unit == "round trips"
+    assert by_key["slow_consumer"].unit == "messages" and by_key["seq_1mib"].unit == "calls"
+    assert [s.streaming for s in run.SCENARIOS].count(True) == 4
+    assert all(s.kind in run.STREAM_KINDS for s in run.SCENARIOS if s.streaming)
+
+
+def _stream_results() -> Dict[str, Any]:
+    results = _results(90.0, 100.0, 200.0)
+    scenarios = results["servers"]["grpcio"]["scenarios"]
+
+    def entry(figures: Dict[str, Any]) -> Dict[str, Any]:
+        return {"median": figures, "rounds": [figures]}
+
+    def stream(rate: float, cpu: float) -> Dict[str, Any]:
+        return {"messages_per_s": rate, "cpu_us_per_message": cpu, "peak_rss_kib": 2048}
+
+    def slow(growth: float) -> Dict[str, Any]:
+        return {
+            "mib_per_s": 150.0,
+            "cpu_us_per_message": 70.0,
+            "rss_growth_mib": growth,
+            "server_rss_growth_mib": 0.5,
+            "peak_rss_kib": 40960,
+        }
+
+    scenarios["bidi_pingpong_100b"] = {
+        "title": "bidi ping-pong, 100 B",
+        "kind": "bidi",
+        "unit": "round trips",
+        "calls": 200,
+        "clients": {
+            c: entry(_figures(cpu)) for c, cpu in (("wove_h2grpc", 80.0), ("grpc.aio", 100.0))
+        }
+        | {"grpclib": entry({"error": "boom"})},
+    }
+    scenarios["server_stream_100b"] = {
+        "title": "server stream, 100 B messages",
+        "kind": "server_stream",
+        "unit": "messages",
+        "calls": 5000,
+        "clients": {
+            "wove_h2grpc": entry(stream(40000.0, 20.0)),
+            "grpc.aio": entry(stream(20000.0, 50.0)),
+            "grpclib": entry(stream(30000.0, 25.0)),
+        },
+    }
+    scenarios["slow_consumer"] = {
+        "title": "slow consumer",
+        "kind": "slow_consumer",
+        "unit": "messages",
+        "calls": 1024,
+        "clients": {
+            "wove_h2grpc": entry(slow(16.0)),
+            "grpc.aio": entry(slow(8.0)),
+            "grpclib": entry(slow(4.0)),
+        },
+    }
+    return results
+
+
+def test_stream_tables_show_each_kinds_own_figures() -> None:
+    text = report.render(_stream_results())
+    assert "| bidi ping-pong, 100 B (200 round trips) | round trips/s |" in text
+    assert "|  | client CPU µs/round trip | 80 (0.80×) | 100 (1.00×) | error |" in text
+    assert "| server stream, 100 B messages (5,000 messages) | messages/s | " in text
+    assert "40,000 (2.00×) | 20,000 (1.00×) | 30,000 (1.50×) |" in text
+    assert "|  | client CPU µs/message | 20.0 (0.40×) | 50.0 (1.00×) | 25.0 (0.50×) |" in text
+    assert "| slow consumer (1,024 messages) | MiB/s | 150 (1.00×) |" in text
+    assert "|  | client RSS growth MiB | 16.0 (2.00×) | 8.0 (1.00×) | 4.0 (0.50×) |" in text
+    # One server serves every client: its RSS gets no ratio.
+    assert "|  | server RSS growth MiB | 0.5 | 0.5 | 0.5 |" in text
+    assert "- grpclib, bidi ping-pong, 100 B: round failed: `boom`" in text
+
+
+def test_targets_stay_on_the_unary_scenarios() -> None:
+    titles = [t for t, _, _ in report.targets(_stream_results())]
+    assert not [t for t in titles if "stream" in t or "bidi" in t or "consumer" in t]
+    assert "CPU/call ≤ 0.6× grpclib, 1 MiB sequential (grpcio server)" in titles
+
+
+def test_progress_line_of_stream_results() -> None:
+    line = report.one_line(
+        {"messages_per_s": 40000.0, "cpu_us_per_message": 20.0, "peak_rss_kib": 2048}
+    )
+    assert "40,000 msgs/s" in line and "20.0 µs/msg" in line and "2.0 MiB" in line
+    line = report.one_line(
+        {
+            "mib_per_s": 150.0,
+            "messages_per_s": 2400.0,
+            "cpu_us_per_message": 70.0,
+            "rss_growth_mib": 16.2,
+            "server_rss_growth_mib": 0.1,
+            "peak_rss_kib": 40960,
+        }
+    )
+    assert "150 MiB/s" in line and "rss growth   16.2 MiB (server 0.1 MiB)" in line
