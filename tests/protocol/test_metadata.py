@@ -346,3 +346,14 @@ def test_parse_grpc_timeout_malformed(wire: str) -> None:
         parse_grpc_timeout(wire)
     assert repr(wire) in str(info.value)
     assert "1-8 digits" in str(info.value)
+
+
+def test_grpc_message_edge_spaces_are_encoded() -> None:
+    """No leading or trailing space in the field value (RFC 9113 section 8.2.1)."""
+    assert encode_grpc_message(" lead and trail ") == b"%20lead and trail%20"
+    assert encode_grpc_message(" ") == b"%20"
+    assert encode_grpc_message("in side") == b"in side"
+    for text in (" x", "x ", "  two  ", " ☺ "):
+        wire = encode_grpc_message(text)
+        assert wire[:1] != b" " and wire[-1:] != b" "
+        assert decode_grpc_message(wire) == text

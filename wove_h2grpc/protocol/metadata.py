@@ -181,11 +181,20 @@ _PCT_RE = re.compile(rb"%([0-9A-Fa-f]{2})")
 
 
 def encode_grpc_message(message: str) -> bytes:
-    """Percent-encode a status message (UTF-8) for the ``grpc-message`` header."""
+    """Percent-encode a status message (UTF-8) for the ``grpc-message`` header.
+
+    A space at either end is encoded too (``%20``): RFC 9113 section 8.2.1 forbids leading
+    and trailing whitespace in a field value, and peers that enforce it (Node's http2, so
+    grpc-js) drop the whole header otherwise.
+    """
     raw = message.encode("utf-8", "surrogatepass")
-    if all(b in _UNRESERVED for b in raw):
+    if all(b in _UNRESERVED for b in raw) and raw[:1] != b" " and raw[-1:] != b" ":
         return raw
-    return b"".join(bytes((b,)) if b in _UNRESERVED else b"%%%02X" % b for b in raw)
+    last = len(raw) - 1
+    return b"".join(
+        bytes((b,)) if b in _UNRESERVED and not (b == 0x20 and i in (0, last)) else b"%%%02X" % b
+        for i, b in enumerate(raw)
+    )
 
 
 def decode_grpc_message(value: bytes) -> str:
