@@ -72,6 +72,7 @@ LAYERS: Dict[str, int] = {
     "cli.summaries": CLI,
     "cli.serve": CLI,
     "cli.demo": CLI,
+    "cli.health": CLI,
     "__main__": CLI,
 }
 # The IO-free layer: stdlib (minus IO), h2's events/errors and hpack only; never awaits.
