@@ -31,6 +31,10 @@ from .tls import server_ssl_context
 __all__ = ["is_local_bind", "run"]
 
 
+#: Loop turns after Server.stop() is called by which its GOAWAY has gone out.
+_TURNS_TO_GOAWAY = 3
+
+
 def is_local_bind(address: str) -> bool:
     """True for loopback addresses and unix sockets: reachable only from this machine."""
     target = parse_bind_address(address)
@@ -159,10 +163,11 @@ async def run(args: argparse.Namespace) -> int:
                 await asyncio.wait_for(stopping.wait(), args.drain_delay)
         logger.info("stopping: in-flight tasks get %.1f s", args.grace)
         stop = asyncio.ensure_future(server.stop(grace=args.grace))
-        # One turn of the loop lets the stop send its GOAWAY first; then the Watch calls end
-        # (after their NOT_SERVING), so that a watcher does not hold the drain for the whole
-        # grace period, and cannot start a new Watch on this connection.
-        await asyncio.sleep(0)
+        # The Watch calls end (after their NOT_SERVING), or a watcher would hold the drain
+        # for the whole grace period; first the stop sends its GOAWAY (its drain starts two
+        # loop turns in; one spare), so that a watcher that watches again is refused here.
+        for _ in range(_TURNS_TO_GOAWAY):
+            await asyncio.sleep(0)
         health.close_watches()
         await stop
     finally:
