@@ -166,9 +166,10 @@ class HealthService:
             self._shutting_down = True
             for service in self._statuses:
                 self._statuses[service] = ServingStatus.NOT_SERVING
-            offers = [(w, ServingStatus.NOT_SERVING) for ws in self._watchers.values() for w in ws]
-        for watcher, status in offers:
-            watcher.offer(status)
+            # Watchers of a service never set keep SERVICE_UNKNOWN, as in grpcio.
+            watchers = [w for s in self._statuses for w in self._watchers.get(s, ())]
+        for watcher in watchers:
+            watcher.offer(ServingStatus.NOT_SERVING)
 
     def close_watches(self) -> None:
         """End every Watch call (status OK) once it has sent its newest status, and every

@@ -389,11 +389,17 @@ async def test_shutdown_and_close_watches_end_the_watch() -> None:
     health = HealthService({"a": "SERVING"})
     overall = health.watch(b"", FakeContext())
     named = health.watch(encode_request("a"), FakeContext())
+    unknown = health.watch(encode_request("never"), FakeContext())
     assert await _next(overall) is ServingStatus.SERVING
     assert await _next(named) is ServingStatus.SERVING
+    assert await _next(unknown) is ServingStatus.SERVICE_UNKNOWN
     health.enter_graceful_shutdown()
+    assert await _next(overall) is ServingStatus.NOT_SERVING
+    assert await _quiet(unknown)  # a service never set stays SERVICE_UNKNOWN, as in grpcio
     health.close_watches()
-    for stream in (overall, named):
+    with pytest.raises(StopAsyncIteration):
+        await asyncio.wait_for(overall.__anext__(), 5)
+    for stream in (named,):
         assert await _next(stream) is ServingStatus.NOT_SERVING  # the last status first
         with pytest.raises(StopAsyncIteration):
             await asyncio.wait_for(stream.__anext__(), 5)
