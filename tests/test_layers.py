@@ -38,6 +38,7 @@ LAYERS: Dict[str, int] = {
     "protocol.call": PROTOCOL,
     "protocol.server_call": PROTOCOL,
     "protocol.kinds": PROTOCOL,
+    "protocol.health_messages": PROTOCOL,
     "aio": AIO,
     "aio._h2compat": AIO,
     "aio._h2fast": AIO,
@@ -52,6 +53,7 @@ LAYERS: Dict[str, int] = {
     "client": API,
     "calls": API,
     "server": API,
+    "health": API,
     "wove": WOVE_LAYER,
     "wove.codec": WOVE_LAYER,
     "wove.config": WOVE_LAYER,
@@ -70,6 +72,7 @@ LAYERS: Dict[str, int] = {
     "cli.summaries": CLI,
     "cli.serve": CLI,
     "cli.demo": CLI,
+    "cli.health": CLI,
     "__main__": CLI,
 }
 # The IO-free layer: stdlib (minus IO), h2's events/errors and hpack only; never awaits.

@@ -1,9 +1,11 @@
 """The ``wove-h2grpc`` command (also ``python -m wove_h2grpc``).
 
 ``serve`` runs a Wove worker service (:class:`~wove_h2grpc.worker.WorkerService` on our
-pure-asyncio :class:`~wove_h2grpc.server.Server`); ``demo`` starts such a service on loopback
-and runs a sample weave whose tasks travel to it over ``transport="h2"``, so a new user sees
-the whole path work with one command. Errors are one line on stderr and a non-zero exit;
+pure-asyncio :class:`~wove_h2grpc.server.Server`, with the gRPC health service); ``demo``
+starts such a service on loopback and runs a sample weave whose tasks travel to it over
+``transport="h2"``, so a new user sees the whole path work with one command; ``health``
+checks a server's ``grpc.health.v1.Health`` and exits 0 when it is SERVING (a Kubernetes exec
+probe). Errors are one line on stderr and a non-zero exit;
 logging goes to stderr (``--log-level``, ``--log-format text|json``, given before or after
 the command); results and the ready line go to stdout. ``serve`` logs one INFO line per run
 and a periodic summary; the h2, hpack and hyperframe libraries stay silent unless
@@ -16,8 +18,8 @@ import asyncio
 import sys
 from typing import Optional, Sequence
 
-from . import demo, serve
-from .console import EXIT_ERROR, EXIT_USAGE, PROG, CliError, logger
+from . import demo, health, serve
+from .console import EXIT_ERROR, EXIT_PROBE_FAILED, EXIT_USAGE, PROG, CliError, logger
 from .logs import configure_logging
 from .parser import DEFAULT_LOG_LEVEL, build_parser
 
@@ -36,12 +38,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args.log_format or "text",
         args.log_h2,
     )
-    runner = serve.run if args.command == "serve" else demo.run
+    runner = {"serve": serve.run, "demo": demo.run, "health": health.run}[args.command]
+    # For health, 1 means "answered NOT_SERVING": a check that could not be made exits 2.
+    failed = EXIT_PROBE_FAILED if args.command == "health" else EXIT_ERROR
     try:
         return asyncio.run(runner(args))
     except CliError as exc:
         sys.stderr.write(f"{PROG} {args.command}: error: {exc}\n")
-        return EXIT_ERROR
+        return failed
     except KeyboardInterrupt:
         sys.stderr.write(f"{PROG} {args.command}: interrupted\n")
         return 130
@@ -49,4 +53,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         logger.debug("unexpected failure", exc_info=True)
         message = str(exc).splitlines()[0] if str(exc) else ""
         sys.stderr.write(f"{PROG} {args.command}: error: {type(exc).__name__}: {message}\n")
-        return EXIT_ERROR
+        return failed

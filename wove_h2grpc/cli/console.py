@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import sys
 
-__all__ = ["EXIT_ERROR", "EXIT_USAGE", "PROG", "CliError", "logger", "out"]
+__all__ = ["EXIT_ERROR", "EXIT_PROBE_FAILED", "EXIT_USAGE", "PROG", "CliError", "logger", "out"]
 
 #: The command's name, as users type it and as its messages start.
 PROG = "wove-h2grpc"
@@ -18,6 +18,9 @@ PROG = "wove-h2grpc"
 EXIT_ERROR = 1
 #: Exit status of a usage error (argparse's own).
 EXIT_USAGE = 2
+#: Exit status of a failed ``health`` check (no status to report): 1 there means "answered,
+#: but not SERVING", so its errors exit 2, like its usage errors.
+EXIT_PROBE_FAILED = 2
 
 #: The command's own log lines (serve's stop line and summaries, main's debug trace): one
 #: logger named after the package, whichever of its modules writes the line.
@@ -25,7 +28,7 @@ logger = logging.getLogger("wove_h2grpc.cli")
 
 
 class CliError(Exception):
-    """A user-facing error: printed as one line on stderr, exit status 1."""
+    """A user-facing error: printed as one line on stderr, exit status 1 (2 for ``health``)."""
 
 
 def out(line: str) -> None:

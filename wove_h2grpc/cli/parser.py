@@ -1,5 +1,5 @@
-"""The command line's grammar: ``serve`` and ``demo`` with their options, and the logging
-options accepted before the command and after it."""
+"""The command line's grammar: ``serve``, ``demo`` and ``health`` with their options, and the
+logging options accepted before the command and after it."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ __all__ = ["DEFAULT_LOG_LEVEL", "LOG_LEVELS", "build_parser"]
 #: Values of --log-level.
 LOG_LEVELS = ("debug", "info", "warning", "error")
 #: Threshold when --log-level is not given: serve reports its runs, demo keeps its output clean.
-DEFAULT_LOG_LEVEL = {"serve": "info", "demo": "warning"}
+DEFAULT_LOG_LEVEL = {"serve": "info", "demo": "warning", "health": "warning"}
 
 
 _Number = TypeVar("_Number", int, float)
@@ -55,16 +55,19 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``wove-h2grpc`` parser; ``command`` is ``"serve"``, ``"demo"`` or None."""
+    """The ``wove-h2grpc`` parser; ``command`` is ``"serve"``, ``"demo"``, ``"health"`` or None."""
     parser = _Parser(
         prog=PROG,
-        description="Wove worker service and demo on a pure-asyncio gRPC transport (h2).",
+        description=(
+            "Wove worker service, demo and health probe on a pure-asyncio gRPC transport (h2)."
+        ),
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     _add_logging_options(parser, top_level=True)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     _add_serve(commands)
     _add_demo(commands)
+    _add_health(commands)
     return parser
 
 
@@ -79,7 +82,9 @@ def _add_serve(commands: Any) -> None:
             "--security the worker runs unsigned requests. SIGTERM or SIGINT stops it "
             "gracefully. Prints 'serving ... on HOST:PORT ...' on stdout once ready. Logs one "
             "INFO line per run (run id, task, peer, outcome, duration) and a summary every "
-            "--summary-interval seconds on stderr."
+            "--summary-interval seconds on stderr. Answers the gRPC health service "
+            "(grpc.health.v1.Health): SERVING once listening, NOT_SERVING from the stop "
+            "signal on."
         ),
     )
     serve.add_argument(
@@ -122,6 +127,17 @@ def _add_serve(commands: Any) -> None:
         default=10.0,
         metavar="SECONDS",
         help="on SIGTERM/SIGINT, let in-flight tasks finish this long (default: 10)",
+    )
+    serve.add_argument(
+        "--drain-delay",
+        type=_non_negative_float,
+        default=0.0,
+        metavar="SECONDS",
+        help=(
+            "on SIGTERM/SIGINT, answer health checks NOT_SERVING but keep serving this long "
+            "before draining, so that readiness probes and balancers move traffic away "
+            "first; a second signal ends the wait (default: 0)"
+        ),
     )
     serve.add_argument(
         "--threads",
@@ -195,6 +211,59 @@ def _add_demo(commands: Any) -> None:
         help="give up (exit 1) if the weave has not finished by then (default: 300)",
     )
     _add_logging_options(demo, top_level=False)
+
+
+def _add_health(commands: Any) -> None:
+    health = commands.add_parser(
+        "health",
+        help="check a server's gRPC health service (a Kubernetes exec probe)",
+        description=(
+            "Call grpc.health.v1.Health/Check on TARGET and print 'status: STATUS'. Exit "
+            "status 0 when SERVING, 1 when NOT_SERVING, UNKNOWN or SERVICE_UNKNOWN, 2 when "
+            "the check fails (cannot connect, unknown service (NOT_FOUND), deadline, TLS "
+            "error, bad options), with a one-line error on stderr. TLS is used when "
+            "--tls, --tls-ca or --tls-cert is given."
+        ),
+    )
+    health.add_argument(
+        "target",
+        metavar="TARGET",
+        help="server address: HOST:PORT, [IPv6]:PORT, unix:/path, dns:///HOST:PORT ...",
+    )
+    health.add_argument(
+        "--service",
+        default="",
+        metavar="NAME",
+        help="service to check, e.g. pkg.Service (default: '', the server as a whole)",
+    )
+    health.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=5.0,
+        metavar="SECONDS",
+        help="for connecting and the call together (default: 5)",
+    )
+    health.add_argument(
+        "--tls",
+        action="store_true",
+        help="use TLS, trusting the system's certificate store (unless --tls-ca)",
+    )
+    health.add_argument(
+        "--tls-ca", metavar="FILE", help="PEM CA bundle trusted for the server (enables TLS)"
+    )
+    health.add_argument(
+        "--tls-cert",
+        metavar="FILE",
+        help="PEM client certificate chain for mutual TLS (enables TLS; needs --tls-key)",
+    )
+    health.add_argument("--tls-key", metavar="FILE", help="PEM private key for --tls-cert")
+    health.add_argument(
+        "--server-hostname",
+        metavar="NAME",
+        help="name checked against the server certificate and sent as SNI (default: the "
+        "target's host)",
+    )
+    _add_logging_options(health, top_level=False)
 
 
 def _add_logging_options(parser: argparse.ArgumentParser, *, top_level: bool) -> None:

@@ -1,7 +1,11 @@
 """``wove-h2grpc serve``: a Wove worker service on our Server until SIGTERM or SIGINT.
 
 A bind beyond this machine needs TLS and request security unless ``--insecure`` is given;
-the ready line goes to stdout once the server listens.
+the ready line goes to stdout once the server listens. The server also answers the gRPC
+health service (:class:`~wove_h2grpc.health.HealthService`): SERVING once it listens, for the
+whole server (``""``) and for the worker's service name; NOT_SERVING from the stop signal
+on, through ``--drain-delay`` (still accepting calls, so that probes and balancers move
+traffic away) and the drain itself.
 """
 
 from __future__ import annotations
@@ -25,6 +29,10 @@ from .summaries import log_final_summary, log_summaries
 from .tls import server_ssl_context
 
 __all__ = ["is_local_bind", "run"]
+
+
+#: Loop turns after Server.stop() is called by which its GOAWAY has gone out.
+_TURNS_TO_GOAWAY = 3
 
 
 def is_local_bind(address: str) -> bool:
@@ -103,6 +111,7 @@ async def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise CliError(str(exc)) from None
 
+    from ..health import OVERALL_HEALTH, HealthService, ServingStatus
     from ..server import Server
 
     server = Server(
@@ -110,10 +119,16 @@ async def run(args: argparse.Namespace) -> int:
         max_concurrent_streams=args.max_concurrent_streams,
     )
     service.attach(server)
+    # The worker's service name, as health checks name it: /pkg.Service/Method -> pkg.Service.
+    health_names = (OVERALL_HEALTH, method.split("/")[1])
+    health = HealthService(dict.fromkeys(health_names, ServingStatus.NOT_SERVING))
+    health.attach(server)
     try:
         port = await server.start(args.bind, ssl_context=ssl_context)
     except OSError as exc:
         raise CliError(f"cannot listen on {args.bind}: {exc}") from None
+    for name in health_names:
+        health.set(name, ServingStatus.SERVING)
     address = _display_address(args.bind, port)
     if security is None:
         logger.warning(
@@ -136,8 +151,25 @@ async def run(args: argparse.Namespace) -> int:
         summaries = asyncio.ensure_future(log_summaries(service, args.summary_interval))
     try:
         await stopping.wait()
+        health.enter_graceful_shutdown()
+        if args.drain_delay > 0:
+            logger.info(
+                "stopping: health NOT_SERVING, still serving for %.1f s (a second signal "
+                "skips this)",
+                args.drain_delay,
+            )
+            stopping.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stopping.wait(), args.drain_delay)
         logger.info("stopping: in-flight tasks get %.1f s", args.grace)
-        await server.stop(grace=args.grace)
+        stop = asyncio.ensure_future(server.stop(grace=args.grace))
+        # The Watch calls end (after their NOT_SERVING), or a watcher would hold the drain
+        # for the whole grace period; first the stop sends its GOAWAY (its drain starts two
+        # loop turns in; one spare), so that a watcher that watches again is refused here.
+        for _ in range(_TURNS_TO_GOAWAY):
+            await asyncio.sleep(0)
+        health.close_watches()
+        await stop
     finally:
         if summaries is not None:
             summaries.cancel()

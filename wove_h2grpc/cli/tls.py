@@ -1,4 +1,6 @@
-"""The server's TLS from ``--tls-cert``, ``--tls-key`` and ``--client-ca`` files.
+"""TLS from files: the server's (``serve``: ``--tls-cert``, ``--tls-key``, ``--client-ca``)
+and the health probe's Channel options (``health``: ``--tls``, ``--tls-ca``, ``--tls-cert``,
+``--tls-key``, ``--server-hostname``).
 
 Every file problem is a :class:`~wove_h2grpc.cli.console.CliError` naming the option and the
 file.
@@ -7,11 +9,11 @@ file.
 from __future__ import annotations
 
 import ssl
-from typing import Optional
+from typing import Any, Dict, Optional
 
 from .console import CliError
 
-__all__ = ["server_ssl_context"]
+__all__ = ["client_tls_options", "server_ssl_context"]
 
 
 def server_ssl_context(
@@ -64,3 +66,46 @@ def _check_readable(option: str, path: str) -> None:
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
         raise CliError(f"cannot load TLS file {option} {path}: {reason}") from None
+
+
+def client_tls_options(
+    tls: bool,
+    ca: Optional[str],
+    cert: Optional[str],
+    key: Optional[str],
+    server_hostname: Optional[str],
+) -> Dict[str, Any]:
+    """:class:`~wove_h2grpc.Channel` keyword arguments for a client's TLS options.
+
+    TLS is on with ``tls``, a CA file or a client certificate; the PEM files are read here,
+    so a missing or unreadable one is an error naming the option and the file.
+    """
+    if bool(cert) != bool(key):
+        raise CliError("--tls-cert and --tls-key must be given together")
+    if not (tls or ca or cert):
+        if server_hostname:
+            raise CliError("--server-hostname needs TLS: give --tls or --tls-ca")
+        return {}
+    options: Dict[str, Any] = {"secure": True}
+    for option, path, keyword in (
+        ("--tls-ca", ca, "root_certificates"),
+        ("--tls-cert", cert, "certificate_chain"),
+        ("--tls-key", key, "private_key"),
+    ):
+        if path:
+            options[keyword] = _read_pem(option, path)
+    if server_hostname:
+        options["server_hostname"] = server_hostname
+    return options
+
+
+def _read_pem(option: str, path: str) -> bytes:
+    _check_readable(option, path)
+    try:
+        with open(path, "rb") as pem:
+            data = pem.read()
+    except OSError as exc:
+        raise CliError(f"cannot load TLS file {option} {path}: {exc.strerror or exc}") from None
+    if b"-----BEGIN" not in data:
+        raise CliError(f"cannot load TLS file {option} {path}: not a PEM file")
+    return data
