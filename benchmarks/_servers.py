@@ -2,9 +2,7 @@
 
 Kinds: ``grpcio-echo`` (grpc.aio generic echo handler), ``h2-echo`` (``wove_h2grpc.Server``),
 ``grpcio-worker`` and ``h2-worker`` (``wove_h2grpc.worker.WorkerService`` on either server).
-Each prints ``READY <port> [no-streams]`` once serving and runs until SIGTERM or SIGINT;
-``no-streams`` means the server cannot serve the streaming methods (a ``wove_h2grpc.Server``
-whose ``add_method`` takes no ``kind`` yet), so the harness skips the streaming scenarios.
+Each prints ``READY <port>`` once serving and runs until SIGTERM or SIGINT.
 
 The echo servers serve, besides the unary ``/bench.Echo/Echo``:
 
@@ -19,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import inspect
 import os
 import signal
 import sys
@@ -59,19 +56,8 @@ async def _stream(request: bytes, context: Any) -> AsyncIterator[bytes]:
         yield payload
 
 
-def takes_kind(add_method: Any) -> bool:
-    """Whether a ``Server.add_method`` takes ``kind=`` (serves the streaming kinds)."""
-    try:
-        parameters = inspect.signature(add_method).parameters
-    except (TypeError, ValueError):
-        return False
-    return "kind" in parameters or any(
-        p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()
-    )
-
-
-def _ready(port: int, streams: bool = True) -> None:
-    sys.stdout.write(f"READY {port}{'' if streams else ' no-streams'}\n")
+def _ready(port: int) -> None:
+    sys.stdout.write(f"READY {port}\n")
     sys.stdout.flush()
 
 
@@ -123,9 +109,9 @@ def _name(path: str) -> str:
     return path.rsplit("/", 1)[1]
 
 
-async def _h2_server(port: int, server: Any, streams: bool = False) -> None:
+async def _h2_server(port: int, server: Any) -> None:
     bound = await server.start(f"127.0.0.1:{port}")
-    _ready(bound, streams)
+    _ready(bound)
     await _wait_for_signal()
     await server.stop(grace=1.0)
 
@@ -137,12 +123,9 @@ async def _h2_echo(port: int) -> None:
         return request
 
     server = Server({ECHO_METHOD: echo}, max_receive_message_length=MAX_MESSAGE)
-    add_method: Any = server.add_method  # typed without ``kind`` on older checkouts
-    streams = takes_kind(add_method)
-    if streams:  # our Server's streaming kinds (not on every checkout yet)
-        add_method(BIDI_METHOD, _echo_each, kind="stream_stream")
-        add_method(STREAM_METHOD, _stream, kind="unary_stream")
-    await _h2_server(port, server, streams)
+    server.add_method(BIDI_METHOD, _echo_each, kind="stream_stream")
+    server.add_method(STREAM_METHOD, _stream, kind="unary_stream")
+    await _h2_server(port, server)
 
 
 def _worker_service() -> Any:

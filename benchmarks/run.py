@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence
 
 if __package__ in (None, ""):  # run as ``python benchmarks/run.py``
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -146,13 +146,12 @@ def child_env(tree: Optional[Path] = None) -> Dict[str, str]:
     return env
 
 
-def parse_ready(line: str) -> Tuple[int, bool]:
-    """A server's ``READY <port> [no-streams]`` line -> ``(port, serves the streaming
-    methods)``."""
+def parse_ready(line: str) -> int:
+    """The port of a server's ``READY <port>`` line."""
     words = line.split()
     if len(words) < 2 or words[0] != "READY" or not words[1].isdigit():
         raise ValueError(f"not a READY line: {line!r}")
-    return int(words[1]), "no-streams" not in words[2:]
+    return int(words[1])
 
 
 class ServerProcess:
@@ -186,7 +185,7 @@ class ServerProcess:
             self.stop()
             tail = "\n".join(self.lines[-15:])
             raise RuntimeError(f"server {kind} did not start:\n{tail}")
-        self.port, self.streams = parse_ready(box[0])
+        self.port = parse_ready(box[0])
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL after 10 s."""
@@ -310,14 +309,6 @@ def bench_clients(
         proc = ServerProcess(SERVERS[server])
         log(f"server {server} ({SERVERS[server]}) on port {proc.port}")
         here = list(scenarios)
-        if not proc.streams and any(s.streaming for s in here):
-            reason = (
-                f"streaming scenarios against the {SERVER_TITLES[server]}: its Server.add_method "
-                "takes no kind (server-side streaming is not on this checkout yet)"
-            )
-            skipped.append(reason)
-            log(f"skip {reason}")
-            here = [s for s in here if not s.streaming]
         runs: Dict[str, Dict[str, List[Dict[str, Any]]]] = {
             s.key: {c: [] for c in clients} for s in here
         }

@@ -209,20 +209,8 @@ def test_stream_request_round_trips_and_malformed_requests_are_refused() -> None
         _servers.parse_stream_request(b"1 %d" % (_servers.MAX_MESSAGE + 1))
 
 
-def test_h2_server_streams_once_add_method_takes_kind() -> None:
-    def before(path: str, handler: Any) -> None: ...
-
-    def after(path: str, handler: Any, kind: str = "unary_unary") -> None: ...
-
-    def forwarding(path: str, handler: Any, **options: Any) -> None: ...
-
-    assert not _servers.takes_kind(before)
-    assert _servers.takes_kind(after) and _servers.takes_kind(forwarding)
-
-
-def test_ready_line_says_whether_the_server_streams() -> None:
-    assert run.parse_ready("READY 50051\n") == (50051, True)
-    assert run.parse_ready("READY 50051 no-streams\n") == (50051, False)
+def test_ready_line_gives_the_port() -> None:
+    assert run.parse_ready("READY 50051\n") == 50051
     with pytest.raises(ValueError):
         run.parse_ready("READY port")
 

@@ -5,7 +5,6 @@ errors, and serve's health while it starts and stops."""
 from __future__ import annotations
 
 import asyncio
-import inspect
 import os
 import signal
 import socket
@@ -19,7 +18,7 @@ import pytest
 from _cli_support import CliProcess
 from _support import REPO_DIR, Certs, HelperProcess, start_helper
 
-from wove_h2grpc import Channel, Server, StatusCode
+from wove_h2grpc import Channel, StatusCode
 from wove_h2grpc.cli import main
 from wove_h2grpc.health import WATCH_METHOD
 from wove_h2grpc.protocol.health_messages import decode_response
@@ -27,10 +26,6 @@ from wove_h2grpc.worker import DEFAULT_METHOD
 from wove_h2grpc.wove.codec import decode_events, encode_command
 
 WORKER_SERVICE = DEFAULT_METHOD.split("/")[1]
-STREAMING = "kind" in inspect.signature(Server.add_method).parameters
-needs_streaming = pytest.mark.skipif(
-    not STREAMING, reason="Server.add_method has no kind= yet (server streaming)"
-)
 
 
 def _probe(argv: Sequence[str], capsys: pytest.CaptureFixture[str]) -> Tuple[int, str, str]:
@@ -305,7 +300,6 @@ def test_serve_without_drain_delay_stops_at_once(processes: List[CliProcess]) ->
     assert time.monotonic() - started < 5
 
 
-@needs_streaming
 def test_serve_watchers_see_not_serving_and_do_not_hold_the_stop(
     processes: List[CliProcess],
 ) -> None:

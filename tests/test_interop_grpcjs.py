@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import json
 import os
 import shutil
@@ -53,20 +52,6 @@ SPECIAL_MESSAGE = "\t\ntest with whitespace\r\nand Unicode BMP â˜º and non-BMP ð
 EDGE_SPACES_MESSAGE = "  leading and trailing spaces  "
 # (request payload size, response payload size) of client_streaming/server_streaming/ping_pong
 SIZES = ((27182, 31415), (8, 9), (1828, 2653), (45904, 58979))
-
-# Streaming on our side is being built in two halves: the client's call objects
-# (Channel.unary_stream/stream_unary/stream_stream) and the server's add_method(kind=). The
-# cases that need a half skip until it is there.
-CLIENT_STREAMING = all(
-    hasattr(Channel, name) for name in ("unary_stream", "stream_unary", "stream_stream")
-)
-SERVER_STREAMING = "kind" in inspect.signature(Server.add_method).parameters
-needs_client_streaming = pytest.mark.skipif(
-    not CLIENT_STREAMING, reason="call objects and streaming (API.md) not on this branch yet"
-)
-needs_server_streaming = pytest.mark.skipif(
-    not SERVER_STREAMING, reason="Server.add_method(kind=) (API.md) not on this branch yet"
-)
 
 
 def _missing() -> Optional[str]:
@@ -290,10 +275,6 @@ STREAMING_CASES: Dict[str, Case] = {
 CASES = {**UNARY_CASES, **STREAMING_CASES}
 
 
-def _params(mark: Any) -> List[Any]:
-    return [pytest.param(n, marks=[mark] if n in STREAMING_CASES else []) for n in CASES]
-
-
 # ---------------------------------------------------------------------------------------------
 # 1. Our Channel -> grpc-js server.
 
@@ -304,7 +285,7 @@ async def _run_case(case: Case, port: int) -> None:
         await asyncio.wait_for(case(channel, target), CASE_TIMEOUT)
 
 
-@pytest.mark.parametrize("name", _params(needs_client_streaming))
+@pytest.mark.parametrize("name", list(CASES))
 async def test_our_channel_against_grpcjs_server(name: str, grpcjs_server: HelperProcess) -> None:
     await _run_case(CASES[name], grpcjs_server.port)
 
@@ -312,7 +293,7 @@ async def test_our_channel_against_grpcjs_server(name: str, grpcjs_server: Helpe
 @pytest.mark.parametrize(
     "case",
     [
-        pytest.param(custom_metadata_unary, marks=needs_client_streaming),  # call objects
+        custom_metadata_unary,
         status_code_and_message_unary,
     ],
     ids=lambda c: c.__name__,
@@ -368,12 +349,12 @@ async def _grpcjs_client(port: int, cases: List[str]) -> Dict[str, Dict[str, Any
 # edge_spaces_status_message: a status message with leading/trailing spaces reaches grpc-js
 # intact only because our grpc-message encoding percent-encodes them (Node's http2 drops a
 # field value with edge whitespace, RFC 9113 section 8.2.1).
-SERVER_CASE_PARAMS = _params(needs_server_streaming)
+SERVER_CASE_PARAMS = list(CASES)
 
 
 @pytest.mark.parametrize("name", SERVER_CASE_PARAMS)
 async def test_grpcjs_client_against_our_server(name: str, grpcjs_available: None) -> None:
-    server = build_server(streaming=SERVER_STREAMING)
+    server = build_server()
     port = await server.start("127.0.0.1:0")
     try:
         result = (await _grpcjs_client(port, [name]))[name]

@@ -53,6 +53,7 @@ LAYERS: Dict[str, int] = {
     "client": API,
     "calls": API,
     "server": API,
+    "servicer": API,
     "health": API,
     "wove": WOVE_LAYER,
     "wove.codec": WOVE_LAYER,

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import threading
 from typing import Any, AsyncIterator, Dict, Mapping, Optional, Set, Union
 
@@ -190,10 +189,7 @@ class HealthService:
     def attach(self, server: Any) -> None:
         """Register ``Check`` and ``Watch`` on a :class:`wove_h2grpc.Server`."""
         server.add_method(CHECK_METHOD, self.check)
-        # Until the server takes streaming handlers (server.add_method(..., kind=...)),
-        # only Check is served; Watch then answers UNIMPLEMENTED like any unknown method.
-        if "kind" in inspect.signature(server.add_method).parameters:
-            server.add_method(WATCH_METHOD, self.watch, kind="unary_stream")
+        server.add_method(WATCH_METHOD, self.watch, kind="unary_stream")
 
     add_to_server = attach
 

@@ -1,179 +1,34 @@
-"""A pure-asyncio gRPC server on ``h2``: generic handlers by method path.
+"""A pure-asyncio gRPC server on ``h2``: generic handlers of the four kinds by method path.
 
 ``Server`` accepts TCP (IPv4/IPv6), unix-socket and TLS (ALPN ``h2``) connections, each an
 ``aio.server_conn.ServerConnection``. Every call runs its handler as a task with a
-``ServicerContext`` (metadata, peer, deadline, abort, status, metadata to send), mirroring
-``grpc.aio.ServicerContext``; the context is a thin view of the connection's call object,
-and the call's final status is written by the connection alone.
+``ServicerContext`` (``servicer.py``, mirroring ``grpc.aio.ServicerContext``); the context is
+a thin view of the connection's call object, and the call's final status is written by the
+connection alone.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
 import os
 import socket
 import ssl
 import stat
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Dict, List, Mapping, NoReturn, Optional, Set
+from typing import Dict, List, Mapping, Optional, Set
 
 from .aio.driver import CLOSE_ABORT_DELAY
 from .aio.options import ServerOptions
 from .aio.server_conn import ServedCall, ServerConnection
-from .errors import Metadata
-from .protocol.metadata import MetadataLike, normalize_metadata
-from .protocol.status import StatusCode
+from .protocol.kinds import RpcKind
 from .protocol.target import parse_bind_address
+from .servicer import Handler, ServicerContext, run_stream, run_unary
 
 __all__ = ["Handler", "Server", "ServicerContext"]
 
 logger = logging.getLogger(__name__)
-
-Handler = Callable[[bytes, "ServicerContext"], Awaitable[bytes]]
-"""A unary handler: ``async (request: bytes, context: ServicerContext) -> bytes``."""
-
-
-class _AbortError(Exception):
-    """Raised by ``ServicerContext.abort()``; the call's status has already been sent."""
-
-
-class ServicerContext:
-    """Per-call view handed to a handler, shaped like ``grpc.aio.ServicerContext``.
-
-    It reads the request's metadata, peer and deadline, sets trailing metadata or a
-    status, and aborts the call. The state lives in the call itself.
-    """
-
-    __slots__ = ("_call", "_conn")
-
-    def __init__(self, conn: ServerConnection, call: ServedCall) -> None:
-        self._conn = conn
-        self._call = call
-
-    def invocation_metadata(self) -> Metadata:
-        """The request's metadata as ``(key, value)`` pairs (``-bin`` values are bytes)."""
-        return self._call.metadata()
-
-    def method(self) -> str:
-        """The called method path, e.g. ``/pkg.Service/Method``."""
-        return self._call.method
-
-    def peer(self) -> str:
-        """The client's address, formatted as grpcio does (``ipv4:127.0.0.1:5000``)."""
-        return self._conn.peer
-
-    def time_remaining(self) -> Optional[float]:
-        """Seconds left before the deadline from ``grpc-timeout``; None without a deadline."""
-        deadline = self._call.deadline
-        if deadline is None:
-            return None
-        return max(0.0, deadline - self._conn.loop.time())
-
-    def cancelled(self) -> bool:
-        """True once the client cancelled the call, its deadline passed or the server stopped it."""
-        return self._call.cancelled
-
-    def done(self) -> bool:
-        """True once the call's status has been sent or the stream is gone."""
-        return self._call.done
-
-    def set_trailing_metadata(self, trailing_metadata: MetadataLike) -> None:
-        """Metadata to send in the trailers; validated here (ValueError/TypeError)."""
-        self._call.trailing_metadata = normalize_metadata(trailing_metadata)
-
-    def trailing_metadata(self) -> Metadata:
-        """The trailing metadata set so far."""
-        return self._call.trailing_metadata
-
-    def set_code(self, code: StatusCode) -> None:
-        """The status to end with when the handler returns; non-OK drops the response."""
-        self._call.code = StatusCode(code)
-
-    def set_details(self, details: str) -> None:
-        """The status message sent with a non-OK ``set_code``."""
-        self._call.details = str(details)
-
-    def code(self) -> StatusCode:
-        """The status set with ``set_code`` (OK by default)."""
-        return self._call.code
-
-    def details(self) -> str:
-        """The status message set with ``set_details``."""
-        return self._call.details
-
-    async def send_initial_metadata(self, initial_metadata: MetadataLike) -> None:
-        """Send response headers with this metadata now (before the response)."""
-        call = self._call
-        if call.headers_sent or call.done:
-            raise RuntimeError("initial metadata was already sent for this call")
-        call.initial_metadata = normalize_metadata(initial_metadata)
-        self._conn.send_headers(call)
-
-    async def abort(
-        self, code: StatusCode, details: str = "", trailing_metadata: MetadataLike = ()
-    ) -> NoReturn:
-        """End the call now with ``code`` and ``details``; raises to unwind the handler.
-
-        As in grpcio, aborting with OK is a mistake and is reported as UNKNOWN.
-        """
-        code = StatusCode(code)
-        if code is StatusCode.OK:
-            logger.error(
-                "abort() called with StatusCode.OK on %s; sending UNKNOWN", self._call.method
-            )
-            code = StatusCode.UNKNOWN
-        if trailing_metadata:
-            self._call.trailing_metadata = normalize_metadata(trailing_metadata)
-        self._conn.finish(self._call, code, str(details))
-        raise _AbortError(f"call aborted with {code.name}: {details}")
-
-
-async def _run_unary(
-    conn: ServerConnection, call: ServedCall, handler: Handler, debug: bool
-) -> None:
-    """Run a unary handler and end its call: the response and OK, or the error's status."""
-    context = ServicerContext(conn, call)
-    try:
-        result: Any = handler(call.requests.popleft(), context)
-        if inspect.isawaitable(result):
-            result = await result
-    except asyncio.CancelledError:
-        conn.finish(call, StatusCode.CANCELLED, "handler was cancelled")
-        return
-    except _AbortError:
-        return
-    except Exception as exc:
-        logger.exception("handler for %s (peer %s) raised", call.method, conn.peer)
-        if debug:
-            details = f"Exception calling application: {type(exc).__name__}: {exc}"
-        else:
-            details = "Exception calling application"
-        conn.finish(call, StatusCode.UNKNOWN, details)
-        return
-    except BaseException:
-        conn.finish(call, StatusCode.UNKNOWN, "Exception calling application")
-        raise
-    if call.done:
-        return
-    if call.code is not StatusCode.OK:
-        conn.finish(call, call.code, call.details)
-        return
-    if not isinstance(result, (bytes, bytearray, memoryview)):
-        logger.error("handler for %s returned %s, not bytes", call.method, type(result).__name__)
-        conn.finish(
-            call, StatusCode.INTERNAL, f"handler returned {type(result).__name__}, not bytes"
-        )
-        return
-    try:
-        sent = await conn.send_message(call, bytes(result))
-    except asyncio.CancelledError:
-        conn.finish(call, StatusCode.CANCELLED, "call was cancelled")
-        return
-    if sent:
-        conn.finish(call, StatusCode.OK)
 
 
 @dataclass
@@ -183,10 +38,11 @@ class _Listener:
 
 
 class Server:
-    """A gRPC server for generic unary methods (bytes in, bytes out) on asyncio and h2.
+    """A gRPC server for generic methods (bytes in, bytes out) on asyncio and h2.
 
-    ``handlers`` maps method paths (``/pkg.Service/Method``) to handlers
-    ``async (request: bytes, context: ServicerContext) -> bytes``. Keyword options:
+    ``handlers`` maps method paths (``/pkg.Service/Method``) to unary handlers
+    ``async (request: bytes, context: ServicerContext) -> bytes``; :meth:`add_method` serves
+    the streaming kinds too. Keyword options:
 
     - ``max_receive_message_length``: larger requests end with RESOURCE_EXHAUSTED (-1: no limit).
     - ``max_concurrent_streams``: advertised in SETTINGS; excess streams get REFUSED_STREAM,
@@ -199,6 +55,9 @@ class Server:
       denial-of-service attempt and costs the connection (GOAWAY ENHANCE_YOUR_CALM).
     - ``max_client_resets``: RST_STREAM frames a connection may send per 10 seconds, net of
       calls it completed, before it gets GOAWAY ENHANCE_YOUR_CALM (None: no limit).
+    - ``initial_window_size``, ``connection_window_size``: the HTTP/2 receive windows we
+      advertise per stream and per connection (bytes). A request stream's window reopens
+      only as its handler reads, so a handler that stops reading holds its client to this.
     """
 
     def __init__(
@@ -212,6 +71,8 @@ class Server:
         idle_timeout: Optional[float] = 300.0,
         max_header_list_size: int = 16 * 1024,
         max_client_resets: Optional[int] = 2000,
+        initial_window_size: int = 8 * 1024 * 1024,
+        connection_window_size: int = 32 * 1024 * 1024,
     ) -> None:
         self._options = ServerOptions(
             max_receive_message_length=max_receive_message_length,
@@ -221,8 +82,11 @@ class Server:
             idle_timeout=idle_timeout,
             max_header_list_size=max_header_list_size,
             max_client_resets=max_client_resets,
+            initial_window_size=initial_window_size,
+            connection_window_size=connection_window_size,
         )
         self._handlers: Dict[str, Handler] = {}
+        self._kinds: Dict[str, RpcKind] = {}
         if handlers is not None:
             if not isinstance(handlers, Mapping):
                 raise TypeError("handlers must be a mapping of method path to handler")
@@ -234,20 +98,34 @@ class Server:
         self._closed: Optional[asyncio.Event] = None
         self._stopped = False
 
-    def add_method(self, path: str, handler: Handler) -> None:
-        """Serve ``path`` (``/pkg.Service/Method``) with ``handler``; replaces an earlier one."""
+    def add_method(self, path: str, handler: Handler, *, kind: str = "unary_unary") -> None:
+        """Serve ``path`` (``/pkg.Service/Method``) with ``handler``; replaces an earlier one.
+
+        ``kind`` and the handler's shape (``request_iterator`` is an async iterator of
+        ``bytes``; ``context.read()`` takes the next request too, or ``EOF``):
+
+        - ``"unary_unary"``: ``async def h(request, context) -> bytes``;
+        - ``"unary_stream"``: ``async def h(request, context)`` that yields replies,
+          or writes them with ``await context.write(reply)`` and returns None;
+        - ``"stream_unary"``: ``async def h(request_iterator, context) -> bytes``;
+        - ``"stream_stream"``: an async generator over ``request_iterator`` (or
+          ``context.read()`` / ``context.write()``).
+        """
         if not isinstance(path, str):
             raise TypeError(f"method path must be a str, not {type(path).__name__}")
         if not path.startswith("/") or len(path) < 2:
             raise ValueError(f"method path must start with '/', got {path!r}")
         if not callable(handler):
             raise TypeError(f"handler for {path} is not callable")
+        rpc_kind = RpcKind.parse(kind)
         self._handlers[path] = handler
+        self._kinds[path] = rpc_kind
 
     def _start_call(self, conn: ServerConnection, call: ServedCall) -> None:
-        """A call's request is complete: run its handler as a task."""
+        """Run a call's handler as a task (its request is complete, or it is a stream)."""
+        runner = run_unary if call.kind is RpcKind.UNARY_UNARY else run_stream
         handler = self._handlers[call.method]
-        call.task = conn.loop.create_task(_run_unary(conn, call, handler, self._options.debug))
+        call.task = conn.loop.create_task(runner(conn, call, handler, self._options.debug))
 
     def _closed_event(self) -> asyncio.Event:
         if self._closed is None:
@@ -280,7 +158,7 @@ class Server:
             return ServerConnection(
                 self._options,
                 tls=tls,
-                known=self._handlers.__contains__,
+                kind_of=self._kinds.get,
                 on_call=self._start_call,
                 on_open=self._connections.add,
                 on_closed=self._connections.discard,

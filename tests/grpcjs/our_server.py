@@ -125,22 +125,15 @@ METHODS = (
 )
 
 
-def add_test_service(server: Server, *, streaming: bool = True) -> None:
-    """Register TestService's methods on ``server`` (UnimplementedCall left out on purpose).
-
-    ``streaming=False`` registers the two unary methods only (for a Server without
-    ``add_method(..., kind=...)``).
-    """
+def add_test_service(server: Server) -> None:
+    """Register TestService's methods on ``server`` (UnimplementedCall left out on purpose)."""
     for name, handler, kind in METHODS:
-        if kind == "unary_unary":
-            server.add_method(SERVICE + name, handler)
-        elif streaming:
-            server.add_method(SERVICE + name, handler, kind=kind)
+        server.add_method(SERVICE + name, handler, kind=kind)
 
 
-def build_server(*, streaming: bool = True) -> Server:
+def build_server() -> Server:
     server = Server()
-    add_test_service(server, streaming=streaming)
+    add_test_service(server)
     return server
 
 

@@ -15,6 +15,7 @@ import pytest
 from h2.errors import ErrorCodes
 
 from wove_h2grpc.protocol.call import CallState, ClientCall, Outcome, Retry
+from wove_h2grpc.protocol.kinds import RpcKind
 from wove_h2grpc.protocol.server_call import Finish, ServerCall, open_call
 from wove_h2grpc.protocol.status import StatusCode
 
@@ -545,7 +546,7 @@ def _open(headers: List[Tuple[bytes, bytes]], ended: bool = False) -> Any:
         headers,
         ended,
         now=100.0,
-        known=lambda p: p == "/t.S/M",
+        kind_of={"/t.S/M": RpcKind.UNARY_UNARY}.get,
         max_receive=64,
         call_type=ServerCall,
     )

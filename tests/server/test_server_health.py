@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import json
 import os
 import random
@@ -28,12 +27,6 @@ from wove_h2grpc.protocol.health_messages import (
     decode_response,
     encode_request,
     encode_response,
-)
-
-# Watch is served once the Server takes streaming handlers (add_method(..., kind=...)).
-STREAMING = "kind" in inspect.signature(Server.add_method).parameters
-needs_streaming = pytest.mark.skipif(
-    not STREAMING, reason="Server.add_method has no kind= yet (server streaming)"
 )
 
 _HELPER = str(TESTS_DIR / "grpcio_health.py")
@@ -456,17 +449,6 @@ async def test_grpcio_health_client_checks_our_server(served: Tuple[HealthServic
     assert out.startswith("STATUS NOT_SERVING"), out
 
 
-@pytest.mark.skipif(STREAMING, reason="Watch is served now; see the tests below")
-async def test_watch_unimplemented_until_the_server_streams(
-    served: Tuple[HealthService, int],
-) -> None:
-    _, port = served
-    async with Channel(f"127.0.0.1:{port}", timeout=10) as channel:
-        with pytest.raises(GrpcError) as info:
-            await channel.unary_unary(WATCH_METHOD)(b"")
-        assert info.value.code() is StatusCode.UNIMPLEMENTED
-
-
 async def _wait_lines(helper: HelperProcess, count: int, timeout: float = 15.0) -> List[str]:
     deadline = time.monotonic() + timeout
     while len(helper.lines) < count:
@@ -484,7 +466,6 @@ def helpers() -> Iterator[List[HelperProcess]]:
         helper.kill()
 
 
-@needs_streaming
 async def test_grpcio_health_client_watches_our_server(
     served: Tuple[HealthService, int], helpers: List[HelperProcess]
 ) -> None:
@@ -500,7 +481,6 @@ async def test_grpcio_health_client_watches_our_server(
     assert await asyncio.to_thread(watch.proc.wait, 15) == 0
 
 
-@needs_streaming
 async def test_grpcio_health_client_watches_an_unknown_service(
     served: Tuple[HealthService, int], helpers: List[HelperProcess]
 ) -> None:
@@ -513,7 +493,6 @@ async def test_grpcio_health_client_watches_an_unknown_service(
     assert await _wait_lines(watch, 2) == ["READY SERVICE_UNKNOWN", "STATUS SERVING"]
 
 
-@needs_streaming
 async def test_our_channel_watches_and_the_watch_ends_on_close(
     served: Tuple[HealthService, int],
 ) -> None:

@@ -260,8 +260,14 @@ class ServerOptions:
     idle_timeout: Optional[float]
     max_header_list_size: int
     max_client_resets: Optional[int]
+    # A default-sized (4 MiB) request fits the stream window whole: no WINDOW_UPDATE round
+    # trip per call (grpcio servers advertise 4-8 MiB too).
+    initial_window_size: int = 8 << 20
+    connection_window_size: int = 32 << 20
 
     def __post_init__(self) -> None:
+        check_window("initial_window_size", self.initial_window_size)
+        check_window("connection_window_size", self.connection_window_size)
         check_int("max_receive_message_length", self.max_receive_message_length, -1)
         if self.max_receive_message_length == 0:
             raise ValueError("max_receive_message_length must be positive or -1 (unlimited)")

@@ -2,9 +2,14 @@
 
 Built on the shared ``H2Driver``. A stream's headers go through ``open_call``: a stream no
 handler will see is answered at once; a call is handed to the ``on_call`` callback the
-server gave (which starts its handler task). Every call ends through ``finish`` (a status
-to send) or ``_end`` (the stream is gone), which alone release its deadline timer, wake its
-writer and cancel its handler task.
+server gave (which starts its handler task): at its headers for a method that takes a
+request stream, once its one request message is complete otherwise. Every call ends
+through ``finish`` (a status to send) or ``_end`` (the stream is gone), which alone release
+its deadline timer, wake its writer and reader and cancel its handler task.
+
+Flow control is backpressure in both directions: a response message waits for the client's
+window (``send_message``), and a request stream's window is handed back only as the handler
+reads (``read_request``), so a handler that stops reading stops its client after one window.
 
 Robustness rules, each bounded per connection so that a bad client costs only its own
 connection: a handshake timeout (TLS + client preface), an idle timeout (no calls in
@@ -27,6 +32,7 @@ from h2.errors import ErrorCodes
 from h2.settings import SettingCodes
 
 from ..protocol.call import Headers
+from ..protocol.kinds import RpcKind
 from ..protocol.server_call import Finish, ServerCall, open_call
 from ..protocol.status import StatusCode
 from ._h2compat import make_server_h2_connection
@@ -37,29 +43,31 @@ __all__ = ["ServedCall", "ServerConnection"]
 
 logger = logging.getLogger(__name__)
 
-# Flow control and framing we advertise (RFC 9113 section 6.5.2). Data is acknowledged as
-# soon as it arrives (the per-call buffer is bounded by max_receive_message_length), so the
-# windows only decide how much the client may pipeline.
-# A default-sized (4 MiB) request fits the stream window whole: no WINDOW_UPDATE round trip
-# per call (grpcio servers advertise 4-8 MiB too).
-INITIAL_WINDOW_SIZE = 8 << 20  # per stream
-CONNECTION_WINDOW_SIZE = 32 << 20
+# Framing we advertise (RFC 9113 section 6.5.2); the windows are ServerOptions. A unary
+# request's data is acknowledged as soon as it arrives (the per-call buffer is bounded by
+# max_receive_message_length); a request stream's only as the handler reads it.
 # h2 buffers up to 64 CONTINUATION frames of this size before decoding a header block, so
 # this also bounds a trickled header block's memory (64 * 64 KiB = 4 MiB).
 MAX_FRAME_SIZE = 1 << 16
 _RESET_WINDOW = 10.0  # seconds over which client RST_STREAMs are counted
+# A request stream's window is handed back message by message while the handler lags
+# behind, and all at once when no more than this is waiting to be read.
+_READ_LOW_WATER = 64 * 1024
 
 
 class ServedCall(ServerCall):
-    """A ServerCall with what serving it on asyncio needs: handler task, timer, writer wake-up."""
+    """A ServerCall with what serving it on asyncio needs: handler task, timer, the writer's
+    and the reader's wake-ups, and the request bytes whose window is held back."""
 
-    __slots__ = ("cancelled", "task", "timer", "waiter")
+    __slots__ = ("cancelled", "reader", "task", "timer", "unacked", "waiter")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.task: Optional[asyncio.Task[None]] = None
         self.timer: Optional[asyncio.TimerHandle] = None
         self.waiter: Optional[asyncio.Future[None]] = None
+        self.reader: Optional[asyncio.Future[None]] = None
+        self.unacked = 0  # request bytes received but not acknowledged (a lagging reader)
         self.cancelled = False  # client reset, deadline passed, or the server stopped it
 
 
@@ -81,8 +89,8 @@ def format_peer(transport: asyncio.BaseTransport) -> str:
 class ServerConnection(H2Driver):
     """One client connection of a server: h2 events in, one coalesced write per loop turn out.
 
-    ``known(path)`` says whether a handler serves a method; ``on_call(conn, call)`` starts
-    the handler of a call whose request is complete; ``on_open(conn)`` and ``on_closed(conn)``
+    ``kind_of(path)`` is the kind of the method a handler serves there (None: unknown);
+    ``on_call(conn, call)`` starts a call's handler; ``on_open(conn)`` and ``on_closed(conn)``
     are told when the connection starts and when it is gone.
     """
 
@@ -93,7 +101,7 @@ class ServerConnection(H2Driver):
         options: ServerOptions,
         *,
         tls: bool,
-        known: Callable[[str], bool],
+        kind_of: Callable[[str], Optional[RpcKind]],
         on_call: Callable[[ServerConnection, ServedCall], None],
         on_open: Callable[[ServerConnection], None],
         on_closed: Callable[[ServerConnection], None],
@@ -104,14 +112,14 @@ class ServerConnection(H2Driver):
             make_server_h2_connection(
                 max_concurrent_streams=options.max_concurrent_streams,
                 max_header_list_size=options.max_header_list_size,
-                initial_window_size=INITIAL_WINDOW_SIZE,
+                initial_window_size=options.initial_window_size,
                 max_frame_size=MAX_FRAME_SIZE,
-                connection_window_size=CONNECTION_WINDOW_SIZE,
+                connection_window_size=options.connection_window_size,
             ),
         )
         self.options = options
         self.tls = tls
-        self._known = known
+        self._kind_of = kind_of
         self._on_call = on_call
         self._on_open = on_open
         self._on_closed = on_closed
@@ -264,7 +272,7 @@ class ServerConnection(H2Driver):
             headers,
             event.stream_ended is not None,
             now=self.loop.time(),
-            known=self._known,
+            kind_of=self._kind_of,
             max_receive=self.options.max_receive_message_length,
             call_type=ServedCall,
         )
@@ -275,14 +283,31 @@ class ServerConnection(H2Driver):
         self.calls[stream_id] = call
         if call.deadline is not None:
             call.timer = self.loop.call_at(call.deadline, self._deadline_expired, call)
+        if not call.single_request:
+            # A request stream: the handler runs from the headers on and reads as it goes.
+            self._on_call(self, call)
 
     def _on_data(self, event: Any) -> None:
-        # Hand the window back at once: memory per call is bounded by the message limit.
-        if event.flow_controlled_length:
-            self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+        size = event.flow_controlled_length
         call = self.calls.get(event.stream_id)
-        if call is not None:
-            self._deliver(call, call.on_data(event.data))
+        if call is None or call.single_request:
+            # Hand the window back at once: memory per call is bounded by the message limit.
+            if size:
+                self.h2.acknowledge_received_data(size, event.stream_id)
+            if call is not None:
+                self._deliver(call, call.on_data(event.data))
+            return
+        finish = call.on_data(event.data)
+        if finish is not None:
+            call.unacked += size  # handed back by _end
+            self._deliver(call, finish)
+            return
+        # A request stream: its window reopens only while the handler keeps up reading.
+        if call.unacked or call.buffered > _READ_LOW_WATER:
+            call.unacked += size
+        elif size:
+            self.h2.acknowledge_received_data(size, event.stream_id)
+        _wake_reader(call)
 
     def _on_stream_ended(self, event: Any) -> None:
         call = self.calls.get(event.stream_id)
@@ -291,8 +316,11 @@ class ServerConnection(H2Driver):
         finish = call.on_end()
         if finish is not None:
             self._deliver(call, finish)
-        elif not call.done:
-            self._on_call(self, call)
+        elif call.single_request:
+            if not call.done:
+                self._on_call(self, call)
+        else:
+            _wake_reader(call)
 
     def _on_stream_reset(self, event: Any) -> None:
         if event.remote_reset:
@@ -332,6 +360,37 @@ class ServerConnection(H2Driver):
         # may still complete (GrpcH2Connection keeps h2's state machine open for that); the
         # connection closes after the last call.
         self._peer_goaway = True
+
+    # -- calls: input --------------------------------------------------------------------
+
+    async def read_request(self, call: ServedCall) -> Optional[bytes]:
+        """The next message of ``call``'s request stream, waiting for it; None at its end
+        (or once the call has ended). Reading hands the message's window back to the client."""
+        while True:
+            message = call.take()
+            if message is not None:
+                if call.unacked:
+                    self._consumed(call, len(message) + 5)
+                return message
+            if call.request_complete:
+                return None
+            waiter = self.loop.create_future()
+            call.reader = waiter
+            try:
+                await waiter
+            finally:
+                call.reader = None
+
+    def _consumed(self, call: ServedCall, size: int) -> None:
+        """Give back the window of ``size`` bytes the handler read (all of the held-back
+        window once it has caught up)."""
+        unacked = call.unacked
+        if call.buffered > _READ_LOW_WATER:
+            unacked = min(unacked, size)
+        call.unacked -= unacked
+        if not self.closing:
+            self.h2.acknowledge_received_data(unacked, call.stream_id)
+            self.flush_soon()
 
     # -- calls: output -------------------------------------------------------------------
 
@@ -432,8 +491,17 @@ class ServerConnection(H2Driver):
             timer.cancel()
             call.timer = None
         _wake(call)
+        _wake_reader(call)
+        if call.unacked:
+            # The connection window the unread requests held: the client may use it again.
+            if not self.closing:
+                self.h2.acknowledge_received_data(call.unacked, call.stream_id)
+                self.flush_soon()
+            call.unacked = 0
         task = call.task
-        if cancelled and task is not None and not task.done() and task is not _current_task():
+        # A call ended by anything but its own handler (client reset, deadline, a bad
+        # request message while a request-streaming handler runs, stop) stops that handler.
+        if task is not None and not task.done() and task is not _current_task():
             task.cancel()
         if self.calls.pop(call.stream_id, None) is not None and not self.calls:
             if self._draining or self._peer_goaway:
@@ -485,6 +553,12 @@ def _wake(call: ServedCall) -> None:
     waiter = call.waiter
     if waiter is not None and not waiter.done():
         waiter.set_result(None)
+
+
+def _wake_reader(call: ServedCall) -> None:
+    reader = call.reader
+    if reader is not None and not reader.done():
+        reader.set_result(None)
 
 
 def _current_task() -> Optional[asyncio.Task[Any]]:

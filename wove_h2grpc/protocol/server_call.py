@@ -3,9 +3,9 @@
 ``open_call`` checks a stream's request headers (PROTOCOL-HTTP2 "Requests": POST, gRPC
 content-type, known method, supported ``grpc-encoding``, valid ``grpc-timeout``) and returns
 either a :class:`ServerCall` or the :class:`Finish` that answers the stream at once. A call
-decodes its request messages (size limit checked from the prefix, gzip), frames its
-response messages, and ends through :meth:`ServerCall.finish` exactly once: that is the
-only place a final status block is built.
+decodes its request messages (size limit checked from the prefix, gzip; exactly one for the
+kinds with a unary request), frames its response messages, and ends through
+:meth:`ServerCall.finish` exactly once: that is the only place a final status block is built.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from .framing import (
     decompress,
     frame_message,
 )
+from .kinds import RpcKind
 from .metadata import decode_metadata, encode_grpc_message, encode_metadata, parse_grpc_timeout
 from .status import StatusCode
 
@@ -109,16 +110,15 @@ def open_call(
     ended: bool,
     *,
     now: float,
-    known: Callable[[str], bool],
+    kind_of: Callable[[str], Optional[RpcKind]],
     max_receive: int,
     call_type: Type[C],
-    single_request: bool = True,
 ) -> Union[C, Finish]:
     """Check a new stream's request headers: a call to run, or the Finish that answers it.
 
-    ``now`` is the clock the deadline is measured on; ``known(path)`` says whether a
-    handler serves the method; ``call_type`` is the ServerCall class to build (the IO
-    side may add its own fields to it).
+    ``now`` is the clock the deadline is measured on; ``kind_of(path)`` is the kind of the
+    method a handler serves there, None for an unknown method; ``call_type`` is the
+    ServerCall class to build (the IO side may add its own fields to it).
     """
     method = path = content_type = timeout = encoding = accept = None
     for key, value in headers:
@@ -150,7 +150,8 @@ def open_call(
             StatusCode.INTERNAL, f"invalid gRPC content-type {content_type!r}", ended, http=b"415"
         )
     name = path.decode("utf-8", "replace")
-    if not known(name):
+    kind = kind_of(name)
+    if kind is None:
         return _reject(StatusCode.UNIMPLEMENTED, f"Method not found: {name}", ended)
     request_encoding = None
     if encoding is not None and encoding != b"identity":
@@ -178,7 +179,7 @@ def open_call(
         request_encoding=request_encoding,
         gzip_reply=gzip_reply,
         max_receive=max_receive,
-        single_request=single_request,
+        kind=kind,
     )
 
 
@@ -187,6 +188,7 @@ class ServerCall:
 
     __slots__ = (
         "_metadata",
+        "buffered",
         "code",
         "deadline",
         "decoder",
@@ -195,6 +197,7 @@ class ServerCall:
         "headers",
         "headers_sent",
         "initial_metadata",
+        "kind",
         "max_receive",
         "method",
         "request_encoding",
@@ -215,7 +218,7 @@ class ServerCall:
         request_encoding: Optional[str] = None,
         gzip_reply: bool = False,
         max_receive: int = -1,
-        single_request: bool = True,
+        kind: RpcKind = RpcKind.UNARY_UNARY,
     ) -> None:
         self.stream_id = stream_id
         self.method = method
@@ -224,9 +227,11 @@ class ServerCall:
         self.request_encoding = request_encoding
         self.gzip_reply = gzip_reply
         self.max_receive = max_receive
-        self.single_request = single_request
+        self.kind = kind
+        self.single_request = not kind.request_streaming
         self.decoder = MessageDecoder(max_receive)
         self.requests: Deque[bytes] = deque()
+        self.buffered = 0  # bytes of the messages in ``requests``
         self.state = RECEIVING
         self.headers_sent = False
         self.initial_metadata: Metadata = ()
@@ -262,9 +267,9 @@ class ServerCall:
                         StatusCode.UNIMPLEMENTED,
                         "received more than one request message for a unary method",
                     )
-                self.requests.append(
-                    decompress(compressed, payload, self.request_encoding, self.max_receive)
-                )
+                message = decompress(compressed, payload, self.request_encoding, self.max_receive)
+                self.requests.append(message)
+                self.buffered += len(message)
         except GrpcError as exc:
             return self.finish(exc.code(), exc.details())
         return None
@@ -287,6 +292,16 @@ class ServerCall:
         """The client reset the stream, or it is gone with the connection: nothing more to send."""
         self.state = DONE
         self.requests.clear()
+        self.buffered = 0
+
+    def take(self) -> Optional[bytes]:
+        """The next request message, or None when none is waiting."""
+        requests = self.requests
+        if not requests:
+            return None
+        message = requests.popleft()
+        self.buffered -= len(message)
+        return message
 
     # ---------------------------------------------------------------- output
 
@@ -312,6 +327,7 @@ class ServerCall:
         request_complete = self.request_complete
         self.state = DONE
         self.requests.clear()
+        self.buffered = 0
         status = _status_block(code, details)
         if self.headers_sent:
             block = status
