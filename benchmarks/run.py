@@ -155,18 +155,22 @@ def parse_ready(line: str) -> int:
 
 
 class ServerProcess:
-    """A benchmark server in its own process; ``port`` is known once it printed READY."""
+    """A benchmark server in its own process; ``port`` is known once it printed READY.
 
-    def __init__(self, kind: str, timeout: float = 30.0) -> None:
+    ``tree`` runs another checkout's server script on that checkout's package (the
+    comparison of two trees' servers)."""
+
+    def __init__(self, kind: str, timeout: float = 30.0, *, tree: Optional[Path] = None) -> None:
         self.kind = kind
         self.lines: List[str] = []
+        script = (tree / "benchmarks" if tree is not None else BENCH_DIR) / "_servers.py"
         self.proc = subprocess.Popen(
-            [sys.executable, str(BENCH_DIR / "_servers.py"), kind],
+            [sys.executable, str(script), kind],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-            env=child_env(),
-            cwd=str(REPO_DIR),
+            env=child_env(tree),
+            cwd=str(tree or REPO_DIR),
         )
         ready = threading.Event()
         box: List[str] = []
@@ -186,6 +190,12 @@ class ServerProcess:
             tail = "\n".join(self.lines[-15:])
             raise RuntimeError(f"server {kind} did not start:\n{tail}")
         self.port = parse_ready(box[0])
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) the server process has used so far (Linux /proc)."""
+        with open(f"/proc/{self.proc.pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL after 10 s."""
