@@ -188,18 +188,18 @@ def _not_bytes(conn: ServerConnection, call: ServedCall, result: object, verb: s
     conn.finish(call, StatusCode.INTERNAL, f"handler {verb} {name}, not bytes")
 
 
-async def _send_reply(conn: ServerConnection, call: ServedCall, result: Any) -> None:
-    """A unary kind's end: its one reply and OK, or the status the handler set."""
+def _reply_of(conn: ServerConnection, call: ServedCall, result: Any) -> Optional[bytes]:
+    """A unary kind's one reply to send, or None when the call ends without one (it has
+    ended already, the handler set a non-OK status, or returned no bytes)."""
     if call.done:
-        return
+        return None
     if call.code is not StatusCode.OK:
         conn.finish(call, call.code, call.details)
-        return
+        return None
     if not isinstance(result, _BYTES):
         _not_bytes(conn, call, result, "returned")
-        return
-    if await conn.send_message(call, bytes(result)):
-        conn.finish(call, StatusCode.OK)
+        return None
+    return bytes(result)
 
 
 async def run_unary(
@@ -211,16 +211,8 @@ async def run_unary(
         result: Any = handler(call.take(), context)
         if inspect.isawaitable(result):
             result = await result
-        # _send_reply, inlined: the unary path is the hot one.
-        if call.done:
-            return
-        if call.code is not StatusCode.OK:
-            conn.finish(call, call.code, call.details)
-            return
-        if not isinstance(result, _BYTES):
-            _not_bytes(conn, call, result, "returned")
-            return
-        if await conn.send_message(call, bytes(result)):
+        reply = _reply_of(conn, call, result)
+        if reply is not None and await conn.send_message(call, reply):
             conn.finish(call, StatusCode.OK)
     except asyncio.CancelledError:
         conn.finish(call, StatusCode.CANCELLED, "handler was cancelled")
@@ -296,7 +288,9 @@ async def run_stream(
         if kind is RpcKind.STREAM_UNARY:
             if inspect.isawaitable(result):
                 result = await result
-            await _send_reply(conn, call, result)
+            reply = _reply_of(conn, call, result)
+            if reply is not None and await conn.send_message(call, reply):
+                conn.finish(call, StatusCode.OK)
             return
         if inspect.isawaitable(result):  # a coroutine that writes with context.write()
             result = await result
