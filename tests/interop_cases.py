@@ -10,21 +10,29 @@ Each case is ``async def case(channel, target)``, raising (an ``AssertionError``
 ``pytest.raises`` failure) when the peer does not behave as the case requires;
 ``run_case(case, port)`` runs one on a fresh plaintext channel to ``127.0.0.1:port``, bounded
 by ``CASE_TIMEOUT``.
+
+The other direction's driver is here too: ``grpcio_interop_client(port, names)`` runs the
+grpcio interop client (``tests/grpcio_interop.py client``, on ``grpcio_python()``) and returns
+its result per case.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any, Awaitable, Callable, Dict
+import json
+import subprocess
+from typing import Any, Awaitable, Callable, Dict, List
 
 import pytest
+from _support import TESTS_DIR, grpcio_python
 from grpcjs import messages as pb
 
 from wove_h2grpc import EOF, Channel, GrpcError, StatusCode
 
 CALL_TIMEOUT = 10.0  # every call of a case that should succeed promptly
 CASE_TIMEOUT = 20.0  # one case, all its calls
+GRPCIO_CLIENT_TIMEOUT = 60.0  # one run of the grpcio interop client process
 
 M = "/grpc.testing.TestService/"
 ECHO_INITIAL = "x-grpc-test-echo-initial"
@@ -228,3 +236,45 @@ async def run_case(case: Case, port: int) -> None:
     target = f"127.0.0.1:{port}"
     async with Channel(target) as channel:
         await asyncio.wait_for(case(channel, target), CASE_TIMEOUT)
+
+
+def parse_results(stdout: str) -> Dict[str, Dict[str, Any]]:
+    """An interop client's JSON lines (``{"case", "ok", "error"}``), by case name."""
+    results = {}
+    for line in stdout.splitlines():
+        line = line.strip()
+        if line.startswith("{"):
+            result = json.loads(line)
+            results[result["case"]] = result
+    return results
+
+
+async def grpcio_interop_client(port: int, names: List[str]) -> Dict[str, Dict[str, Any]]:
+    """Run the grpcio interop client on ``names`` against ``127.0.0.1:port`` (bounded).
+
+    Fails the test when the client does not print a result for every case (it crashed, or
+    ran past ``GRPCIO_CLIENT_TIMEOUT``); otherwise returns each case's result.
+    """
+    proc = await asyncio.create_subprocess_exec(
+        grpcio_python(),
+        str(TESTS_DIR / "grpcio_interop.py"),
+        "client",
+        "--target",
+        f"127.0.0.1:{port}",
+        *names,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), GRPCIO_CLIENT_TIMEOUT)
+    except asyncio.TimeoutError:
+        proc.kill()
+        await proc.wait()
+        pytest.fail(f"grpcio client ({names}) still running after {GRPCIO_CLIENT_TIMEOUT}s")
+    results = parse_results(out.decode())
+    missing = [name for name in names if name not in results]
+    assert not missing, (
+        f"grpcio client exited {proc.returncode} without a result for {missing}; "
+        f"stdout: {out.decode()!r}; stderr: {err.decode()!r}"
+    )
+    return results
