@@ -70,7 +70,13 @@ def _say(line: str) -> None:
 
 def load_messages(directory: Path) -> types.SimpleNamespace:
     """Generate the grpc.testing modules into ``directory`` with grpc_tools.protoc; import them."""
-    from grpc_tools import protoc
+    try:
+        from grpc_tools import protoc
+    except ImportError as err:
+        raise SystemExit(
+            f"grpcio_interop.py: grpc_tools is not importable by {sys.executable} ({err}); "
+            "install grpcio-tools there (it is in the test extra: pip install '.[test]')"
+        ) from err
 
     for name in PROTOS:
         text = (PROTO_ROOT / "grpc" / "testing" / f"{name}.proto").read_text(encoding="utf-8")
