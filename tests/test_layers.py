@@ -63,6 +63,7 @@ LAYERS: Dict[str, int] = {
     "wove.credentials": WOVE_LAYER,
     "wove.stats": WOVE_LAYER,
     "wove.worker": WOVE_LAYER,
+    "wove.runs": WOVE_LAYER,
     "worker": WOVE_LAYER,
     "cli": CLI,
     "cli.console": CLI,

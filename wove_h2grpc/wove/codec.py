@@ -37,17 +37,31 @@ from typing import Any, Dict, List, Sequence, Tuple
 __all__ = [
     "CODECS",
     "DEFAULT_METHOD",
+    "DEFAULT_STREAM_METHOD",
     "PICKLED_FIELDS",
     "decode_command",
     "decode_events",
     "detect_codec",
+    "dump_event",
+    "dump_events",
     "encode_command",
     "encode_events",
     "load_raw",
+    "serialize_event",
+    "stream_method_for",
 ]
 
 #: The method path Wove's grpc executor calls, and a worker serves, unless told otherwise.
 DEFAULT_METHOD = "/wove.network_executor.WorkerService/Send"
+
+#: The server-streaming method that sends each event as it happens (``delivery="stream"``).
+DEFAULT_STREAM_METHOD = "/wove.network_executor.WorkerService/Stream"
+
+
+def stream_method_for(method: str) -> str:
+    """The streaming method beside a unary ``method``: the same service's ``Stream``."""
+    return method.rsplit("/", 1)[0] + "/Stream"
+
 
 #: The codecs a command or an event list may use; ``"json"`` is Wove's wire format.
 CODECS = ("json", "msgpack")
@@ -213,6 +227,28 @@ def encode_events(events: Sequence[Dict[str, Any]], codec: str = "json") -> byte
     if isinstance(events, dict):
         raise TypeError("encode_events takes a list of event frames, not one frame")
     return _dump({"events": [_serialize(event, codec) for event in events]}, codec)
+
+
+def serialize_event(event: Dict[str, Any], codec: str = "json") -> Dict[str, Any]:
+    """An event with its objects pickled into ``*_pickle`` fields, ready to dump.
+
+    Pickling is the step that can fail (a result cloudpickle cannot pickle); doing it once
+    lets a worker send the same event to several callers and know beforehand that it can.
+    """
+    _check_codec(codec)
+    return _serialize(event, codec)
+
+
+def dump_events(serialized: Sequence[Dict[str, Any]], codec: str = "json") -> bytes:
+    """Serialized events (:func:`serialize_event`) as one ``{"events": [...]}`` response."""
+    _check_codec(codec)
+    return _dump({"events": list(serialized)}, codec)
+
+
+def dump_event(serialized: Dict[str, Any], codec: str = "json") -> bytes:
+    """One serialized event as one message of a stream (a bare event object)."""
+    _check_codec(codec)
+    return _dump(serialized, codec)
 
 
 def decode_events(data: bytes) -> Tuple[Dict[str, Any], ...]:

@@ -23,8 +23,10 @@ class WorkerStats:
     ``runs`` is the number of finished ``run_task`` commands, split by outcome into
     ``results``, ``errors`` (the task raised, or the worker could not run or answer it) and
     ``cancelled``; ``run_seconds`` is their summed duration. ``refused`` counts calls refused
-    before anything ran (credentials, permission, not a Wove command). ``running`` is the
-    number of runs executing when the snapshot was taken.
+    before anything ran (credentials, permission, not a Wove command). ``duplicates`` counts
+    ``run_task`` commands whose ``run_id`` was running or had finished recently: they got
+    that run's events and ran nothing. ``running`` is the number of runs executing when the
+    snapshot was taken.
     """
 
     runs: int = 0
@@ -34,6 +36,7 @@ class WorkerStats:
     refused: int = 0
     run_seconds: float = 0.0
     running: int = 0
+    duplicates: int = 0
 
     def since(self, earlier: WorkerStats) -> WorkerStats:
         """The counts between ``earlier`` and this snapshot (``running`` stays this one's)."""
@@ -45,6 +48,7 @@ class WorkerStats:
             refused=self.refused - earlier.refused,
             run_seconds=self.run_seconds - earlier.run_seconds,
             running=self.running,
+            duplicates=self.duplicates - earlier.duplicates,
         )
 
 
@@ -58,12 +62,29 @@ class RunLedger:
 
     def __init__(self, logger: logging.Logger) -> None:
         self._logger = logger
-        self._counts: Dict[str, int] = {"results": 0, "errors": 0, "cancelled": 0, "refused": 0}
+        self._counts: Dict[str, int] = {
+            "results": 0,
+            "errors": 0,
+            "cancelled": 0,
+            "refused": 0,
+            "duplicates": 0,
+        }
         self._run_seconds = 0.0
 
     def refused(self) -> None:
         """Count a call refused before anything ran."""
         self._counts["refused"] += 1
+
+    def duplicate(self, run_id: str, peer: str, running: bool) -> None:
+        """Count a ``run_task`` for a run already running or finished; it runs nothing."""
+        self._counts["duplicates"] += 1
+        self._logger.info(
+            "run %s from %s: already %s; answering with that run's events",
+            run_id,
+            peer,
+            "running" if running else "finished",
+            extra={"run_id": run_id, "peer": peer, "outcome": "duplicate"},
+        )
 
     def finished(
         self, frame: Dict[str, Any], peer: str, began: float, outcome: str, detail: str = ""
@@ -112,6 +133,7 @@ class RunLedger:
             refused=counts["refused"],
             run_seconds=self._run_seconds,
             running=running,
+            duplicates=counts["duplicates"],
         )
 
 

@@ -8,6 +8,13 @@ loop) and answers ``task_started`` plus exactly one terminal event (``task_resul
 ``task_error`` or ``task_cancelled``) in the request's codec. A ``cancel_task`` command
 cancels the matching in-flight run, which then answers ``task_cancelled``.
 
+``WorkerService.handle_stream(request, metadata)`` serves the same command over a server
+stream (the ``Stream`` method): each event is one message, sent as it happens
+(``task_started`` at once, a ``heartbeat`` every ``heartbeat_interval`` seconds while the
+task runs, then the terminal event), and closing the stream cancels the run. Either way a
+``run_task`` whose ``run_id`` is running or finished recently runs nothing: the caller gets
+that run's events (:mod:`wove_h2grpc.wove.runs`).
+
 The same service attaches to our pure-asyncio :class:`~wove_h2grpc.server.Server`
 (:meth:`WorkerService.attach`) and to a ``grpc.aio`` server
 (:meth:`WorkerService.grpcio_handler`; grpcio is imported only there).
@@ -36,13 +43,23 @@ import collections
 import inspect
 import logging
 import time
-from typing import Any, Callable, Dict, List, Optional, Set, Tuple
+from typing import Any, AsyncIterator, Callable, Dict, List, Optional, Tuple
 
 from wove.environment import normalize_exception
 
 from ..protocol.status import StatusCode
-from .codec import DEFAULT_METHOD, decode_command, encode_events, load_raw
+from .codec import (
+    DEFAULT_METHOD,
+    decode_command,
+    dump_event,
+    dump_events,
+    encode_events,
+    load_raw,
+    serialize_event,
+    stream_method_for,
+)
 from .credentials import MetadataInput, RequestVerifier, WorkerPermissionError
+from .runs import Run, RunRegistry
 from .stats import RunLedger, WorkerStats
 
 __all__ = [
@@ -97,14 +114,40 @@ def _is_async_callable(func: Any) -> bool:
     return call is not None and inspect.iscoroutinefunction(call)
 
 
+def _check_method(name: str, method: Any) -> str:
+    if not isinstance(method, str) or not method.startswith("/") or method.count("/") < 2:
+        raise ValueError(
+            f"{name} must be a fully-qualified gRPC method path like {DEFAULT_METHOD!r}, "
+            f"not {method!r}"
+        )
+    return method
+
+
+def _check_positive(name: str, value: Any, kind: type = float) -> Any:
+    if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
+        raise TypeError(
+            f"{name} must be {'a number' if kind is float else 'an int'}, not {value!r}"
+        )
+    if not value > 0:
+        raise ValueError(f"{name} must be positive, not {value!r}")
+    return value
+
+
 class WorkerService:
-    """Serves Wove's grpc executor method: verifies, runs and answers Wove task frames.
+    """Serves Wove's grpc executor methods: verifies, runs and answers Wove task frames.
 
     ``security`` is a :class:`wove.security.NetworkExecutorSecurity` or any value its
     ``from_config`` accepts (``"env:VARIABLE"``, a ``{"type": "signed" | "bearer", ...}``
     dict); every request must then carry valid metadata for it. With ``security=None`` the
     service runs unsigned requests only when ``allow_unsigned=True`` and refuses every
     request otherwise, so a forgotten secret never turns into remote code execution.
+
+    ``method`` is the unary method (Wove's ``Send``), ``stream_method`` the server-streaming
+    one (default: ``Stream`` of the same service). ``heartbeat_interval`` is the longest gap
+    between two events of a stream (shorter when a command asks for Wove's
+    ``delivery_heartbeat_seconds``: a third of it). ``recent_runs`` and
+    ``recent_run_seconds`` bound how many finished runs, and for how long, are remembered
+    so that a re-sent ``run_task`` gets their events instead of running again.
     """
 
     def __init__(
@@ -112,16 +155,26 @@ class WorkerService:
         security: Any = None,
         *,
         method: str = DEFAULT_METHOD,
+        stream_method: Optional[str] = None,
         allow_unsigned: bool = False,
+        heartbeat_interval: float = 5.0,
+        recent_runs: int = 10_000,
+        recent_run_seconds: float = 600.0,
     ) -> None:
-        if not isinstance(method, str) or not method.startswith("/") or method.count("/") < 2:
-            raise ValueError(
-                f"method must be a fully-qualified gRPC method path like {DEFAULT_METHOD!r}, "
-                f"not {method!r}"
-            )
+        method = _check_method("method", method)
+        stream_method = _check_method(
+            "stream_method", stream_method_for(method) if stream_method is None else stream_method
+        )
+        if stream_method == method:
+            raise ValueError("stream_method must differ from method")
+        self._heartbeat_interval = float(_check_positive("heartbeat_interval", heartbeat_interval))
+        self._runs = RunRegistry(
+            limit=_check_positive("recent_runs", recent_runs, int),
+            ttl=float(_check_positive("recent_run_seconds", recent_run_seconds)),
+        )
         self._verifier = RequestVerifier(security, allow_unsigned=allow_unsigned)
         self._method = method
-        self._active: Dict[str, Set[asyncio.Future[Any]]] = {}
+        self._stream_method = stream_method
         self._early_cancels: collections.OrderedDict[str, float] = collections.OrderedDict()
         self._ledger = RunLedger(logger)
         if self._verifier.security_mode == "none" and not allow_unsigned:
@@ -132,8 +185,18 @@ class WorkerService:
 
     @property
     def method(self) -> str:
-        """The gRPC method path this service answers (and that signatures cover)."""
+        """The unary gRPC method path this service answers (and that its signatures cover)."""
         return self._method
+
+    @property
+    def stream_method(self) -> str:
+        """The server-streaming method path (each event sent as it happens)."""
+        return self._stream_method
+
+    @property
+    def heartbeat_interval(self) -> float:
+        """The longest gap, in seconds, between two events of a stream while a task runs."""
+        return self._heartbeat_interval
 
     @property
     def security_mode(self) -> str:
@@ -147,22 +210,23 @@ class WorkerService:
 
     def active_runs(self) -> Tuple[str, ...]:
         """Run ids currently executing, for monitoring and tests."""
-        return tuple(self._active)
+        return self._runs.running()
 
     def stats(self) -> WorkerStats:
         """A snapshot of the runs and refusals counted since this service was created."""
-        return self._ledger.stats(running=len(self._active))
+        return self._ledger.stats(running=len(self._runs.running()))
 
     # -- verification ------------------------------------------------------------------
 
-    def verify(self, request: bytes, metadata: MetadataInput) -> None:
+    def verify(self, request: bytes, metadata: MetadataInput, method: Optional[str] = None) -> None:
         """Check the request's credentials over its raw bytes; raise ``WorkerPermissionError``.
 
-        ``metadata`` is the call's metadata as ``(key, value)`` pairs or a mapping.
+        ``metadata`` is the call's metadata as ``(key, value)`` pairs or a mapping; a signature
+        covers the method path the request came on (``method``, default the unary one).
 
         Runs before anything is unpickled: an unverified request never reaches cloudpickle.
         """
-        self._verifier.verify(request, metadata, self._method)
+        self._verifier.verify(request, metadata, method or self._method)
 
     # -- the transport-agnostic entry point --------------------------------------------
 
@@ -189,10 +253,16 @@ class WorkerService:
         try:
             codec, frame = await self._decode(request)
         except ValueError as exc:
-            return await self._answer_undecodable(request, exc, peer, started)
+            codec, events = self._undecodable(request, exc, peer, started)
+            return await self._encode(events, codec)
         frame_type = frame.get("type")
         if frame_type == "run_task":
-            return await self._run_task(frame, codec, peer, started)
+            run = self._join(frame, codec, peer, started)
+            await self._wait(run)
+            return dump_events(
+                [serialize_event(run.started_event(), codec), self._wire_terminal(run, codec)],
+                codec,
+            )
         if frame_type == "cancel_task":
             self._cancel(frame.get("run_id"))
             return encode_events((), codec)
@@ -211,24 +281,33 @@ class WorkerService:
     # -- attaching to servers ----------------------------------------------------------
 
     def attach(self, server: Any) -> None:
-        """Register this service's method on a :class:`wove_h2grpc.Server`."""
+        """Register this service's methods (unary and streaming) on a
+        :class:`wove_h2grpc.Server`."""
         server.add_method(self._method, self.server_handler)
+        server.add_method(self._stream_method, self.stream_server_handler, kind="unary_stream")
 
     async def server_handler(self, request: bytes, context: Any) -> bytes:
-        """Handler for :class:`wove_h2grpc.Server`: refusals become gRPC statuses."""
+        """Unary handler for :class:`wove_h2grpc.Server`: refusals become gRPC statuses."""
         try:
             return await self.handle(request, context.invocation_metadata(), peer=_peer(context))
-        except WorkerPermissionError as exc:
-            _log_refusal("refused a request", context, exc, exc.code.name)
-            await context.abort(exc.code, str(exc))
-        except InvalidRequestError as exc:
-            _log_refusal("invalid request", context, exc, StatusCode.INVALID_ARGUMENT.name)
-            await context.abort(StatusCode.INVALID_ARGUMENT, str(exc))
+        except (WorkerPermissionError, InvalidRequestError) as exc:
+            code, details = _refusal(context, exc)
+            await context.abort(code, details)
         # context.abort() ends the call by raising; this is never reached.
         raise RuntimeError("ServicerContext.abort() returned instead of raising")
 
+    async def stream_server_handler(self, request: bytes, context: Any) -> AsyncIterator[bytes]:
+        """Server-streaming handler for :class:`wove_h2grpc.Server` (each event a message)."""
+        events = self.handle_stream(request, context.invocation_metadata(), peer=_peer(context))
+        try:
+            async for message in events:
+                yield message
+        except (WorkerPermissionError, InvalidRequestError) as exc:
+            code, details = _refusal(context, exc)
+            await context.abort(code, details)
+
     def grpcio_handler(self) -> Any:
-        """A ``grpc.GenericRpcHandler`` serving this method on a ``grpc.aio`` server.
+        """A ``grpc.GenericRpcHandler`` serving both methods on a ``grpc.aio`` server.
 
         Usage: ``server = grpc.aio.server(); server.add_generic_rpc_handlers(
         (service.grpcio_handler(),))``. grpcio is imported here and nowhere else.
@@ -237,43 +316,55 @@ class WorkerService:
 
         service = self
 
-        async def behavior(request: bytes, context: Any) -> bytes:
+        async def abort(context: Any, exc: Exception) -> None:
+            code, details = _refusal(context, exc)
+            await context.abort(grpc.StatusCode[code.name], details)
+
+        async def unary(request: bytes, context: Any) -> bytes:
             try:
                 metadata = context.invocation_metadata()
                 return await service.handle(request, metadata, peer=_peer(context))
-            except WorkerPermissionError as exc:
-                _log_refusal("refused a request", context, exc, exc.code.name)
-                await context.abort(grpc.StatusCode[exc.code.name], str(exc))
-            except InvalidRequestError as exc:
-                _log_refusal("invalid request", context, exc, StatusCode.INVALID_ARGUMENT.name)
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            except (WorkerPermissionError, InvalidRequestError) as exc:
+                await abort(context, exc)
             raise RuntimeError("grpc.aio ServicerContext.abort() returned instead of raising")
 
-        rpc_handler = grpc.unary_unary_rpc_method_handler(
-            behavior, request_deserializer=None, response_serializer=None
-        )
-        method = self._method
+        async def stream(request: bytes, context: Any) -> AsyncIterator[bytes]:
+            metadata = context.invocation_metadata()
+            try:
+                async for message in service.handle_stream(request, metadata, peer=_peer(context)):
+                    yield message
+            except (WorkerPermissionError, InvalidRequestError) as exc:
+                await abort(context, exc)
+
+        handlers = {
+            self._method: grpc.unary_unary_rpc_method_handler(unary),
+            self._stream_method: grpc.unary_stream_rpc_method_handler(stream),
+        }
 
         class _WoveWorkerHandler(grpc.GenericRpcHandler):  # type: ignore[misc]
             def service(self, handler_call_details: Any) -> Any:
-                if handler_call_details.method == method:
-                    return rpc_handler
-                return None
+                return handlers.get(handler_call_details.method)
 
         return _WoveWorkerHandler()
 
     # -- running a task ----------------------------------------------------------------
 
-    async def _run_task(self, frame: Dict[str, Any], codec: str, peer: str, began: float) -> bytes:
+    def _join(self, frame: Dict[str, Any], codec: str, peer: str, began: float) -> Run:
+        """The run of a ``run_task``: the one already running or finished recently under its
+        ``run_id`` (nothing runs twice), else a new one, started here."""
         run_id = frame.get("run_id")
         if not isinstance(run_id, str) or not run_id:
             raise InvalidRequestError("run_task frame without a run_id")
-        started = {"type": "task_started", "run_id": run_id, "task_id": frame.get("task_id")}
+        known = self._runs.get(run_id)
+        if known is not None:
+            self._ledger.duplicate(run_id, peer, running=not known.done)
+            return known
+        run = Run(run_id, frame.get("task_id"), codec)
         if self._take_early_cancel(run_id):
-            self._ledger.finished(
-                frame, peer, began, "cancelled", "cancel_task arrived before the run"
-            )
-            return await self._encode([started, self._cancelled_event(frame)], codec)
+            reason = "cancel_task arrived before the run"
+            self._end(run, frame, self._cancelled_event(frame), peer, began, "cancelled", reason)
+            self._runs.add(run)
+            return run
         func = frame.get("callable")
         args = frame.get("args")
         if args is None:
@@ -283,56 +374,170 @@ class WorkerService:
                 "run_task needs a callable and a dict of keyword arguments, got "
                 f"{type(func).__name__} and {type(args).__name__}"
             )
-            self._ledger.finished(frame, peer, began, "error", f"worker: {error}")
-            return await self._encode([started, self._error_event(frame, error, "worker")], codec)
+            event = self._error_event(frame, error, "worker")
+            self._end(run, frame, event, peer, began, "error", f"worker: {error}")
+            self._runs.add(run)
+            return run
+        self._runs.add(run)
+        run.task = asyncio.ensure_future(self._execute(run, func, args, frame, peer, began))
+        return run
 
-        run = asyncio.ensure_future(self._invoke(func, args))
-        runs = self._active.setdefault(run_id, set())
-        runs.add(run)
+    async def _execute(
+        self,
+        run: Run,
+        func: Callable[..., Any],
+        args: Dict[str, Any],
+        frame: Dict[str, Any],
+        peer: str,
+        began: float,
+    ) -> None:
+        """Run the task and end ``run`` with its one terminal event."""
+        detail = ""
         try:
-            # asyncio.wait never raises the run's outcome: a CancelledError here means this
-            # call itself was cancelled (client reset, deadline, server stop), not the run.
-            await asyncio.wait({run})
+            result = await self._invoke(func, args)
         except asyncio.CancelledError:
-            run.cancel()
-            self._ledger.finished(frame, peer, began, "cancelled", "the call was cancelled")
+            outcome, detail = "cancelled", run.cancel_reason or "by cancel_task"
+            terminal = self._cancelled_event(frame)
+        except Exception as exc:
+            outcome = "error"
+            shown = exc.original if isinstance(exc, _TaskExited) else exc
+            detail = f"{type(shown).__name__}: {shown}"
+            terminal = self._error_event(frame, exc, source="task")
+        else:
+            outcome = "result"
+            terminal = {
+                "type": "task_result",
+                "run_id": run.run_id,
+                "task_id": frame.get("task_id"),
+                "result": result,
+            }
+        self._end(run, frame, terminal, peer, began, outcome, detail)
+
+    def _end(
+        self,
+        run: Run,
+        frame: Dict[str, Any],
+        terminal: Dict[str, Any],
+        peer: str,
+        began: float,
+        outcome: str,
+        detail: str,
+    ) -> None:
+        """The one place a run ends: its terminal event, pickled once for every caller."""
+        try:
+            wire = serialize_event(terminal, run.codec)
+        except Exception as exc:
+            # The result (or, rarely, an exception) could not be pickled: the callers must
+            # still get exactly one terminal event, so report the serialization failure.
+            logger.warning("run %s: cannot serialize the answer: %r", run.run_id, exc)
+            terminal = self._error_event(frame, exc, source="worker")
+            outcome, detail = "error", f"worker: cannot serialize the answer: {exc!r}"
+            wire = serialize_event(terminal, run.codec)
+        run.finish(terminal, wire)
+        self._runs.finished(run)
+        self._ledger.finished(frame, peer, began, outcome, detail)
+
+    @staticmethod
+    def _wire_terminal(run: Run, codec: str) -> Dict[str, Any]:
+        """The run's terminal event for a caller's codec (a re-sent command may differ)."""
+        assert run.terminal is not None and run.wire_terminal is not None
+        if codec == run.codec:
+            return run.wire_terminal
+        try:
+            return serialize_event(run.terminal, codec)
+        except Exception as exc:
+            return serialize_event(
+                WorkerService._error_event(
+                    {"run_id": run.run_id, "task_id": run.task_id}, exc, "worker"
+                ),
+                codec,
+            )
+
+    @staticmethod
+    async def _wait(run: Run) -> None:
+        """Wait for ``run`` to end; a caller that goes away (the client reset its call, the
+        deadline passed) cancels the run if it was the last one waiting."""
+        run.callers += 1
+        try:
+            await asyncio.shield(run.finished)
+        except asyncio.CancelledError:
+            if run.callers == 1:
+                run.cancel("the call was cancelled")
             raise
         finally:
-            runs.discard(run)
-            if not runs and self._active.get(run_id) is runs:
-                del self._active[run_id]
+            run.callers -= 1
 
-        detail = ""
-        if run.cancelled():
-            outcome = "cancelled"
-            detail = "by cancel_task"
-            terminal = self._cancelled_event(frame)
-        else:
-            exc = run.exception()
-            if exc is not None:
-                outcome = "error"
-                shown = exc.original if isinstance(exc, _TaskExited) else exc
-                detail = f"{type(shown).__name__}: {shown}"
-                terminal = self._error_event(frame, exc, source="task")
-            else:
-                outcome = "result"
-                terminal = {
-                    "type": "task_result",
-                    "run_id": run_id,
-                    "task_id": frame.get("task_id"),
-                    "result": run.result(),
-                }
+    def _heartbeat_for(self, frame: Dict[str, Any]) -> float:
+        """Seconds between heartbeats: ``heartbeat_interval``, or a third of the
+        ``delivery_heartbeat_seconds`` Wove put in the command, whichever is shorter."""
+        interval = self._heartbeat_interval
+        delivery = frame.get("delivery")
+        wanted = delivery.get("delivery_heartbeat_seconds") if isinstance(delivery, dict) else None
+        if isinstance(wanted, (int, float)) and not isinstance(wanted, bool) and wanted > 0:
+            interval = min(interval, float(wanted) / 3.0)
+        return max(interval, 0.01)
+
+    # -- the streaming entry point -----------------------------------------------------
+
+    async def handle_stream(
+        self, request: bytes, metadata: MetadataInput = (), *, peer: Optional[str] = None
+    ) -> AsyncIterator[bytes]:
+        """Answer one call of the streaming method: each event one message, as it happens.
+
+        Verification, refusals and decoding are those of :meth:`handle` (the exceptions are
+        raised before the first message). For a ``run_task``: ``task_started`` at once,
+        a ``heartbeat`` while the task runs, then the terminal event; closing the stream
+        early (the client reset it) cancels the run unless another call waits for it too.
+        """
+        peer = peer or "unknown peer"
         try:
-            answer = await self._encode([started, terminal], codec)
-        except Exception as exc:
-            # The result (or, rarely, an exception) could not be pickled: the client must
-            # still get exactly one terminal event, so report the serialization failure.
-            logger.warning("run %s: cannot serialize the answer: %r", run_id, exc)
-            error_event = self._error_event(frame, exc, source="worker")
-            outcome, detail = "error", f"worker: cannot serialize the answer: {exc!r}"
-            answer = await self._encode([started, error_event], codec)
-        self._ledger.finished(frame, peer, began, outcome, detail)
-        return answer
+            self.verify(request, metadata, self._stream_method)
+            began = time.monotonic()
+            try:
+                codec, frame = await self._decode(request)
+            except ValueError as exc:
+                codec, events = self._undecodable(request, exc, peer, began)
+                for event in events:
+                    yield dump_event(serialize_event(event, codec), codec)
+                return
+            frame_type = frame.get("type")
+            if frame_type == "run_task":
+                run = self._join(frame, codec, peer, began)
+            elif frame_type in ("cancel_task", "shutdown"):
+                if frame_type == "cancel_task":
+                    self._cancel(frame.get("run_id"))
+                return
+            else:
+                run_id = frame.get("run_id")
+                error = InvalidRequestError(f"unsupported Wove frame type {frame_type!r}")
+                if not (isinstance(run_id, str) and run_id):
+                    raise error
+                self._ledger.finished(frame, peer, began, "error", f"worker: {error}")
+                event = serialize_event(self._error_event(frame, error, source="worker"), codec)
+                yield dump_event(event, codec)
+                return
+        except (WorkerPermissionError, InvalidRequestError):
+            self._ledger.refused()
+            raise
+        async for message in self._stream_run(run, codec, self._heartbeat_for(frame)):
+            yield message
+
+    async def _stream_run(self, run: Run, codec: str, interval: float) -> AsyncIterator[bytes]:
+        run.callers += 1
+        try:
+            yield dump_event(serialize_event(run.started_event(), codec), codec)
+            while not run.done:
+                finished, _ = await asyncio.wait({run.finished}, timeout=interval)
+                if not finished:
+                    yield dump_event(serialize_event(run.heartbeat_event(), codec), codec)
+            yield dump_event(self._wire_terminal(run, codec), codec)
+        except (asyncio.CancelledError, GeneratorExit):
+            # The stream ended before the run: the client reset it, or the server stopped.
+            if run.callers == 1:
+                run.cancel("the stream was closed")
+            raise
+        finally:
+            run.callers -= 1
 
     async def _invoke(self, func: Callable[..., Any], args: Dict[str, Any]) -> Any:
         try:
@@ -354,11 +559,11 @@ class WorkerService:
     def _cancel(self, run_id: Any) -> None:
         if not isinstance(run_id, str) or not run_id:
             return
-        runs = self._active.get(run_id)
-        if runs:
-            logger.debug("cancelling run %s", run_id)
-            for run in runs:
-                run.cancel()
+        run = self._runs.get(run_id)
+        if run is not None:
+            if not run.done:
+                logger.debug("cancelling run %s", run_id)
+                run.cancel("by cancel_task")
             return
         self._remember_early_cancel(run_id)
 
@@ -416,9 +621,9 @@ class WorkerService:
         # for the small results tasks usually return.
         return encode_events(events, codec)
 
-    async def _answer_undecodable(
+    def _undecodable(
         self, request: bytes, error: ValueError, peer: str, began: float
-    ) -> bytes:
+    ) -> Tuple[str, List[Dict[str, Any]]]:
         # decode_command failed. If the frame itself parses and names a run, the failure was
         # in a pickle (typically a module the worker lacks): answer that run with a
         # task_error so the client sees why, instead of a bare transport error.
@@ -437,7 +642,16 @@ class WorkerService:
         self._ledger.finished(
             frame, peer, began, "error", f"worker: cannot decode the task: {error}"
         )
-        return await self._encode([started, self._error_event(frame, error, "worker")], codec)
+        return codec, [started, self._error_event(frame, error, "worker")]
+
+
+def _refusal(context: Any, exc: Exception) -> Tuple[StatusCode, str]:
+    """The status a refused request ends with (logged once, here)."""
+    if isinstance(exc, WorkerPermissionError):
+        _log_refusal("refused a request", context, exc, exc.code.name)
+        return exc.code, str(exc)
+    _log_refusal("invalid request", context, exc, StatusCode.INVALID_ARGUMENT.name)
+    return StatusCode.INVALID_ARGUMENT, str(exc)
 
 
 def _log_refusal(what: str, context: Any, exc: Exception, status: str) -> None:
