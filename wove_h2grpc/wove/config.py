@@ -24,10 +24,11 @@ from wove.security import (
 from ..aio.options import ChannelOptions
 from ..protocol.metadata import normalize_metadata
 from ..protocol.target import parse_target
-from .codec import CODECS, DEFAULT_METHOD
+from .codec import CODECS, DEFAULT_METHOD, DEFAULT_STREAM_METHOD, stream_method_for
 
 __all__ = [
     "CONFIG_KEYS",
+    "DELIVERIES",
     "H2_ONLY_KEYS",
     "TRANSPORTS",
     "WOVE_KEYS",
@@ -59,13 +60,21 @@ H2_ONLY_KEYS = (
     "transparent_retry",
     "wait_for_ready",
     "codec",
+    "delivery",
+    "stream_method",
 )
+
+#: Values of ``executor_config["delivery"]``: one unary call per command (Wove's own wire
+#: behaviour), a server stream per command, or a stream that falls back to unary calls for
+#: the channel's life when the worker answers UNIMPLEMENTED.
+DELIVERIES = ("unary", "stream", "auto")
 
 #: Every key ``executor_config`` may hold; anything else draws a warning.
 CONFIG_KEYS = (*WOVE_KEYS, "transport", *H2_ONLY_KEYS)
 
 # The keys that are Channel options of the same name, validated by ChannelOptions.build.
-_CHANNEL_KEYS = ("root_certificates", *(key for key in H2_ONLY_KEYS if key != "codec"))
+_NOT_CHANNEL_KEYS = ("codec", "delivery", "stream_method")
+_CHANNEL_KEYS = ("root_certificates", *(k for k in H2_ONLY_KEYS if k not in _NOT_CHANNEL_KEYS))
 
 
 class ConfigKeyWarning(UserWarning):
@@ -83,6 +92,8 @@ class Settings:
     security: NetworkExecutorSecurity
     codec: str
     channel_options: ChannelOptions
+    delivery: str = "unary"
+    stream_method: str = DEFAULT_STREAM_METHOD
 
 
 def warn_unknown_keys(config: Mapping[str, Any]) -> None:
@@ -172,6 +183,16 @@ def parse_settings(config: Mapping[str, Any]) -> Settings:
     codec = config.get("codec", "json")
     if codec not in CODECS:
         raise ValueError(f"executor_config.codec must be 'json' or 'msgpack', not {codec!r}.")
+    delivery = config.get("delivery", "unary")
+    if delivery not in DELIVERIES:
+        raise ValueError(
+            f"executor_config.delivery must be 'unary', 'stream' or 'auto', not {delivery!r}."
+        )
+    stream_method = config.get("stream_method")
+    if stream_method is None:
+        stream_method = stream_method_for(method)
+    elif not isinstance(stream_method, str) or not stream_method.startswith("/"):
+        raise TypeError("executor_config.stream_method must be a fully-qualified gRPC method path.")
     options = {key: config[key] for key in _CHANNEL_KEYS if key in config}
     if "connect_timeout" in options and options["connect_timeout"] is None:
         del options["connect_timeout"]  # None reads as "not set" here, as Wove's keys do
@@ -195,4 +216,6 @@ def parse_settings(config: Mapping[str, Any]) -> Settings:
         security=security,
         codec=str(codec),
         channel_options=channel_options,
+        delivery=str(delivery),
+        stream_method=stream_method,
     )

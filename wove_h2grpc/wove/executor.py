@@ -8,6 +8,13 @@ it unchanged (see ``docs/protocol.md``). It picks the transport from
 untouched) or ``"auto"`` (grpcio when it imports, else h2); :func:`wove_h2grpc.install` makes
 Wove's ``executor="grpc"`` build one.
 
+Delivery (``executor_config["delivery"]``): ``"unary"`` sends each command as one unary call
+(Wove's own wire behaviour: the events arrive when the task has ended); ``"stream"`` sends a
+``run_task`` as a server-streaming call and hands Wove each event as it arrives
+(``task_started`` at once, heartbeats, the terminal event), and a ``cancel_task`` resets
+that stream; ``"auto"`` streams until a worker answers UNIMPLEMENTED, then uses unary calls
+for the channel's life (the task that found out is sent again as a unary call).
+
 Delivery guarantee: every ``run_task`` ends in exactly one terminal event
 (``task_result``, ``task_error`` or ``task_cancelled``). A failed call becomes a
 ``task_error`` with ``source="transport"`` whose message names the gRPC status.
@@ -18,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import warnings
-from typing import Any, Callable, Dict, Mapping, Optional
+from typing import Any, Callable, Dict, Mapping, Optional, Set
 from uuid import uuid4
 
 from wove.environment import (
@@ -30,6 +37,7 @@ from wove.serialization import require_dispatch
 
 from ..client import Channel
 from ..errors import GrpcError
+from ..protocol.status import StatusCode
 from .codec import DEFAULT_METHOD, decode_events, encode_command
 from .config import (
     CONFIG_KEYS,
@@ -103,6 +111,11 @@ class H2GrpcExecutor(EnvironmentExecutor):
         self._settings: Optional[Settings] = None
         self._channel: Optional[Channel] = None
         self._rpc: Optional[Callable[..., Any]] = None
+        self._stream_rpc: Optional[Callable[..., Any]] = None
+        # "unary", "stream" or "auto" ("auto" becomes "unary" on a worker without Stream).
+        self._delivery = "unary"
+        self._streams: Dict[str, Any] = {}  # run_id -> its open stream call
+        self._cancelled_streams: Set[str] = set()  # runs whose stream cancel_task reset
         self._events: Optional[asyncio.Queue[Dict[str, Any]]] = None
         self._calls: Dict[str, asyncio.Task[None]] = {}
         # run_id -> True once its terminal event went to Wove; present while run_task is open.
@@ -154,15 +167,26 @@ class H2GrpcExecutor(EnvironmentExecutor):
         self._settings = settings
         self._channel = channel
         self._rpc = channel.unary_unary(settings.method)
+        self._delivery = settings.delivery
+        if settings.delivery != "unary":
+            self._stream_rpc = channel.unary_stream(settings.stream_method)
         self._events = asyncio.Queue()
         self._transport = "h2"
         logger.debug(
-            "grpc executor %r started: h2 transport to %s%s (codec %s)",
+            "grpc executor %r started: h2 transport to %s%s (codec %s, delivery %s)",
             environment_name,
             settings.target,
             settings.method,
             settings.codec,
+            settings.delivery,
         )
+
+    @property
+    def delivery(self) -> Optional[str]:
+        """How run_task commands travel now: ``"unary"``, ``"stream"`` or ``"auto"`` (which
+        becomes ``"unary"`` once a worker answered UNIMPLEMENTED); None before ``start()``
+        and on the grpcio transport."""
+        return self._delivery if self._transport == "h2" else None
 
     async def send(self, frame: Dict[str, Any]) -> None:
         """Start one unary call for ``run_task`` / ``cancel_task``; ``shutdown`` cancels calls."""
@@ -172,6 +196,14 @@ class H2GrpcExecutor(EnvironmentExecutor):
         if self._rpc is None:
             raise RuntimeError("grpc executor is not started.")
         frame_type = frame.get("type")
+        if frame_type == "cancel_task":
+            stream = self._streams.get(frame.get("run_id"))  # type: ignore[arg-type]
+            if stream is not None:
+                # A streamed run is cancelled by resetting its stream: the worker cancels
+                # the run at once, and no second call is needed.
+                self._cancelled_streams.add(str(frame.get("run_id")))
+                stream.cancel()
+                return
         if frame_type in ("run_task", "cancel_task"):
             run_id = frame.get("run_id")
             if frame_type == "run_task" and isinstance(run_id, str) and run_id not in self._runs:
@@ -219,7 +251,10 @@ class H2GrpcExecutor(EnvironmentExecutor):
         finally:
             self._calls.clear()
             self._runs.clear()
+            self._streams.clear()
+            self._cancelled_streams.clear()
             self._rpc = None
+            self._stream_rpc = None
             self._settings = None
             self._events = None
             self._transport = None
@@ -256,12 +291,10 @@ class H2GrpcExecutor(EnvironmentExecutor):
                     )
                 )
                 return
-            metadata = (
-                *settings.metadata,
-                *settings.security.metadata_for(
-                    transport="grpc", target=settings.method, body=request
-                ),
-            )
+            streamed = is_run and self._delivery != "unary"
+            if streamed and await self._stream(frame, request, settings):
+                return
+            metadata = self._metadata(settings, settings.method, request)
             try:
                 response = await rpc(request, timeout=settings.timeout, metadata=metadata or None)
             except GrpcError as exc:
@@ -296,6 +329,72 @@ class H2GrpcExecutor(EnvironmentExecutor):
             self._calls.pop(tracking_id, None)
             if is_run:
                 self._runs.pop(str(frame.get("run_id")), None)
+
+    @staticmethod
+    def _metadata(settings: Settings, method: str, request: bytes) -> Any:
+        """The call's metadata: the configured pairs and the request's signature for
+        ``method`` (a signature covers the method path it is sent to)."""
+        signed = settings.security.metadata_for(transport="grpc", target=method, body=request)
+        metadata = (*settings.metadata, *signed)
+        return metadata or None
+
+    async def _stream(self, frame: Dict[str, Any], request: bytes, settings: Settings) -> bool:
+        """Send a run_task as a server stream, handing Wove each event as it arrives.
+
+        Returns False (nothing emitted) when ``delivery="auto"`` finds a worker without the
+        streaming method: the caller sends the command as a unary call instead.
+        """
+        stream_rpc = self._stream_rpc
+        assert stream_rpc is not None
+        run_id = str(frame.get("run_id"))
+        where = f"gRPC worker service at {settings.target}{settings.stream_method}"
+        metadata = self._metadata(settings, settings.stream_method, request)
+        call = stream_rpc(request, timeout=settings.timeout, metadata=metadata)
+        self._streams[run_id] = call
+        received = False
+        try:
+            async for message in call:
+                received = True
+                try:
+                    events = decode_events(bytes(message))
+                except (TypeError, ValueError) as exc:
+                    text = f"{where} sent a malformed event ({len(message)} bytes): {exc}"
+                    self._emit(_error_frame(frame, exc, text, retryable=False))
+                    call.cancel()
+                    return True
+                for event in events:
+                    self._emit(event)
+        except GrpcError as exc:
+            if exc.code() is StatusCode.UNIMPLEMENTED and not received and self._delivery == "auto":
+                logger.info(
+                    "grpc executor (h2): %s answered UNIMPLEMENTED; delivery='auto' sends "
+                    "unary calls to %s from now on",
+                    where,
+                    settings.method,
+                )
+                self._delivery = "unary"
+                return False
+            text = (
+                f"gRPC call {settings.stream_method} to {settings.target} failed: "
+                f"{exc.code().name}: {exc.details()}"
+            )
+            self._emit(_error_frame(frame, exc, text, retryable=_is_retryable(exc)))
+            return True
+        except asyncio.CancelledError:
+            if run_id not in self._cancelled_streams:
+                raise  # this task itself was cancelled (shutdown, stop): _call reports it
+            # cancel_task reset the stream: the worker cancels the run; so does Wove.
+            self._emit(
+                {"type": "task_cancelled", "run_id": run_id, "task_id": frame.get("task_id")}
+            )
+            return True
+        finally:
+            self._streams.pop(run_id, None)
+            self._cancelled_streams.discard(run_id)
+        if self._runs.get(run_id) is False:
+            missing = RuntimeError(f"{where} ended the stream without a terminal event.")
+            self._emit(_error_frame(frame, missing, str(missing), retryable=False))
+        return True
 
     def _lost_cancel(self, frame: Dict[str, Any], reason: str) -> None:
         # A lost cancel_task does not end the run: its run_task call still will. Once the run
