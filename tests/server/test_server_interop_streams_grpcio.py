@@ -63,4 +63,7 @@ async def test_grpcio_client_reports_failures() -> None:
     assert not results["server_streaming"]["ok"]
     assert "1 responses, expected 4" in results["server_streaming"]["error"]
     assert not results["ping_pong"]["ok"]
-    assert "UNIMPLEMENTED" in results["ping_pong"]["error"]
+    # grpcio's client writes while the UNIMPLEMENTED answer arrives; under load its own
+    # write race (grpc/grpc#36066) can replace that status with INTERNAL on every attempt.
+    error = results["ping_pong"]["error"]
+    assert "UNIMPLEMENTED" in error or "grpc/grpc#36066" in error, error
