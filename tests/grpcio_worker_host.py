@@ -33,7 +33,12 @@ async def serve(args: argparse.Namespace) -> None:
     security: Any = args.security
     if security and security.lstrip().startswith("{"):
         security = json.loads(security)
-    service = WorkerService(security, method=args.method, allow_unsigned=args.allow_unsigned)
+    service = WorkerService(
+        security,
+        method=args.method,
+        allow_unsigned=args.allow_unsigned,
+        heartbeat_interval=args.heartbeat_interval,
+    )
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", 64 * 1024 * 1024),
@@ -73,6 +78,7 @@ def main() -> None:
     parser.add_argument("--security")
     parser.add_argument("--allow-unsigned", action="store_true")
     parser.add_argument("--method", default=DEFAULT_METHOD)
+    parser.add_argument("--heartbeat-interval", type=float, default=5.0)
     asyncio.run(serve(parser.parse_args()))
 
 

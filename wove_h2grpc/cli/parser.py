@@ -122,6 +122,16 @@ def _add_serve(commands: Any) -> None:
         help="gRPC method path (default: /wove.network_executor.WorkerService/Send)",
     )
     serve.add_argument(
+        "--heartbeat-interval",
+        type=_positive_float,
+        default=5.0,
+        metavar="SECONDS",
+        help=(
+            "longest gap between two events of a streamed task (delivery='stream'); a third "
+            "of the task's delivery_heartbeat_seconds when that is shorter (default: 5)"
+        ),
+    )
+    serve.add_argument(
         "--grace",
         type=_non_negative_float,
         default=10.0,

@@ -107,7 +107,12 @@ async def run(args: argparse.Namespace) -> int:
             )
     method = args.method or DEFAULT_METHOD
     try:
-        service = WorkerService(security, method=method, allow_unsigned=security is None)
+        service = WorkerService(
+            security,
+            method=method,
+            allow_unsigned=security is None,
+            heartbeat_interval=args.heartbeat_interval,
+        )
     except ValueError as exc:
         raise CliError(str(exc)) from None
 
