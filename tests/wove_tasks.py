@@ -101,3 +101,41 @@ async def async_slow(seconds: float) -> str:
 
 def raise_key_error(x: int) -> None:
     raise KeyError(f"missing {x}")
+
+
+def slow(seconds: float) -> str:
+    """A sync task that blocks its thread for ``seconds`` (longer than a heartbeat timeout)."""
+    time.sleep(seconds)
+    return "slept"
+
+
+def slow_item(item: int) -> int:
+    """A mapped sync task that sleeps 5 s: longer than a 1 s ``delivery_heartbeat_seconds``."""
+    time.sleep(5.0)
+    return item
+
+
+def mapped_slow(environment: str, items: int, heartbeat: float) -> Dict[str, Any]:
+    """``slow_item`` over ``items`` with Wove's ``delivery_heartbeat_seconds``: the results,
+    or the error the weave raised, and how long it took."""
+    import wove
+
+    began = time.monotonic()
+    with wove.weave() as w:
+        w.do(range(items), environment=environment, delivery_heartbeat_seconds=heartbeat)(slow_item)
+    try:
+        results = list(w.result.slow_item)
+    except Exception as exc:
+        error = f"{type(exc).__name__}: {exc}"
+        return {"results": None, "error": error, "seconds": time.monotonic() - began}
+    return {"results": results, "error": None, "seconds": time.monotonic() - began}
+
+
+RUNS: Dict[str, int] = {}  # key -> times ``counted`` ran (in this process)
+
+
+async def counted(key: str, seconds: float = 0.0) -> str:
+    """Counts its runs per ``key`` in this process (for the nothing-runs-twice tests)."""
+    RUNS[key] = RUNS.get(key, 0) + 1
+    await asyncio.sleep(seconds)
+    return key

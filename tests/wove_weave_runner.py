@@ -6,7 +6,8 @@ whole weave leaves nothing behind under ``-W error::ResourceWarning``.
 
     python tests/wove_weave_runner.py --target 127.0.0.1:PORT --transport grpcio|h2|auto
         [--items N] [--codec json|msgpack] [--secret-env VAR] [--scenario standard|echo]
-        [--block-grpc] [--reuse-instance]
+        [--block-grpc] [--reuse-instance] [--delivery unary|stream|auto]
+        [--scenario slow --heartbeat SECONDS]   (5 s tasks, Wove's delivery_heartbeat_seconds)
 """
 
 from __future__ import annotations
@@ -52,7 +53,11 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=50)
     parser.add_argument("--codec", default=None)
     parser.add_argument("--secret-env", default="")
-    parser.add_argument("--scenario", default="standard", choices=["standard", "echo", "nap"])
+    parser.add_argument(
+        "--scenario", default="standard", choices=["standard", "echo", "nap", "slow"]
+    )
+    parser.add_argument("--delivery", default=None)
+    parser.add_argument("--heartbeat", type=float, default=1.0)
     parser.add_argument("--block-grpc", action="store_true")
     parser.add_argument("--reuse-instance", action="store_true")
     args = parser.parse_args()
@@ -60,7 +65,7 @@ def main() -> None:
         sys.meta_path.insert(0, BlockGrpc())
 
     import wove
-    from wove_tasks import mapped_nap, standard_weave
+    from wove_tasks import mapped_nap, mapped_slow, standard_weave
 
     import wove_h2grpc
 
@@ -70,6 +75,8 @@ def main() -> None:
         config["transport"] = args.transport
     if args.codec is not None:
         config["codec"] = args.codec
+    if args.delivery is not None:
+        config["delivery"] = args.delivery
     if args.secret_env:
         config["security"] = f"env:{args.secret_env}"
     executor: Any = "grpc"
@@ -87,6 +94,8 @@ def main() -> None:
             result = standard_weave("runner", args.items)
         elif args.scenario == "nap":
             result = mapped_nap("runner", args.items)
+        elif args.scenario == "slow":
+            result = mapped_slow("runner", args.items, args.heartbeat)
         else:
             result = echo("runner")
     assert result is not None
