@@ -139,3 +139,17 @@ async def counted(key: str, seconds: float = 0.0) -> str:
     RUNS[key] = RUNS.get(key, 0) + 1
     await asyncio.sleep(seconds)
     return key
+
+
+CANCELS: List[Any] = []  # (started, cancelled) monotonic times of ``cancel_marker`` runs
+
+
+async def cancel_marker() -> str:
+    """Sleeps until cancelled and records when it started and when it was cancelled."""
+    started = time.monotonic()
+    try:
+        await asyncio.sleep(30)
+    except asyncio.CancelledError:
+        CANCELS.append((started, time.monotonic()))
+        raise
+    return "not cancelled"

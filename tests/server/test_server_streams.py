@@ -188,8 +188,8 @@ def _handlers(rec: Record) -> Dict[str, Any]:
 
 
 @pytest.fixture
-def rec() -> Record:
-    return Record()
+async def rec() -> Record:
+    return Record()  # on the test's loop: asyncio.Event binds to it at creation on 3.9
 
 
 async def _serve(rec: Record, **options: Any) -> Server:
