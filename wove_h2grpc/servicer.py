@@ -172,6 +172,37 @@ class ServicerContext:
         raise _AbortError(f"call aborted with {code.name}: {details}")
 
 
+class _HandlerEnd:
+    """How a handler's exception ends its call, around the handler's whole run: cancelled
+    (client reset, deadline, stop) -> CANCELLED if not ended yet; ``abort()`` -> its status
+    is out already; any other exception -> UNKNOWN (after the replies already sent)."""
+
+    __slots__ = ("_call", "_conn", "_debug")
+
+    def __init__(self, conn: ServerConnection, call: ServedCall, debug: bool) -> None:
+        self._conn = conn
+        self._call = call
+        self._debug = debug
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: Any, exc: Optional[BaseException], tb: Any) -> bool:
+        if exc is None:
+            return False
+        if isinstance(exc, asyncio.CancelledError):
+            self._conn.finish(self._call, StatusCode.CANCELLED, "handler was cancelled")
+            return True
+        if isinstance(exc, _AbortError):
+            return True
+        if isinstance(exc, Exception):
+            _failed(self._conn, self._call, exc, self._debug)
+            return True
+        # SystemExit, KeyboardInterrupt: end the call, then let it propagate.
+        self._conn.finish(self._call, StatusCode.UNKNOWN, "Exception calling application")
+        return False
+
+
 def _failed(conn: ServerConnection, call: ServedCall, exc: Exception, debug: bool) -> None:
     """A handler raised: the call ends with UNKNOWN (after any replies already sent)."""
     logger.exception("handler for %s (peer %s) raised", call.method, conn.peer, exc_info=exc)
@@ -207,22 +238,13 @@ async def run_unary(
 ) -> None:
     """Run a unary handler and end its call: the response and OK, or the error's status."""
     context = ServicerContext(conn, call)
-    try:
+    with _HandlerEnd(conn, call, debug):
         result: Any = handler(call.take(), context)
         if inspect.isawaitable(result):
             result = await result
         reply = _reply_of(conn, call, result)
         if reply is not None and await conn.send_message(call, reply):
             conn.finish(call, StatusCode.OK)
-    except asyncio.CancelledError:
-        conn.finish(call, StatusCode.CANCELLED, "handler was cancelled")
-    except _AbortError:
-        pass
-    except Exception as exc:
-        _failed(conn, call, exc, debug)
-    except BaseException:
-        conn.finish(call, StatusCode.UNKNOWN, "Exception calling application")
-        raise
 
 
 def _replies(result: Any) -> Optional[AsyncIterator[Any]]:
@@ -284,35 +306,26 @@ async def run_stream(
     argument: Any = _RequestIterator(conn, call) if kind.request_streaming else call.take()
     replies: Optional[AsyncIterator[Any]] = None
     try:
-        result: Any = handler(argument, context)
-        if kind is RpcKind.STREAM_UNARY:
-            if inspect.isawaitable(result):
-                result = await result
-            reply = _reply_of(conn, call, result)
-            if reply is not None and await conn.send_message(call, reply):
-                conn.finish(call, StatusCode.OK)
-            return
-        if inspect.isawaitable(result):  # a coroutine that writes with context.write()
-            result = await result
-        if result is not None:
-            replies = _replies(result)
-            if replies is None:
-                name = type(result).__name__
-                logger.error("handler for %s returned %s, not replies", call.method, name)
-                conn.finish(
-                    call, StatusCode.INTERNAL, f"handler returned {name}, not an iterator of bytes"
-                )
+        with _HandlerEnd(conn, call, debug):
+            result: Any = handler(argument, context)
+            if kind is RpcKind.STREAM_UNARY:
+                if inspect.isawaitable(result):
+                    result = await result
+                reply = _reply_of(conn, call, result)
+                if reply is not None and await conn.send_message(call, reply):
+                    conn.finish(call, StatusCode.OK)
                 return
-        replies = await _stream_replies(conn, call, replies)
-    except asyncio.CancelledError:
-        conn.finish(call, StatusCode.CANCELLED, "handler was cancelled")
-    except _AbortError:
-        pass
-    except Exception as exc:
-        _failed(conn, call, exc, debug)
-    except BaseException:
-        conn.finish(call, StatusCode.UNKNOWN, "Exception calling application")
-        raise
+            if inspect.isawaitable(result):  # a coroutine that writes with context.write()
+                result = await result
+            if result is not None:
+                replies = _replies(result)
+                if replies is None:
+                    name = type(result).__name__
+                    logger.error("handler for %s returned %s, not replies", call.method, name)
+                    details = f"handler returned {name}, not an iterator of bytes"
+                    conn.finish(call, StatusCode.INTERNAL, details)
+                    return
+            replies = await _stream_replies(conn, call, replies)
     finally:
         if replies is not None:
             await _close(replies)
