@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import json
 import subprocess
-from typing import Any, Awaitable, Callable, Dict, List
+from typing import Any, Awaitable, Callable, Dict, List, Optional
 
 import pytest
 from _support import TESTS_DIR, grpcio_python
@@ -249,32 +249,36 @@ def parse_results(stdout: str) -> Dict[str, Dict[str, Any]]:
     return results
 
 
-async def grpcio_interop_client(port: int, names: List[str]) -> Dict[str, Dict[str, Any]]:
-    """Run the grpcio interop client on ``names`` against ``127.0.0.1:port`` (bounded).
-
-    Fails the test when the client does not print a result for every case (it crashed, or
-    ran past ``GRPCIO_CLIENT_TIMEOUT``); otherwise returns each case's result.
-    """
+async def run_interop_client(
+    argv: List[str],
+    names: List[str],
+    timeout: float,
+    what: str,
+    env: Optional[Dict[str, str]] = None,
+) -> Dict[str, Dict[str, Any]]:
+    """Run an interop client process (``argv``, then the case ``names``), bounded by
+    ``timeout``; each case's result. Fails the test when the client prints no result for
+    a case (it crashed, or ran past ``timeout``)."""
     proc = await asyncio.create_subprocess_exec(
-        grpcio_python(),
-        str(TESTS_DIR / "grpcio_interop.py"),
-        "client",
-        "--target",
-        f"127.0.0.1:{port}",
-        *names,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        *argv, *names, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
     )
     try:
-        out, err = await asyncio.wait_for(proc.communicate(), GRPCIO_CLIENT_TIMEOUT)
+        out, err = await asyncio.wait_for(proc.communicate(), timeout)
     except asyncio.TimeoutError:
         proc.kill()
         await proc.wait()
-        pytest.fail(f"grpcio client ({names}) still running after {GRPCIO_CLIENT_TIMEOUT}s")
+        pytest.fail(f"{what} ({names}) still running after {timeout}s")
     results = parse_results(out.decode())
     missing = [name for name in names if name not in results]
     assert not missing, (
-        f"grpcio client exited {proc.returncode} without a result for {missing}; "
+        f"{what} exited {proc.returncode} without a result for {missing}; "
         f"stdout: {out.decode()!r}; stderr: {err.decode()!r}"
     )
     return results
+
+
+async def grpcio_interop_client(port: int, names: List[str]) -> Dict[str, Dict[str, Any]]:
+    """Run the grpcio interop client on ``names`` against ``127.0.0.1:port`` (bounded)."""
+    argv = [grpcio_python(), str(TESTS_DIR / "grpcio_interop.py"), "client"]
+    argv += ["--target", f"127.0.0.1:{port}"]
+    return await run_interop_client(argv, names, GRPCIO_CLIENT_TIMEOUT, "grpcio client")

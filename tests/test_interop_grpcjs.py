@@ -17,8 +17,6 @@ then anything missing (node, node_modules, the protos) fails.
 
 from __future__ import annotations
 
-import asyncio
-import json
 import os
 import shutil
 import subprocess
@@ -34,7 +32,9 @@ from interop_cases import (
     Case,
     M,
     custom_metadata_unary,
+    parse_results,
     run_case,
+    run_interop_client,
     status_code_and_message_unary,
 )
 
@@ -110,41 +110,12 @@ async def test_our_channel_unary_parts_against_grpcjs_server(
 # 2. grpc-js client -> our Server.
 
 
-def _parse_results(stdout: str) -> Dict[str, Dict[str, Any]]:
-    results = {}
-    for line in stdout.splitlines():
-        line = line.strip()
-        if line.startswith("{"):
-            result = json.loads(line)
-            results[result["case"]] = result
-    return results
-
-
 async def _grpcjs_client(port: int, cases: List[str]) -> Dict[str, Dict[str, Any]]:
     """Run the grpc-js interop client for ``cases`` (bounded); its result per case."""
     assert NODE is not None
-    proc = await asyncio.create_subprocess_exec(
-        NODE,
-        str(GRPCJS_DIR / "interop_client.js"),
-        f"127.0.0.1:{port}",
-        *cases,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env={**os.environ, **_node_env()},
-    )
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), CLIENT_TIMEOUT)
-    except asyncio.TimeoutError:
-        proc.kill()
-        await proc.wait()
-        pytest.fail(f"grpc-js client ({cases}) still running after {CLIENT_TIMEOUT}s")
-    results = _parse_results(out.decode())
-    missing = [c for c in cases if c not in results]
-    assert not missing, (
-        f"grpc-js client exited {proc.returncode} without a result for {missing}; "
-        f"stdout: {out.decode()!r}; stderr: {err.decode()!r}"
-    )
-    return results
+    argv = [NODE, str(GRPCJS_DIR / "interop_client.js"), f"127.0.0.1:{port}"]
+    env = {**os.environ, **_node_env()}
+    return await run_interop_client(argv, cases, CLIENT_TIMEOUT, "grpc-js client", env=env)
 
 
 # edge_spaces_status_message: a status message with leading/trailing spaces reaches grpc-js
@@ -177,7 +148,7 @@ def test_grpcjs_client_against_grpcjs_server(grpcjs_server: HelperProcess) -> No
         timeout=CLIENT_TIMEOUT,
         env={**os.environ, **_node_env()},
     )
-    results = _parse_results(proc.stdout)
+    results = parse_results(proc.stdout)
     assert set(CASES) <= set(results), (proc.stdout, proc.stderr)
     failed = {name: r["error"] for name, r in results.items() if not r["ok"]}
     assert not failed
