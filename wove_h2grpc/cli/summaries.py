@@ -29,11 +29,13 @@ async def log_summaries(service: WorkerService, interval: float) -> None:
 
 def log_final_summary(total: WorkerStats) -> None:
     """The INFO line with every run and refusal since the service started."""
+    duplicates = f", {total.duplicates} re-sent (not run again)" if total.duplicates else ""
     logger.info(
-        "served %d runs (%s), %d refused",
-        total.runs,
+        "served %s (%s), %d refused%s",
+        _runs(total.runs),
         _outcomes(total),
         total.refused,
+        duplicates,
         extra={
             "summary": "final",
             "runs_total": total.runs,
@@ -41,8 +43,13 @@ def log_final_summary(total: WorkerStats) -> None:
             "errors": total.errors,
             "cancelled": total.cancelled,
             "refused_total": total.refused,
+            "duplicates_total": total.duplicates,
         },
     )
+
+
+def _runs(count: int) -> str:
+    return "1 run" if count == 1 else f"{count} runs"
 
 
 def _outcomes(stats: WorkerStats) -> str:
