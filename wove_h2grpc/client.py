@@ -16,7 +16,7 @@ import ssl
 from typing import Any, Callable, List, Optional, Tuple, Type, TypeVar
 
 from .aio.connection import ClientConnection
-from .aio.dial import ConnectError, dial, resolve
+from .aio.dial import ConnectError, dial, resolve, speaks_tls
 from .aio.keepalive import ConnectionSettings
 from .aio.options import (
     DEFAULT_CONNECTION_WINDOW,
@@ -263,10 +263,17 @@ class Channel:
                 )
                 continue
             except GrpcError as exc:
-                last = ConnectError(
-                    f"failed to connect to {peer}: {exc.details()}",
-                    permanent=conn.permanent_failure,
-                )
+                details, permanent = exc.details(), conn.permanent_failure
+                if conn.closed_silently and address is not None and opts.ssl_context is None:
+                    probe = max(0.0, min(2.0, deadline - loop.time()))
+                    if probe and await speaks_tls(address, opts.server_hostname, probe):
+                        details = (
+                            f"the server closed the plaintext connection without a byte and "
+                            f"answers TLS at {peer}: connect with secure=True (and "
+                            "root_certificates for a private CA)"
+                        )
+                        permanent = True
+                last = ConnectError(f"failed to connect to {peer}: {details}", permanent=permanent)
                 continue
             except asyncio.CancelledError:
                 conn.close()

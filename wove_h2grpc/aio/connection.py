@@ -158,6 +158,10 @@ class ClientConnection(H2Driver):
         self._goaway_last_id: Optional[int] = None
         self.goaway_reason = ""
         self.permanent_failure = False  # failed in a way a reconnect cannot fix
+        # Closed by the server before it sent a single byte (a TLS port answers a plaintext
+        # preface this way: the connect path then probes for TLS, to say so).
+        self.closed_silently = False
+        self._created_read = self.last_read
         self.proven = False  # the server answered a request here (resets reconnect backoff)
         self._error: Optional[GrpcError] = None
         self.ready: asyncio.Future[None] = loop.create_future()
@@ -229,6 +233,10 @@ class ClientConnection(H2Driver):
 
     def on_lost(self, exc: Optional[Exception]) -> None:
         reason = f": {exc}" if exc else ""
+        # The driver stamps last_read on every read, starting at its construction.
+        if not self.ready.done() and self.last_read == self._created_read and not self._tls:
+            self.closed_silently = True
+            reason += " before the server sent a byte"
         if not self.ready.done() and self._tls:
             # TLS 1.3 finishes the client's handshake before the server checks the client
             # certificate: a refusal shows up as the connection closing before SETTINGS.

@@ -111,6 +111,31 @@ async def resolve(target: Target) -> List[Tuple[str, int]]:
     return out
 
 
+async def speaks_tls(address: Tuple[str, int], hostname: Optional[str], timeout: float) -> bool:
+    """Whether ``address`` completes a TLS handshake (certificate not checked, nothing sent).
+
+    Asked only after a plaintext connection was closed without a byte: a TLS port answers
+    an HTTP/2 preface that way, and saying so beats a bare "connection lost".
+    """
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.set_alpn_protocols(["h2"])
+    try:
+        _, writer = await asyncio.wait_for(
+            asyncio.open_connection(
+                address[0], address[1], ssl=context, server_hostname=hostname or address[0]
+            ),
+            timeout,
+        )
+    except (OSError, asyncio.TimeoutError):  # ssl.SSLError is an OSError
+        return False
+    writer.close()
+    with contextlib.suppress(OSError, ssl.SSLError):
+        await asyncio.wait_for(writer.wait_closed(), timeout)
+    return True
+
+
 def _describe_ssl_error(exc: BaseException) -> str:
     if isinstance(exc, ssl.SSLCertVerificationError):
         return f"TLS certificate verification failed: {exc.verify_message or exc}"
