@@ -24,7 +24,7 @@ from .aio.options import ServerOptions
 from .aio.server_conn import ServedCall, ServerConnection
 from .protocol.kinds import RpcKind
 from .protocol.target import parse_bind_address
-from .servicer import Handler, ServicerContext, run_stream, run_unary
+from .servicer import Handler, Runner, ServicerContext, run_stream, run_unary
 
 __all__ = ["Handler", "Server", "ServicerContext"]
 
@@ -87,6 +87,7 @@ class Server:
         )
         self._handlers: Dict[str, Handler] = {}
         self._kinds: Dict[str, RpcKind] = {}
+        self._runners: Dict[str, Runner] = {}
         if handlers is not None:
             if not isinstance(handlers, Mapping):
                 raise TypeError("handlers must be a mapping of method path to handler")
@@ -120,12 +121,15 @@ class Server:
         rpc_kind = RpcKind.parse(kind)
         self._handlers[path] = handler
         self._kinds[path] = rpc_kind
+        self._runners[path] = run_unary if rpc_kind is RpcKind.UNARY_UNARY else run_stream
 
     def _start_call(self, conn: ServerConnection, call: ServedCall) -> None:
         """Run a call's handler as a task (its request is complete, or it is a stream)."""
-        runner = run_unary if call.kind is RpcKind.UNARY_UNARY else run_stream
-        handler = self._handlers[call.method]
-        call.task = conn.loop.create_task(runner(conn, call, handler, self._options.debug))
+        method = call.method
+        runner = self._runners[method]
+        call.task = conn.loop.create_task(
+            runner(conn, call, self._handlers[method], self._options.debug)
+        )
 
     def _closed_event(self) -> asyncio.Event:
         if self._closed is None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from typing import Any, AsyncIterator, Awaitable, Callable, NoReturn, Optional, Union
+from typing import Any, AsyncIterator, Awaitable, Callable, Coroutine, NoReturn, Optional, Union
 
 from .aio.server_conn import ServedCall, ServerConnection
 from .errors import Metadata
@@ -20,12 +20,15 @@ from .protocol.kinds import EOF, RpcKind
 from .protocol.metadata import MetadataLike, normalize_metadata
 from .protocol.status import StatusCode
 
-__all__ = ["Handler", "ServicerContext", "run_stream", "run_unary"]
+__all__ = ["Handler", "Runner", "ServicerContext", "run_stream", "run_unary"]
 
 logger = logging.getLogger(__name__)
 
 Handler = Callable[..., Any]
 """A handler of one of the four kinds (see :meth:`wove_h2grpc.Server.add_method`)."""
+
+Runner = Callable[[ServerConnection, ServedCall, Handler, bool], Coroutine[Any, Any, None]]
+"""``run_unary`` or ``run_stream``: runs a handler and ends its call."""
 
 _BYTES = (bytes, bytearray, memoryview)
 

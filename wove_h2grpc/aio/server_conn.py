@@ -451,13 +451,16 @@ class ServerConnection(H2Driver):
         return not call.done
 
     def finish(self, call: ServedCall, code: StatusCode, details: str = "") -> None:
-        """End ``call`` with ``code`` (Trailers-Only if nothing went out yet); once."""
-        self._deliver(call, call.finish(code, details))
+        """End ``call`` with ``code`` (Trailers-Only if nothing went out yet); once. Called
+        by the call's handler side, which therefore is not cancelled for it."""
+        self._deliver(call, call.finish(code, details), by_handler=True)
 
-    def _deliver(self, call: ServedCall, finish: Optional[Finish]) -> None:
+    def _deliver(
+        self, call: ServedCall, finish: Optional[Finish], by_handler: bool = False
+    ) -> None:
         if finish is None:
             return
-        self._end(call, cancelled=False)
+        self._end(call, cancelled=False, by_handler=by_handler)
         if not self.closing:
             self._write_finish(call.stream_id, finish)
         if finish.code is StatusCode.OK and self._resets:
@@ -478,10 +481,11 @@ class ServerConnection(H2Driver):
 
     # -- calls: the one exit -------------------------------------------------------------
 
-    def _end(self, call: ServedCall, *, cancelled: bool) -> None:
+    def _end(self, call: ServedCall, *, cancelled: bool, by_handler: bool = False) -> None:
         """A call is over (status decided, or the stream gone): release what it holds.
 
         ``cancelled``: the handler must stop (client reset, deadline, connection closing).
+        ``by_handler``: the handler's side ended it (its own status), so it runs on.
         """
         if cancelled:
             call.cancelled = True
@@ -490,8 +494,10 @@ class ServerConnection(H2Driver):
         if timer is not None:
             timer.cancel()
             call.timer = None
-        _wake(call)
-        _wake_reader(call)
+        if call.waiter is not None:
+            _wake(call)
+        if call.reader is not None:
+            _wake_reader(call)
         if call.unacked:
             # The connection window the unread requests held: the client may use it again.
             if not self.closing:
@@ -501,7 +507,7 @@ class ServerConnection(H2Driver):
         task = call.task
         # A call ended by anything but its own handler (client reset, deadline, a bad
         # request message while a request-streaming handler runs, stop) stops that handler.
-        if task is not None and not task.done() and task is not _current_task():
+        if not by_handler and task is not None and not task.done() and task is not _current_task():
             task.cancel()
         if self.calls.pop(call.stream_id, None) is not None and not self.calls:
             if self._draining or self._peer_goaway:

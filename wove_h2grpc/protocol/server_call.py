@@ -38,6 +38,9 @@ _RESPONSE_HEADERS: Headers = [
 ]
 _GZIP_RESPONSE_HEADERS: Headers = [*_RESPONSE_HEADERS, (b"grpc-encoding", b"gzip")]
 _STATUS_BYTES = {code: str(int(code)).encode("ascii") for code in StatusCode}
+# The kinds whose request is one message, as module constants: compared per call by
+# identity (an Enum attribute lookup goes through EnumMeta.__getattr__ before 3.12).
+_UNARY_UNARY, _UNARY_STREAM = RpcKind.UNARY_UNARY, RpcKind.UNARY_STREAM
 
 
 class ServerCallState(enum.Enum):
@@ -218,7 +221,7 @@ class ServerCall:
         request_encoding: Optional[str] = None,
         gzip_reply: bool = False,
         max_receive: int = -1,
-        kind: RpcKind = RpcKind.UNARY_UNARY,
+        kind: RpcKind = _UNARY_UNARY,
     ) -> None:
         self.stream_id = stream_id
         self.method = method
@@ -228,7 +231,7 @@ class ServerCall:
         self.gzip_reply = gzip_reply
         self.max_receive = max_receive
         self.kind = kind
-        self.single_request = not kind.request_streaming
+        self.single_request = kind is _UNARY_UNARY or kind is _UNARY_STREAM
         self.decoder = MessageDecoder(max_receive)
         self.requests: Deque[bytes] = deque()
         self.buffered = 0  # bytes of the messages in ``requests``
