@@ -4,6 +4,10 @@ Maps ``tasks`` items of ``size`` bytes through ``executor="grpc"`` with the give
 ``transport`` (``grpcio`` = Wove's own grpcio executor, ``h2`` = wove_h2grpc) and ``codec``,
 against a worker service on ``port``. A warm-up weave runs first (connects, imports the
 worker's callable); the second weave is measured. Prints one JSON object on stdout.
+
+``delivery`` (h2 only, default ``"unary"``) is the executor's ``delivery`` setting: with
+``"stream"`` every run_task is a server-streaming call to the worker's ``Stream`` method.
+The result names the delivery the executor used, so a silent fallback would show.
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ async def _run(spec: Dict[str, Any]) -> Dict[str, Any]:
     if spec["transport"] == "h2":
         config["codec"] = spec["codec"]
         config["max_receive_message_length"] = 64 * 1024 * 1024
+        config["delivery"] = spec.get("delivery", "unary")
     wove.config(environments={"bench": {"executor": "grpc", "executor_config": config}})
 
     payload = os.urandom(spec["size"])
@@ -72,6 +77,7 @@ async def _run(spec: Dict[str, Any]) -> Dict[str, Any]:
         "tasks_per_s": done / wall,
         "cpu_us_per_task": cpu * 1e6 / done,
         "peak_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        "delivery": spec.get("delivery", "unary") if spec["transport"] == "h2" else "unary",
     }
 
 

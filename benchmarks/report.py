@@ -314,6 +314,7 @@ def targets(results: Dict[str, Any]) -> List[Tuple[str, str, str]]:
                     "PASS" if ratio >= 1.5 else "FAIL",
                 )
             )
+        rows += stream_rows(server_name, data)
     imports = results.get("imports", {})
     ours = imports.get("wove_h2grpc", {}).get("import wove_h2grpc", {}).get("ms")
     base = imports.get(BASELINE, {}).get("import grpc", {}).get("ms")
@@ -322,6 +323,32 @@ def targets(results: Dict[str, Any]) -> List[Tuple[str, str, str]]:
     rows.append(
         _ratio_row(f"`from wove_h2grpc import Channel` ≤ 0.5{X} `import grpc`", ours, base, 0.5)
     )
+    return rows
+
+
+#: Streamed delivery may cost at most this many times unary delivery's client CPU per task.
+STREAM_CPU_LIMIT = 1.2
+
+
+def stream_rows(server_name: str, data: Dict[str, Any]) -> List[Tuple[str, str, str]]:
+    """Wove CPU/task of ``h2/json stream`` over ``h2/json`` (unary), per argument size, for
+    one worker server; "not measured" where either median is missing or failed."""
+    rows: List[Tuple[str, str, str]] = []
+    for size_key, cases in data["sizes"].items():
+        stream = _value(
+            "cpu_us_per_task", cases.get("h2/json stream", {}).get("median", {"error": ""})
+        )
+        unary = _value("cpu_us_per_task", cases.get("h2/json", {}).get("median", {"error": ""}))
+        size = "small" if size_key == "small" else "1 MiB" if size_key == "1mib" else size_key
+        rows.append(
+            _ratio_row(
+                f"Wove CPU/task, stream ≤ {STREAM_CPU_LIMIT:.1f}{X} unary "
+                f"(h2/json, {size}, {server_name} worker)",
+                stream,
+                unary,
+                STREAM_CPU_LIMIT,
+            )
+        )
     return rows
 
 

@@ -125,8 +125,37 @@ PROFILE_SCENARIOS = (
     "server_stream_100b",
 )
 
-WOVE_CASES = (("grpcio", "json"), ("h2", "json"), ("h2", "msgpack"))
+# (transport, codec, delivery); the row's key is wove_case_key(...).
+WOVE_CASES = (
+    ("grpcio", "json", "unary"),
+    ("h2", "json", "unary"),
+    ("h2", "msgpack", "unary"),
+    ("h2", "json", "stream"),
+    ("h2", "msgpack", "stream"),
+)
 WOVE_SIZES = (("small", 100), ("1mib", 1024 * 1024))
+
+
+def wove_case_key(transport: str, codec: str, delivery: str = "unary") -> str:
+    """A Wove row's key: ``"h2/json"`` for unary delivery, ``"h2/json stream"`` streamed."""
+    key = f"{transport}/{codec}"
+    return key if delivery == "unary" else f"{key} {delivery}"
+
+
+def wove_spec(
+    port: int, transport: str, codec: str, delivery: str, size: int, tasks: int
+) -> Dict[str, Any]:
+    """The JSON spec of one ``_wove_client.py`` measurement."""
+    spec: Dict[str, Any] = {
+        "port": port,
+        "transport": transport,
+        "codec": codec,
+        "size": size,
+        "tasks": tasks,
+    }
+    if delivery != "unary":
+        spec["delivery"] = delivery
+    return spec
 
 
 def log(message: str) -> None:
@@ -378,26 +407,22 @@ def bench_wove(args: argparse.Namespace, skipped: List[str]) -> Dict[str, Any]:
         proc = ServerProcess(f"{server}-worker")
         log(f"worker server {server} on port {proc.port}")
         runs: Dict[str, Dict[str, List[Dict[str, Any]]]] = {
-            size_key: {f"{t}/{c}": [] for t, c in WOVE_CASES} for size_key, _ in WOVE_SIZES
+            size_key: {wove_case_key(*case): [] for case in WOVE_CASES}
+            for size_key, _ in WOVE_SIZES
         }
         try:
             for round_no in range(args.rounds):
                 for size_key, size in WOVE_SIZES:
-                    for transport, codec in WOVE_CASES:
-                        spec = {
-                            "port": proc.port,
-                            "transport": transport,
-                            "codec": codec,
-                            "size": size,
-                            "tasks": tasks,
-                        }
+                    for transport, codec, delivery in WOVE_CASES:
+                        spec = wove_spec(proc.port, transport, codec, delivery, size, tasks)
                         result = run_child(
                             "_wove_client.py", spec, timeout=60 if args.quick else 900
                         )
-                        runs[size_key][f"{transport}/{codec}"].append(result)
+                        key = wove_case_key(transport, codec, delivery)
+                        runs[size_key][key].append(result)
                         log(
                             f"  [{server}-worker r{round_no + 1}] {size_key:6} "
-                            f"{transport}/{codec:8} " + report.one_line(result)
+                            f"{key:18} " + report.one_line(result)
                         )
         finally:
             proc.stop()

@@ -148,6 +148,73 @@ def test_wove_verdicts_read_throughput_as_at_least() -> None:
     assert "| 1 MiB | h2/msgpack | 16.0 (1.60×) |" in report.render(results)
 
 
+def _wove_cpu_results(stream_cpu: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
+    """Results with a Wove section whose ``h2/json`` rows cost 1,000 µs/task (unary) and
+    whose ``h2/json stream`` rows cost ``stream_cpu[server][size]`` (None: the row failed,
+    absent: not measured)."""
+    results = _results(90.0, 100.0, 200.0)
+
+    def case(cpu: Any) -> Dict[str, Any]:
+        if cpu is None:
+            return {"median": {"error": "boom"}, "rounds": [{"error": "boom"}]}
+        figures = {"tasks_per_s": 100.0, "cpu_us_per_task": cpu, "peak_rss_kib": 1024}
+        return {"median": figures, "rounds": [figures]}
+
+    results["wove"] = {}
+    for server, per_size in stream_cpu.items():
+        sizes: Dict[str, Any] = {}
+        for size_key in ("small", "1mib"):
+            cases = {"grpcio/json": case(1100.0), "h2/json": case(1000.0)}
+            if size_key in per_size:
+                cases["h2/json stream"] = case(per_size[size_key])
+            sizes[size_key] = cases
+        results["wove"][server] = {"tasks": 10, "sizes": sizes}
+    return results
+
+
+def test_wove_stream_cpu_target_is_stream_over_unary_per_size_and_worker() -> None:
+    results = _wove_cpu_results(
+        {"grpcio": {"small": 1150.0, "1mib": 1250.0}, "h2": {"small": 1200.0, "1mib": 900.0}}
+    )
+    rows = {t: (m, v) for t, m, v in report.targets(results)}
+    title = "Wove CPU/task, stream ≤ 1.2× unary (h2/json, {}, {} worker)"
+    assert rows[title.format("small", "grpcio")] == ("1.15×", "PASS")
+    assert rows[title.format("1 MiB", "grpcio")] == ("1.25×", "FAIL")
+    assert rows[title.format("small", "h2")] == ("1.20×", "PASS")  # the limit itself passes
+    assert rows[title.format("1 MiB", "h2")] == ("0.90×", "PASS")
+    text = report.render(results)
+    assert (
+        "| Wove CPU/task, stream ≤ 1.2× unary (h2/json, 1 MiB, grpcio worker) | 1.25× | FAIL |"
+        in text
+    )
+    # The stream rows sit in the Wove table, their ratio to grpcio/json as for any row.
+    assert "| 1 MiB | h2/json stream | 100.0 (1.00×) | 1,250 (1.14×) | 1.0 |" in text
+
+
+def test_wove_stream_cpu_target_without_a_stream_figure_is_not_measured() -> None:
+    results = _wove_cpu_results({"grpcio": {"small": None}})
+    rows = {t: (m, v) for t, m, v in report.targets(results)}
+    title = "Wove CPU/task, stream ≤ 1.2× unary (h2/json, {}, grpcio worker)"
+    assert rows[title.format("small")] == ("not measured", "n.a.")  # the stream row failed
+    assert rows[title.format("1 MiB")] == ("not measured", "n.a.")  # no stream row at all
+
+
+def test_wove_cases_include_streamed_delivery_and_its_spec() -> None:
+    keys = [run.wove_case_key(*case) for case in run.WOVE_CASES]
+    assert keys[:3] == ["grpcio/json", "h2/json", "h2/msgpack"]
+    assert "h2/json stream" in keys and "h2/msgpack stream" in keys
+    assert all(t == "h2" for t, _, d in run.WOVE_CASES if d != "unary")
+    assert run.wove_spec(5, "h2", "json", "stream", 100, 24) == {
+        "port": 5,
+        "transport": "h2",
+        "codec": "json",
+        "size": 100,
+        "tasks": 24,
+        "delivery": "stream",
+    }
+    assert "delivery" not in run.wove_spec(5, "grpcio", "json", "unary", 100, 24)
+
+
 def test_docs_block_is_replaced_between_the_markers(tmp_path: Path) -> None:
     doc = tmp_path / "benchmarks.md"
     doc.write_text(f"# Title\n\nintro\n\n{report.BEGIN}\nold table\n{report.END}\n\nafter\n")
