@@ -566,6 +566,12 @@ class _ResponseStream(Call):
                         conn.consumed(wire, len(message) + 5)
                     deserializer = self._rpc._deserializer
                     return deserializer(message) if deserializer is not None else message
+                if not self._done and wire.future.done():
+                    # The stream ended OK and everything is read: settle here rather than
+                    # wait for the attempt task to wake and do it (one wake-up per stream).
+                    outcome = wire.future.result()
+                    if outcome.code is _OK and outcome.retry is NO_RETRY:
+                        self._settle(outcome, None)
             if self._done:
                 self._raise_if_failed()
                 return EOF

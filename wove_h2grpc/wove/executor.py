@@ -37,6 +37,7 @@ from wove.serialization import require_dispatch
 
 from ..client import Channel
 from ..errors import GrpcError
+from ..protocol.kinds import EOF
 from ..protocol.status import StatusCode
 from .codec import DEFAULT_METHOD, decode_events, encode_command
 from .config import (
@@ -353,7 +354,10 @@ class H2GrpcExecutor(EnvironmentExecutor):
         self._streams[run_id] = call
         received = False
         try:
-            async for message in call:
+            while True:
+                message = await call.read()
+                if message is EOF:
+                    break
                 received = True
                 try:
                     events = decode_events(bytes(message))
