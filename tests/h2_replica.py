@@ -12,7 +12,9 @@ Methods (raw bytes):
 
 Options: ``--bind`` (``127.0.0.1:0``, ``[::1]:PORT``; a fixed port lets a test restart the
 replica on the same address), ``--name``, ``--tls-cert``/``--tls-key``, ``--log-starts``
-(print ``START`` as each ``Who`` call starts, so a test knows what a killed replica had begun).
+(print ``START`` as each ``Who`` call starts, so a test knows what a killed replica had begun),
+``--wove`` (also serve Wove's worker methods, unsigned, and print ``DONE <run_id> <outcome>``
+as each run ends; tasks from ``tests/wove_tasks.py`` print their own lines).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import argparse
 import asyncio
 import collections
 import json
+import logging
 import signal
 import ssl
 import sys
@@ -52,6 +55,8 @@ async def serve(args: argparse.Namespace) -> None:
         return json.dumps({"name": args.name, "calls": dict(COUNTS)}).encode()
 
     server = Server({"/test.Test/Who": who, "/test.Test/Echo": echo, "/test.Test/Stats": stats})
+    if args.wove:
+        _attach_wove(server)
     context = None
     if args.tls_cert:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -67,6 +72,25 @@ async def serve(args: argparse.Namespace) -> None:
     await server.stop(grace=1.0)
 
 
+class _RunLines(logging.Handler):
+    """``DONE <run_id> <outcome>`` on stdout for each run the worker finishes."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        outcome = getattr(record, "outcome", None)
+        if outcome in ("result", "error", "cancelled", "duplicate"):
+            sys.stdout.write(f"DONE {getattr(record, 'run_id', '?')} {outcome}\n")
+            sys.stdout.flush()
+
+
+def _attach_wove(server: Server) -> None:
+    from wove_h2grpc.worker import WorkerService
+
+    worker_log = logging.getLogger("wove_h2grpc.wove.worker")
+    worker_log.setLevel(logging.INFO)
+    worker_log.addHandler(_RunLines())
+    WorkerService(allow_unsigned=True).attach(server)
+
+
 def main() -> None:
     """Parse the options and serve."""
     parser = argparse.ArgumentParser(description=__doc__)
@@ -75,6 +99,7 @@ def main() -> None:
     parser.add_argument("--tls-cert")
     parser.add_argument("--tls-key")
     parser.add_argument("--log-starts", action="store_true")
+    parser.add_argument("--wove", action="store_true")
     asyncio.run(serve(parser.parse_args()))
 
 

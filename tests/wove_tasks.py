@@ -11,6 +11,7 @@ cloudpickle sends by value. Only the standard library is imported at top level.
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from typing import Any, Dict, List
 
@@ -153,3 +154,11 @@ async def cancel_marker() -> str:
         CANCELS.append((started, time.monotonic()))
         raise
     return "not cancelled"
+
+
+async def announced_nap(item: int) -> int:
+    """Prints ``STARTED <item>`` on the worker's stdout, naps 0.3 s, returns ``item``."""
+    sys.stdout.write(f"STARTED {item}\n")
+    sys.stdout.flush()
+    await asyncio.sleep(0.3)
+    return item
