@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks import _client, _env, _servers, report, run  # noqa: E402
+from benchmarks import _client, _env, _servers, instructions, report, run  # noqa: E402
 
 
 def _figures(cpu: float, rate: float = 1000.0) -> Dict[str, Any]:
@@ -424,3 +424,17 @@ def test_progress_line_of_stream_results() -> None:
         }
     )
     assert "150 MiB/s" in line and "rss growth   16.2 MiB (server 0.1 MiB)" in line
+
+
+def test_instruction_counts_import_the_tree_they_measure(tmp_path: Path) -> None:
+    """The counting processes import the given tree's package, not the venv's editable one."""
+    import subprocess
+
+    fake = tmp_path / "tree" / "wove_h2grpc"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("MARK = 'the other tree'\n")
+    script = tmp_path / "which.py"
+    script.write_text("import wove_h2grpc\nprint(wove_h2grpc.MARK)\n")
+    command = instructions._command(tmp_path / "tree", script, [], None)
+    out = subprocess.run(command, capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "the other tree"
