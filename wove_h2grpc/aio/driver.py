@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import struct
+import sys
 import time
 from typing import Any, Callable, Dict, Optional
 
@@ -25,6 +26,9 @@ from ._h2compat import pending_frame_problem
 __all__ = ["H2Driver"]
 
 logger = logging.getLogger(__name__)
+
+# asyncio's TLS transports were rewritten in 3.11; the older ones need the abort below.
+_OLD_SSLPROTO = sys.version_info < (3, 11)
 
 # A closing transport whose peer does not read what is left is aborted after this long.
 CLOSE_ABORT_DELAY = 5.0
@@ -176,6 +180,11 @@ class H2Driver(asyncio.BufferedProtocol):
         try:
             self.on_lost(exc)
         finally:
+            transport = self.transport
+            if _OLD_SSLPROTO and transport is not None and not transport.is_closing():
+                # Before 3.11 asyncio leaves a TLS transport whose peer went away unclosed
+                # (a ResourceWarning when it is collected); aborting it now is a no-op else.
+                transport.abort()
             self.transport = None
             if not self.closed.done():
                 self.closed.set_result(None)
