@@ -32,6 +32,7 @@ import h2.frame_buffer
 import hpack
 import hyperframe.frame
 import pytest
+from h2.settings import SettingCodes
 
 from wove_h2grpc.aio import _h2compat, _h2fast
 
@@ -92,6 +93,7 @@ HPACK_READ = {"4.0.0", "4.1.0", "4.2.0"}
 HYPERFRAME_READ = {"6.0.0", "6.0.1", "6.1.0"}
 EVERY_PATCH = frozenset(
     {
+        "frame_size_on_ack",
         "goaway_drain",
         "outbound_stream_count",
         "inbound_stream_count",
@@ -1042,3 +1044,42 @@ def test_a_whole_unary_call_on_our_server_matches_h2s() -> None:
 
     values = dict(SERVER_VALUES, max_concurrent_streams=100)
     assert calls(_h2compat.make_server_h2_connection(**values)) == calls(_public_server(values))
+
+
+# -- the frame-size limit follows the SETTINGS ACK at once -----------------------------------
+
+
+@pytest.mark.parametrize("ours", [True, False], ids=["ours", "plain-h2"])
+def test_a_larger_frame_right_after_the_settings_ack_is_accepted(ours: bool) -> None:
+    """grpcio sends the ACK of our MAX_FRAME_SIZE and a DATA frame above 16 KiB in one write:
+    h2 alone checks that frame against the old limit (set once per receive_data)."""
+    client = _h2compat.make_h2_connection(client_side=True)
+    if not ours:
+        client = h2.connection.H2Connection(config=client.config)
+    client.initiate_connection()
+    client.update_settings({SettingCodes.MAX_FRAME_SIZE: 1 << 16})
+    client.send_headers(
+        1,
+        [
+            (b":method", b"POST"),
+            (b":scheme", b"http"),
+            (b":path", b"/t.S/M"),
+            (b":authority", b"x"),
+        ],
+        end_stream=True,
+    )
+    server = h2.connection.H2Connection(
+        config=h2.config.H2Configuration(client_side=False, header_encoding=None)
+    )
+    server.initiate_connection()
+    server.receive_data(client.data_to_send())
+    server.send_headers(1, [(b":status", b"200")])
+    server.send_data(1, b"x" * 31428)  # one frame: the client's limit is 64 KiB now
+    chunk = server.data_to_send()  # SETTINGS, the ACK, HEADERS and DATA in one read
+    if not ours and "frame_size_on_ack" in _h2compat.APPLIED:
+        with pytest.raises(h2.exceptions.FrameTooLargeError):
+            client.receive_data(chunk)
+        return
+    events = client.receive_data(chunk)
+    data = [e for e in events if isinstance(e, h2.events.DataReceived)]
+    assert [len(e.data) for e in data] == [31428]

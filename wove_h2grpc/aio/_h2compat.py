@@ -79,6 +79,15 @@ class Patch:
 
 PATCHES: Tuple[Patch, ...] = (
     Patch(
+        "frame_size_on_ack",
+        (_H2,),
+        "h2's receive_data sets its frame buffer's limit (incoming_buffer.max_frame_size) once, "
+        "before it parses the data; the SETTINGS ACK that raises our MAX_FRAME_SIZE takes effect "
+        "on max_inbound_frame_size only. A peer that sends the ACK and a larger frame in one "
+        "read (grpcio does, at 16-64 KiB) then gets FrameTooLargeError and the connection is "
+        "lost. The buffer's limit is updated when the ACK is processed.",
+    ),
+    Patch(
         "goaway_drain",
         (_H2,),
         "h2 moves its connection to CLOSED on any received GOAWAY (the RECV_GOAWAY row of its "
@@ -283,6 +292,13 @@ class GrpcH2Connection(h2.connection.H2Connection):
     section 6.8: streams at or below the last-stream-id may still complete; grpclib's
     behaviour too); the caller refuses to open new streams on a connection that got one.
     """
+
+    if "frame_size_on_ack" in APPLIED:
+
+        def _local_settings_acked(self) -> Any:
+            changes = super()._local_settings_acked()
+            self.incoming_buffer.max_frame_size = self.max_inbound_frame_size
+            return changes
 
     if "goaway_drain" in APPLIED:
 
