@@ -33,6 +33,7 @@ import hpack
 import hyperframe.frame
 import pytest
 from h2.settings import SettingCodes
+from hpack import HeaderTuple, NeverIndexedHeaderTuple
 
 from wove_h2grpc.aio import _h2compat, _h2fast
 
@@ -104,16 +105,21 @@ EVERY_PATCH = frozenset(
         "early_frame_header_check",
         "cached_hpack",
         "server_settings_at_once",
+        "plain_config",
+        "bytes_headers_as_given",
     }
 )
+# h2 4.1.0's H2Stream sends headers as given (utf8_encode_headers came in 4.2.0).
+NEEDS_H2_4_2 = frozenset({"bytes_headers_as_given"})
 NEEDS_HPACK = frozenset({"cached_hpack"})
 NEEDS_HYPERFRAME = frozenset({"prepare_for_sending_without_copies", "view_frame_buffer"})
 CPYTHON_ONLY = frozenset({"view_frame_buffer"})
 
 # (h2, hpack, hyperframe, implementation) -> the patches that must apply there.
 GATE_ROWS: List[Tuple[Tuple[str, str, str, str], FrozenSet[str]]] = [
-    (("4.1.0", "4.0.0", "6.0.0", "cpython"), EVERY_PATCH),  # the floors of pyproject.toml
-    (("4.1.0", "4.1.0", "6.0.1", "cpython"), EVERY_PATCH),
+    # the floors of pyproject.toml
+    (("4.1.0", "4.0.0", "6.0.0", "cpython"), EVERY_PATCH - NEEDS_H2_4_2),
+    (("4.1.0", "4.1.0", "6.0.1", "cpython"), EVERY_PATCH - NEEDS_H2_4_2),
     (("4.2.0", "4.1.0", "6.1.0", "cpython"), EVERY_PATCH),
     (("4.3.0", "4.2.0", "6.1.0", "cpython"), EVERY_PATCH),
     (("4.4.0", "4.2.0", "6.1.0", "cpython"), EVERY_PATCH),
@@ -144,6 +150,8 @@ def test_the_installed_releases_get_the_patches_read_for_them() -> None:
     installed = {name: version(name) for name in ("h2", "hpack", "hyperframe")}
     assert dict(_h2compat.INSTALLED) == installed
     expected = set(EVERY_PATCH) if installed["h2"] in H2_READ else set()
+    if installed["h2"] == "4.1.0":
+        expected -= NEEDS_H2_4_2
     if installed["hpack"] not in HPACK_READ:
         expected -= NEEDS_HPACK
     if installed["hyperframe"] not in HYPERFRAME_READ:
@@ -1083,3 +1091,44 @@ def test_a_larger_frame_right_after_the_settings_ack_is_accepted(ours: bool) -> 
     events = client.receive_data(chunk)
     data = [e for e in events if isinstance(e, h2.events.DataReceived)]
     assert [len(e.data) for e in data] == [31428]
+
+
+def test_plain_config_reads_the_values_h2configuration_was_given() -> None:
+    conn = _h2compat.make_h2_connection(client_side=True)
+    config = conn.config
+    assert config.client_side is True
+    assert config.header_encoding is None
+    assert config.validate_outbound_headers is False
+    assert config.normalize_inbound_headers is False
+    if "plain_config" in _h2compat.APPLIED:
+        # Stored in the instance: no descriptor runs when h2 reads them.
+        assert vars(config)["client_side"] is True
+        assert "validate_inbound_headers" in vars(config)
+    server = _h2compat.make_h2_connection(client_side=False)
+    assert server.config.client_side is False
+
+
+UTF8_CASES = [
+    [(b":status", b"200"), (b"content-type", b"application/grpc")],
+    [(":path", "/a.B/C"), (b"x", "ünï"), ("y", b"z")],
+    [HeaderTuple(b"a", b"b"), NeverIndexedHeaderTuple("k", "v"), (b"e", b"f")],
+    [[b"g", b"h"], (b"i", b"j", b"extra")],
+    [],
+]
+
+
+@pytest.mark.parametrize("headers", UTF8_CASES)
+def test_header_conversion_matches_h2s_for_every_shape(headers: List[Any]) -> None:
+    if _h2compat._UTF8_ENCODE_HEADERS is None:
+        pytest.skip("this h2 has no utf8_encode_headers (4.1.0 sends headers as given)")
+    ours = _h2compat._utf8_encode_headers(headers)
+    theirs = _h2compat._UTF8_ENCODE_HEADERS(headers)
+    assert ours == theirs
+    assert [type(h) for h in ours] == [type(h) for h in theirs]
+
+
+def test_h2_streams_use_our_header_conversion_only_where_it_applies() -> None:
+    import h2.stream
+
+    ours = h2.stream.__dict__.get("utf8_encode_headers") is _h2compat._utf8_encode_headers
+    assert ours == ("bytes_headers_as_given" in _h2compat.APPLIED)

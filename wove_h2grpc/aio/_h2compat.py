@@ -20,6 +20,8 @@ import h2.config
 import h2.connection
 import h2.frame_buffer
 import h2.settings
+import h2.stream
+import h2.utilities
 import hpack
 import hyperframe
 from h2.errors import ErrorCodes
@@ -53,6 +55,9 @@ INSTALLED: Mapping[str, str] = {
 
 # The releases read for the rows below: every release so far within pyproject.toml's ranges.
 _H2 = ("h2", ("4.1.0", "4.2.0", "4.3.0", "4.4.0", "4.4.1"))
+# The releases whose H2Stream converts every sent header with utf8_encode_headers (4.1.0 sends
+# the headers as given).
+_H2_UTF8_HEADERS = ("h2", ("4.2.0", "4.3.0", "4.4.0", "4.4.1"))
 _HPACK = ("hpack", ("4.0.0", "4.1.0", "4.2.0"))
 _HYPERFRAME = ("hyperframe", ("6.0.0", "6.0.1", "6.1.0"))
 
@@ -160,6 +165,25 @@ PATCHES: Tuple[Patch, ...] = (
         "uses them only through encode(headers), decode(block, raw=True), header_table_size, "
         "max_header_list_size and max_allowed_table_size; hpack's HeaderTable changes only in "
         "add() and the maxsize setter, which _CountingHeaderTable counts.",
+    ),
+    Patch(
+        "plain_config",
+        (_H2,),
+        "h2 reads its H2Configuration on every frame (normalize_*, validate_*, client_side), "
+        "each read a Python-level descriptor (_BooleanConfigOption.__get__, the header_encoding "
+        "property) that only type-checks what H2Configuration.__init__ stores. Our connections "
+        "get a subclass in which those names are plain class attributes, so __init__ stores "
+        "the values in the instance and reads are plain attribute lookups; the values are ours, "
+        "fixed and valid.",
+    ),
+    Patch(
+        "bytes_headers_as_given",
+        (_H2_UTF8_HEADERS,),
+        "h2's H2Stream.send_headers passes every header block through utf8_encode_headers, "
+        "two _to_bytes calls and an isinstance per field even when every name and value is "
+        "already bytes, as ours are. The module's name is bound to a version with the same "
+        "result for every input (a tuple of two bytes is kept as it is: tuples are "
+        "immutable), so other users of h2 in the process see no difference.",
     ),
     Patch(
         "server_settings_at_once",
@@ -366,15 +390,52 @@ class _ServerH2Connection(GrpcH2Connection):
             return count
 
 
+# Every option H2Configuration checks on assignment (its _BooleanConfigOption descriptors and
+# the header_encoding property), shadowed by a plain class attribute: __init__ then stores each
+# value in the instance and h2's reads on the hot path are plain lookups.
+_PlainH2Configuration: type = type(
+    "_PlainH2Configuration",
+    (h2.config.H2Configuration,),
+    {
+        name: None
+        for name, value in vars(h2.config.H2Configuration).items()
+        if isinstance(value, (h2.config._BooleanConfigOption, property))
+    },
+)
+
+# h2's own converter (h2.utilities keeps it even once h2.stream's name is rebound).
+_UTF8_ENCODE_HEADERS: Any = getattr(h2.utilities, "utf8_encode_headers", None)
+
+
+def _utf8_encode_headers(headers: Any) -> List[Any]:
+    """h2's ``utf8_encode_headers`` with the same result for every input, but no Python
+    call for a field that is a plain tuple of two ``bytes`` (kept as it is)."""
+    encoded: List[Any] = []
+    append = encoded.append
+    for header in headers:
+        if type(header) is tuple and len(header) == 2:
+            name, value = header
+            if type(name) is bytes and type(value) is bytes:
+                append(header)
+                continue
+        append(_UTF8_ENCODE_HEADERS((header,))[0])
+    return encoded
+
+
+if "bytes_headers_as_given" in APPLIED:
+    h2.stream.utf8_encode_headers = _utf8_encode_headers  # type: ignore[attr-defined]
+
+
 def _new_connection(cls: type, *, client_side: bool) -> h2.connection.H2Connection:
-    config = h2.config.H2Configuration(
+    config_class = _PlainH2Configuration if "plain_config" in APPLIED else h2.config.H2Configuration
+    config = config_class(
         client_side=client_side,
         header_encoding=None,
         validate_outbound_headers=False,
         normalize_outbound_headers=False,
         validate_inbound_headers=False,
         normalize_inbound_headers=False,
-        logger=_NULL_LOGGER,  # type: ignore[arg-type]  # duck-typed logger
+        logger=_NULL_LOGGER,  # duck-typed: debug() and trace() only
     )
     connection: h2.connection.H2Connection = cls(config=config)
     if "cached_hpack" in APPLIED:
