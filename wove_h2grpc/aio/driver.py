@@ -237,13 +237,16 @@ class H2Driver(asyncio.BufferedProtocol):
         if transport is not None and not transport.is_closing():
             transport.write(frame)
 
-    def close_with_goaway(self, error_code: int = ErrorCodes.NO_ERROR) -> None:
-        """GOAWAY (h2's), then close the transport once it is written."""
+    def close_with_goaway(
+        self, error_code: int = ErrorCodes.NO_ERROR, *, debug_data: Optional[bytes] = None
+    ) -> None:
+        """GOAWAY (h2's, with ``debug_data`` if given), then close the transport once it is
+        written."""
         if self.transport is not None and self.h2.state_machine.state is not (
             h2.connection.ConnectionState.CLOSED
         ):
             with contextlib.suppress(h2.exceptions.H2Error):
-                self.h2.close_connection(error_code)
+                self.h2.close_connection(error_code, additional_data=debug_data)
         self.close_transport()
 
     def close_transport(self) -> None:

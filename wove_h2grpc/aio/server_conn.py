@@ -13,7 +13,8 @@ reads (``read_request``), so a handler that stops reading stops its client after
 
 Robustness rules, each bounded per connection so that a bad client costs only its own
 connection: a handshake timeout (TLS + client preface), an idle timeout (no calls in
-flight), a RST_STREAM flood limit (GOAWAY ENHANCE_YOUR_CALM), garbage bytes (GOAWAY
+flight), a RST_STREAM flood limit, a PING flood limit and a limit on frames that carry no
+work (SETTINGS, PRIORITY, empty DATA; each GOAWAY ENHANCE_YOUR_CALM), garbage bytes (GOAWAY
 PROTOCOL_ERROR), and ``max_concurrent_streams`` enforced with REFUSED_STREAM (which
 clients retry) instead of a connection error.
 """
@@ -50,6 +51,21 @@ logger = logging.getLogger(__name__)
 # this also bounds a trickled header block's memory (64 * 64 KiB = 4 MiB).
 MAX_FRAME_SIZE = 1 << 16
 _RESET_WINDOW = 10.0  # seconds over which client RST_STREAMs are counted
+# PING flood policy, after grpcio's "ping strikes": a PING that arrives less than
+# _PING_MIN_INTERVAL after the previous one, with no response HEADERS or DATA sent by us in
+# between, is a strike; more than _MAX_PING_STRIKES strikes get GOAWAY ENHANCE_YOUR_CALM
+# "too_many_pings". Keepalive never strikes: our Channel sends at most two PINGs without
+# data (gRFC A8) and grpcio / grpc-js clients ping at most every 10 s by default; only a
+# client that sends more than ten PINGs, each within a second of the last, while we sent
+# nothing, does.
+_PING_MIN_INTERVAL = 1.0
+_MAX_PING_STRIKES = 10
+# Frames that make the server work (SETTINGS forces an ACK) but carry no call's work:
+# SETTINGS after the first, PRIORITY, empty DATA without END_STREAM. More than
+# _MAX_IDLE_FRAMES of them per _IDLE_FRAME_WINDOW seconds get GOAWAY ENHANCE_YOUR_CALM;
+# a real client sends a handful per connection.
+_IDLE_FRAME_WINDOW = 10.0
+_MAX_IDLE_FRAMES = 1000
 # A request stream's window is handed back message by message while the handler lags
 # behind, and all at once when no more than this is waiting to be read.
 _READ_LOW_WATER = 64 * 1024
@@ -133,6 +149,10 @@ class ServerConnection(H2Driver):
         self._handshake_done = False
         self._resets = 0
         self._reset_window_start = self._idle_since
+        self._ping_strikes = 0
+        self._last_ping = -_PING_MIN_INTERVAL
+        self._idle_frames = 0
+        self._idle_frame_window_start = self._idle_since
 
     def handlers(self) -> Dict[type, Callable[[Any], None]]:
         return {
@@ -142,6 +162,8 @@ class ServerConnection(H2Driver):
             h2.events.StreamReset: self._on_stream_reset,
             h2.events.WindowUpdated: self._on_window_updated,
             h2.events.RemoteSettingsChanged: self._on_settings,
+            h2.events.PingReceived: self._on_ping,
+            h2.events.PriorityUpdated: self._on_idle_frame,
             h2.events.ConnectionTerminated: self._on_terminated,
         }
 
@@ -193,8 +215,15 @@ class ServerConnection(H2Driver):
         self._handshake_handle = self._idle_handle = None
         self._on_closed(self)
 
-    def close_with_goaway(self, error_code: int = ErrorCodes.NO_ERROR, reason: str = "") -> None:
-        """Send GOAWAY with ``error_code``, cancel every call and close the connection."""
+    def close_with_goaway(
+        self,
+        error_code: int = ErrorCodes.NO_ERROR,
+        reason: str = "",
+        *,
+        debug_data: Optional[bytes] = None,
+    ) -> None:
+        """Send GOAWAY with ``error_code`` (and ``debug_data``), cancel every call and close
+        the connection."""
         if self.closing:
             return
         level = logging.DEBUG if error_code == ErrorCodes.NO_ERROR else logging.WARNING
@@ -206,7 +235,7 @@ class ServerConnection(H2Driver):
             ErrorCodes(error_code).name,
         )
         self._cancel_all()
-        super().close_with_goaway(error_code)
+        super().close_with_goaway(error_code, debug_data=debug_data)
 
     # -- timers --------------------------------------------------------------------------
 
@@ -243,8 +272,42 @@ class ServerConnection(H2Driver):
 
     # -- h2 events -----------------------------------------------------------------------
 
+    def _on_ping(self, event: Any) -> None:
+        """A PING from the client (h2 has queued its ACK): count it against the flood policy."""
+        now = self.loop.time()
+        if now - self._last_ping < _PING_MIN_INTERVAL:
+            self._ping_strikes += 1
+            if self._ping_strikes > _MAX_PING_STRIKES:
+                self.close_with_goaway(
+                    ErrorCodes.ENHANCE_YOUR_CALM,
+                    f"more than {_MAX_PING_STRIKES} PINGs less than {_PING_MIN_INTERVAL}s apart "
+                    "with nothing sent between",
+                    debug_data=b"too_many_pings",
+                )
+                return
+        self._last_ping = now
+
+    def _on_idle_frame(self, event: Any = None) -> None:
+        """A frame that costs us work but carries none for a call: count it per window."""
+        now = self.loop.time()
+        if now - self._idle_frame_window_start > _IDLE_FRAME_WINDOW:
+            self._idle_frame_window_start = now
+            self._idle_frames = 0
+        self._idle_frames += 1
+        if self._idle_frames > _MAX_IDLE_FRAMES:
+            self.close_with_goaway(
+                ErrorCodes.ENHANCE_YOUR_CALM,
+                f"more than {_MAX_IDLE_FRAMES} SETTINGS, PRIORITY or empty DATA frames "
+                f"in {_IDLE_FRAME_WINDOW:.0f}s",
+                debug_data=b"too_many_control_frames",
+            )
+
     def _on_settings(self, event: Any) -> None:
-        if not self._handshake_done:
+        if self._handshake_done:
+            self._on_idle_frame()
+            if self.closing:
+                return
+        else:
             # The client preface and its SETTINGS arrived: the handshake is complete.
             self._handshake_done = True
             if self._handshake_handle is not None:
@@ -289,6 +352,10 @@ class ServerConnection(H2Driver):
 
     def _on_data(self, event: Any) -> None:
         size = event.flow_controlled_length
+        if not size and event.stream_ended is None:
+            self._on_idle_frame()  # empty DATA that does not even end the stream
+            if self.closing:
+                return
         call = self.calls.get(event.stream_id)
         if call is None or call.single_request:
             # Hand the window back at once: memory per call is bounded by the message limit.
@@ -404,6 +471,7 @@ class ServerConnection(H2Driver):
         except h2.exceptions.ProtocolError:
             self._end(call, cancelled=True)  # the stream is gone (reset by the client)
             return
+        self._ping_strikes = 0  # we sent work: the client's PINGs since then are fair
         self.flush_soon()
 
     async def send_message(self, call: ServedCall, payload: bytes) -> bool:
@@ -433,6 +501,7 @@ class ServerConnection(H2Driver):
                             size = min(window, frame_size, total - offset)
                             conn.send_data(stream_id, part[offset : offset + size])
                             offset += size
+                            self._ping_strikes = 0
                     except h2.exceptions.ProtocolError:
                         self._end(call, cancelled=True)  # the stream closed underneath us
                         return False
@@ -470,6 +539,7 @@ class ServerConnection(H2Driver):
 
     def _write_finish(self, stream_id: int, finish: Finish) -> None:
         """The one place a stream's final status goes on the wire."""
+        self._ping_strikes = 0
         # The client may have reset the stream meanwhile: then there is nothing to answer.
         with contextlib.suppress(h2.exceptions.ProtocolError):
             if finish.headers is not None:
