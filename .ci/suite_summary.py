@@ -25,7 +25,8 @@ from typing import Dict, List, Tuple
 # fault and robustness tests (against grpcio and raw h2 peers) and the layering check; "server"
 # is our Server; "wove" the executor and codec; "worker" the WorkerService and the CLI;
 # "scaleout" round_robin/pick_first over replicas; "balancers" nginx/HAProxy in front of
-# Servers; "docs" runs the documentation's examples.
+# Servers; "docs" runs the documentation's examples; "attacks" the HTTP/2 attack suite
+# (tests/attacks: hostile clients against servers, hostile servers against the Channel).
 SUITES: List[Tuple[str, Tuple[str, ...]]] = [
     ("worker", ("test_worker*", "test_cli*", "test_demo*")),
     ("wove", ("test_wove*", "test_executor*", "test_install*", "test_transport*")),
@@ -33,6 +34,7 @@ SUITES: List[Tuple[str, Tuple[str, ...]]] = [
     ("scaleout", ("test_scaleout*", "test_lb*", "test_round_robin*")),
     ("balancers", ("test_balancer*", "test_deploy*", "test_nginx*", "test_haproxy*")),
     ("docs", ("test_docs*",)),
+    ("attacks", ("test_attacks*",)),
     ("bench", ("test_bench*",)),
     ("client", ("test_*",)),
 ]
