@@ -13,10 +13,10 @@ reads (``read_request``), so a handler that stops reading stops its client after
 
 Robustness rules, each bounded per connection so that a bad client costs only its own
 connection: a handshake timeout (TLS + client preface), an idle timeout (no calls in
-flight), a RST_STREAM flood limit, a PING flood limit and a limit on frames that carry no
-work (SETTINGS, PRIORITY, empty DATA; each GOAWAY ENHANCE_YOUR_CALM), garbage bytes (GOAWAY
-PROTOCOL_ERROR), and ``max_concurrent_streams`` enforced with REFUSED_STREAM (which
-clients retry) instead of a connection error.
+flight), a RST_STREAM flood limit, PING and WINDOW_UPDATE flood limits and a limit on
+frames that carry no work (SETTINGS, PRIORITY, empty DATA; each GOAWAY ENHANCE_YOUR_CALM),
+garbage bytes (GOAWAY PROTOCOL_ERROR), and ``max_concurrent_streams`` enforced with
+REFUSED_STREAM (which clients retry) instead of a connection error.
 """
 
 from __future__ import annotations
@@ -60,6 +60,11 @@ _RESET_WINDOW = 10.0  # seconds over which client RST_STREAMs are counted
 # nothing, does.
 _PING_MIN_INTERVAL = 1.0
 _MAX_PING_STRIKES = 10
+# WINDOW_UPDATE flood policy: a client grants window for data we sent it, so more than
+# _MAX_WINDOW_STRIKES WINDOW_UPDATEs with no response HEADERS or DATA sent by us in between
+# get GOAWAY ENHANCE_YOUR_CALM "too_many_window_updates" (a real client sends one or two
+# per DATA frame it reads, and a few at start-up).
+_MAX_WINDOW_STRIKES = 1000
 # Frames that make the server work (SETTINGS forces an ACK) but carry no call's work:
 # SETTINGS after the first, PRIORITY, empty DATA without END_STREAM. More than
 # _MAX_IDLE_FRAMES of them per _IDLE_FRAME_WINDOW seconds get GOAWAY ENHANCE_YOUR_CALM;
@@ -150,6 +155,7 @@ class ServerConnection(H2Driver):
         self._resets = 0
         self._reset_window_start = self._idle_since
         self._ping_strikes = 0
+        self._window_strikes = 0
         self._last_ping = -_PING_MIN_INTERVAL
         self._idle_frames = 0
         self._idle_frame_window_start = self._idle_since
@@ -410,6 +416,14 @@ class ServerConnection(H2Driver):
             self._end(call, cancelled=True)
 
     def _on_window_updated(self, event: Any) -> None:
+        self._window_strikes += 1
+        if self._window_strikes > _MAX_WINDOW_STRIKES:
+            self.close_with_goaway(
+                ErrorCodes.ENHANCE_YOUR_CALM,
+                f"more than {_MAX_WINDOW_STRIKES} WINDOW_UPDATEs with nothing sent between",
+                debug_data=b"too_many_window_updates",
+            )
+            return
         if event.stream_id == 0:
             self._wake_all()
         else:
@@ -471,7 +485,8 @@ class ServerConnection(H2Driver):
         except h2.exceptions.ProtocolError:
             self._end(call, cancelled=True)  # the stream is gone (reset by the client)
             return
-        self._ping_strikes = 0  # we sent work: the client's PINGs since then are fair
+        # We sent work: the client's PINGs and WINDOW_UPDATEs since then are fair.
+        self._ping_strikes = self._window_strikes = 0
         self.flush_soon()
 
     async def send_message(self, call: ServedCall, payload: bytes) -> bool:
@@ -501,7 +516,7 @@ class ServerConnection(H2Driver):
                             size = min(window, frame_size, total - offset)
                             conn.send_data(stream_id, part[offset : offset + size])
                             offset += size
-                            self._ping_strikes = 0
+                            self._ping_strikes = self._window_strikes = 0
                     except h2.exceptions.ProtocolError:
                         self._end(call, cancelled=True)  # the stream closed underneath us
                         return False
@@ -539,7 +554,7 @@ class ServerConnection(H2Driver):
 
     def _write_finish(self, stream_id: int, finish: Finish) -> None:
         """The one place a stream's final status goes on the wire."""
-        self._ping_strikes = 0
+        self._ping_strikes = self._window_strikes = 0
         # The client may have reset the stream meanwhile: then there is nothing to answer.
         with contextlib.suppress(h2.exceptions.ProtocolError):
             if finish.headers is not None:
