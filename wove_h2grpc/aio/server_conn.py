@@ -74,6 +74,10 @@ _MAX_IDLE_FRAMES = 1000
 # A request stream's window is handed back message by message while the handler lags
 # behind, and all at once when no more than this is waiting to be read.
 _READ_LOW_WATER = 64 * 1024
+# A response message larger than this goes to the transport in slices of it, each once
+# the transport's buffer has drained: a slow reader holds at most about one slice in
+# the transport's buffer instead of every response the client's windows allow.
+_WRITE_SLICE = 256 * 1024
 
 
 class ServedCall(ServerCall):
@@ -116,6 +120,7 @@ class ServerConnection(H2Driver):
     """
 
     pause_reading_when_blocked = True
+    preface_length = 24  # b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
     def __init__(
         self,
@@ -508,6 +513,7 @@ class ServerConnection(H2Driver):
                     return False
                 if not self.write_paused:
                     frame_size = conn.max_outbound_frame_size
+                    unflushed = 0
                     try:
                         while offset < total:
                             window = conn.local_flow_control_window(stream_id)
@@ -517,6 +523,14 @@ class ServerConnection(H2Driver):
                             conn.send_data(stream_id, part[offset : offset + size])
                             offset += size
                             self._ping_strikes = self._window_strikes = 0
+                            unflushed += size
+                            if unflushed >= _WRITE_SLICE and offset < total:
+                                # Hand it to the socket now: a reader that does not keep
+                                # up pauses our writing, which holds the rest back.
+                                self.flush()
+                                unflushed = 0
+                                if self.write_paused:
+                                    break
                     except h2.exceptions.ProtocolError:
                         self._end(call, cancelled=True)  # the stream closed underneath us
                         return False
