@@ -183,3 +183,34 @@ async def test_flooder_does_not_starve_another_connection(port: int) -> None:
         await asyncio.gather(flooding, return_exceptions=True)
     latencies.sort()
     assert len(latencies) == 200
+
+
+async def test_slow_reader_holds_one_slice_in_the_transport_buffer() -> None:
+    """A client that grants every window but does not read its socket: a 16 MiB response
+    goes to the transport a slice at a time, so its buffer stays far below the response."""
+
+    async def big(request: bytes, context: ServicerContext) -> bytes:
+        return b"b" * (16 * 1024 * 1024)
+
+    srv = Server({"/t.S/Big": big})
+    big_port = await srv.start("127.0.0.1:0")
+    try:
+        peer = await _attacks.Peer.connect(
+            big_port,
+            settings={_attacks.SETTINGS_INITIAL_WINDOW_SIZE: _attacks.MAX_WINDOW},
+            rcvbuf=4096,
+            read_delay=10.0,  # reads nothing during the test
+        )
+        peer.send(frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", _attacks.MAX_WINDOW - 65535)))
+        peer.open_stream(1, peer.headers_block(_attacks.request_headers("/t.S/Big")))
+        peer.send(_attacks.frame(DATA, 0x1, 1, _attacks.grpc_message(b"")))
+        largest = 0
+        for _ in range(50):
+            await asyncio.sleep(0.02)
+            for conn in srv._connections:
+                if conn.transport is not None:
+                    largest = max(largest, conn.transport.get_write_buffer_size())
+        assert 0 < largest <= 1024 * 1024
+        await peer.close()
+    finally:
+        await asyncio.wait_for(srv.stop(grace=0), 10)
