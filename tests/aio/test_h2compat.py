@@ -875,6 +875,36 @@ def test_an_oversized_frame_is_refused_from_its_header(ours: bool) -> None:
     assert _h2compat.pending_frame_problem(other, first=False) == ""
 
 
+@pytest.mark.parametrize("ours", [True, False], ids=["our-buffer", "h2-buffer"])
+def test_a_header_block_is_refused_once_it_outgrows_the_header_list_limit(ours: bool) -> None:
+    """HEADERS without END_HEADERS, then CONTINUATION frames: h2 would hold 64 of them (of
+    up to SETTINGS_MAX_FRAME_SIZE each) before decoding; the block is refused once it
+    passes HEADER_BLOCK_FACTOR x the header-list limit, from the header of the frame that
+    would take it there."""
+    client = _h2compat.make_h2_connection(client_side=True)
+    if not ours:
+        client.incoming_buffer = h2.frame_buffer.FrameBuffer(server=False)
+        client.incoming_buffer.max_frame_size = client.max_inbound_frame_size
+    client.initiate_connection()
+    client.send_headers(1, [(b":method", b"GET"), (b":path", b"/"), (b":scheme", b"http")])
+    client.receive_data(hyperframe.frame.SettingsFrame(0).serialize())
+    limit = _h2compat.HEADER_BLOCK_FACTOR * client.decoder.max_header_list_size
+    headers = hyperframe.frame.HeadersFrame(1, data=b"\x88")  # :status 200, no END_HEADERS
+    piece = hyperframe.frame.ContinuationFrame(1, data=b"\x00" * 16000).serialize()
+    client.receive_data(headers.serialize())
+    held = 1
+    while held + 16000 <= limit:
+        client.receive_data(piece)
+        held += 16000
+        assert _h2compat.header_block_problem(client) == ""
+    client.receive_data(piece[:9])  # the header of the frame that passes the limit
+    problem = _h2compat.header_block_problem(client)
+    if "early_frame_header_check" in _h2compat.APPLIED:
+        assert problem.startswith(f"header block of {held + 16000} or more bytes exceeds {limit}")
+    else:
+        assert problem == ""
+
+
 @pytest.mark.parametrize(
     ("first_bytes", "problem"),
     [

@@ -367,6 +367,30 @@ async def test_hpack_bomb(probe_target: str, caplog: pytest.LogCaptureFixture) -
     assert out.growth_mib < 32
 
 
+async def test_endless_continuation(probe_target: str, caplog: pytest.LogCaptureFixture) -> None:
+    """HEADERS without END_HEADERS, then CONTINUATION frames of the client's own
+    MAX_FRAME_SIZE, endlessly: the client gives up on the header block early."""
+    sent = [0]
+
+    async def attack(conn: HostileConnection, sid: int) -> None:
+        size = conn.client_settings.get(SettingCodes.MAX_FRAME_SIZE, 16384)
+        conn.write(frame(HEADERS, 0, sid, conn.encode_headers(RESPONSE_HEADERS)))
+        unit = frame(CONTINUATION, 0, sid, b"\x00" * size)
+        for _ in range(256):  # bounded: at most 256 frames
+            if conn.answered(sid):
+                return
+            conn.write(unit)
+            sent[0] += size
+            if not await conn.drain():
+                return
+
+    out = await run_attack("endless CONTINUATION", probe_target, caplog, attack, _unary())
+    assert out.code is StatusCode.UNAVAILABLE, out.error
+    expect_goaway(out, ErrorCodes.ENHANCE_YOUR_CALM)
+    assert out.elapsed < 2.0
+    assert out.growth_mib < 16, f"{out.growth_mib:.0f} MiB for {sent[0] / MiB:.0f} MiB sent"
+
+
 async def test_stalled_stream_window(probe_target: str, caplog: pytest.LogCaptureFixture) -> None:
     """SETTINGS_INITIAL_WINDOW_SIZE 0 and never a WINDOW_UPDATE, under a 1 MiB request: the
     call ends at its 1 s deadline, the stream reset; nothing else waits."""

@@ -41,6 +41,7 @@ __all__ = [
     "GrpcH2Connection",
     "Patch",
     "applied_patches",
+    "header_block_problem",
     "make_h2_connection",
     "make_server_h2_connection",
     "pending_frame_problem",
@@ -157,7 +158,9 @@ PATCHES: Tuple[Patch, ...] = (
         (("h2", tuple(_PENDING_ATTRIBUTE)),),
         "h2 checks a frame's length only once its whole body is buffered; pending_frame_problem "
         "reads the 9-byte header waiting in the FrameBuffer (bytes in .data in 4.1.0 and 4.2.0, "
-        "a bytearray in ._data from 4.3.0, ._data in _FrameBuffer).",
+        "a bytearray in ._data from 4.3.0, ._data in _FrameBuffer). header_block_problem also "
+        "reads the FrameBuffer's _headers_buffer (the frames of a header block before "
+        "END_HEADERS, a list of frames with .data in each release read).",
     ),
     Patch(
         "cached_hpack",
@@ -535,6 +538,16 @@ def pending_input(conn: h2.connection.H2Connection) -> Optional[Tuple[int, Any]]
     return getattr(buffer, "_preamble_len", 0), raw
 
 
+def _pending_frame_header(conn: h2.connection.H2Connection) -> bytes:
+    """The first (up to) 9 bytes waiting in h2's input buffer, never a copy of all of it."""
+    buffer = conn.incoming_buffer
+    if type(buffer) is ViewFrameBuffer:
+        raw: Any = buffer._data
+    else:
+        raw = getattr(buffer, _PENDING_ATTRIBUTE[INSTALLED["h2"]], b"")
+    return bytes(memoryview(raw)[:9]) if raw else b""
+
+
 def pending_frame_problem(conn: h2.connection.H2Connection, *, first: bool) -> str:
     """Why the frame header waiting in h2's input buffer is unacceptable, or ``""``.
 
@@ -547,12 +560,7 @@ def pending_frame_problem(conn: h2.connection.H2Connection, *, first: bool) -> s
     """
     if "early_frame_header_check" not in APPLIED:
         return ""
-    buffer = conn.incoming_buffer
-    if type(buffer) is ViewFrameBuffer:
-        raw: Any = buffer._data
-    else:
-        raw = getattr(buffer, _PENDING_ATTRIBUTE[INSTALLED["h2"]], b"")
-    data = bytes(memoryview(raw)[:9]) if raw else b""  # never copy the whole buffer
+    data = _pending_frame_header(conn)
     if len(data) < 9:
         if first and len(data) >= 4 and data[3] != 0x4:
             return "the server's first frame is not SETTINGS: it does not speak HTTP/2"
@@ -565,4 +573,39 @@ def pending_frame_problem(conn: h2.connection.H2Connection, *, first: bool) -> s
     limit = conn.max_inbound_frame_size
     if length > limit:
         return f"frame of {length} bytes exceeds SETTINGS_MAX_FRAME_SIZE {limit} (FRAME_SIZE_ERROR)"
+    return ""
+
+
+# An encoded header block may be longer than its decoded size (HPACK's Huffman codes take up
+# to 30 bits per octet, RFC 7541 appendix B); a sane encoder stays well below this multiple.
+HEADER_BLOCK_FACTOR = 4
+_HEADERS_TYPE, _CONTINUATION_TYPE = 0x1, 0x9
+
+
+def header_block_problem(conn: h2.connection.H2Connection) -> str:
+    """Why the header block being received is refused, or ``""``.
+
+    h2 keeps a block's HEADERS (or PUSH_PROMISE) and CONTINUATION frames until END_HEADERS,
+    up to 64 frames of SETTINGS_MAX_FRAME_SIZE each, and hpack checks the decoded size
+    against SETTINGS_MAX_HEADER_LIST_SIZE only when the whole block is decoded: a peer could
+    make us hold 64 frames' worth (64 MiB at a 1 MiB frame size) for a block we are bound to
+    refuse. The block so far plus the frame whose 9-byte header is waiting (its announced
+    length, before its bytes are buffered) may take ``HEADER_BLOCK_FACTOR`` times the
+    decoder's header-list limit (RFC 9113 section 10.5.1). Where ``early_frame_header_check``
+    does not apply, always ``""``: h2's limit of 64 frames is all there is.
+    """
+    if "early_frame_header_check" not in APPLIED:
+        return ""
+    frames = getattr(conn.incoming_buffer, "_headers_buffer", None) or ()
+    size = sum(len(frame.data) for frame in frames)
+    data = _pending_frame_header(conn)
+    if len(data) == 9 and data[3] in (_HEADERS_TYPE, _CONTINUATION_TYPE):
+        size += int.from_bytes(data[0:3], "big")
+    limit = HEADER_BLOCK_FACTOR * conn.decoder.max_header_list_size
+    if size > limit:
+        return (
+            f"header block of {size} or more bytes exceeds {limit} "
+            f"({HEADER_BLOCK_FACTOR} x SETTINGS_MAX_HEADER_LIST_SIZE "
+            f"{conn.decoder.max_header_list_size}) before END_HEADERS"
+        )
     return ""

@@ -21,7 +21,7 @@ import h2.connection
 import h2.exceptions
 from h2.errors import ErrorCodes
 
-from ._h2compat import pending_frame_problem, pending_input
+from ._h2compat import header_block_problem, pending_frame_problem, pending_input
 
 __all__ = ["H2Driver"]
 
@@ -198,6 +198,11 @@ class H2Driver(asyncio.BufferedProtocol):
                 with contextlib.suppress(h2.exceptions.ProtocolError):
                     h2c.close_connection(code)
                 raise h2.exceptions.FrameTooLargeError(problem)
+            problem = header_block_problem(h2c)
+            if problem:
+                # Its bytes would be held for a block we must refuse: GOAWAY ENHANCE_YOUR_CALM,
+                # as h2 answers a decoded header list over the limit.
+                raise h2.exceptions.DenialOfServiceError(problem)
         except h2.exceptions.ProtocolError as exc:
             self._broken(exc, not_http2=not_http2)
             return
