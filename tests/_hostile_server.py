@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import socket
 import struct
 from typing import Awaitable, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -134,6 +135,8 @@ class HostileConnection:
         self.auto_window = True  # False: never give the client's request bytes back
         self.closed = asyncio.Event()  # the client closed (or reset) the connection
         self.changed = asyncio.Event()  # set (and cleared by waiters) on every frame
+        self.reading = asyncio.Event()  # cleared: the socket is not read (our window shuts)
+        self.reading.set()
         self._parser = _FrameParser()
 
     # ------------------------------------------------------------- writing
@@ -172,6 +175,14 @@ class HostileConnection:
     async def read_loop(self) -> None:
         try:
             while True:
+                if not self.reading.is_set():
+                    waiter = asyncio.ensure_future(self.reading.wait())
+                    closed = asyncio.ensure_future(self._writer_closed())
+                    await asyncio.wait({waiter, closed}, return_when=asyncio.FIRST_COMPLETED)
+                    waiter.cancel()
+                    closed.cancel()
+                    if self.writer.is_closing():
+                        break
                 data = await self.reader.read(65536)
                 if not data:
                     break
@@ -183,6 +194,10 @@ class HostileConnection:
             self.changed.set()
             for ended in self.request_ended.values():
                 ended.set()
+
+    async def _writer_closed(self) -> None:
+        while not self.writer.is_closing():
+            await asyncio.sleep(0.05)
 
     def _on_bytes(self, data: bytes) -> None:
         for received in self._parser.feed(data):
@@ -295,7 +310,10 @@ class HostileServer:
 
     ``settings`` are this server's SETTINGS on hostile connections (h2's defaults otherwise);
     ``window_updates=False``: hostile connections never give the client's request bytes back
-    (no WINDOW_UPDATE at all, from the first byte).
+    (no WINDOW_UPDATE at all, from the first byte); ``every_request``: every request on a
+    hostile connection is attacked, not only the first; ``receive_buffer``: SO_RCVBUF of the
+    listening socket (inherited by accepted ones), so that what the client sends while this
+    server reads nothing piles up on the client's side rather than in this kernel buffer.
     """
 
     def __init__(
@@ -305,13 +323,18 @@ class HostileServer:
         hostile_connections: int = 1,
         settings: Optional[Mapping[int, int]] = None,
         window_updates: bool = True,
+        every_request: bool = False,
+        receive_buffer: Optional[int] = None,
     ) -> None:
         self.attack = attack
+        self.receive_buffer = receive_buffer
+        self.every_request = every_request
         self.window_updates = window_updates
         self.hostile_connections = hostile_connections
         self.settings = dict(settings or {})
         self.connections: List[HostileConnection] = []
-        self.attacked: Optional[Tuple[HostileConnection, int]] = None
+        self.attacked: Optional[Tuple[HostileConnection, int]] = None  # the first one
+        self.attacks = 0
         self.attack_started = asyncio.Event()
         self.attack_error: Optional[BaseException] = None
         self._server: Optional[asyncio.AbstractServer] = None
@@ -319,7 +342,13 @@ class HostileServer:
         self.port = 0
 
     async def start(self) -> int:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if self.receive_buffer is not None:
+            # Before listen(): the TCP window is negotiated from it at the handshake.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.receive_buffer)
+        sock.bind(("127.0.0.1", 0))
+        self._server = await asyncio.start_server(self._accept, sock=sock)
         self.port = self._server.sockets[0].getsockname()[1]
         return self.port
 
@@ -351,8 +380,10 @@ class HostileServer:
                     break
                 stream_id = getter.result()
                 if first:
-                    first = False
-                    self.attacked = (conn, stream_id)
+                    first = self.every_request
+                    self.attacks += 1
+                    if self.attacked is None:
+                        self.attacked = (conn, stream_id)
                     self.attack_started.set()
                     answers.append(asyncio.ensure_future(self._run_attack(conn, stream_id)))
                 else:

@@ -15,6 +15,7 @@ import asyncio
 import dataclasses
 import logging
 import time
+import zlib
 from typing import Any, AsyncIterator, Awaitable, Callable, Dict, List, Optional
 
 import pytest
@@ -24,15 +25,18 @@ from _hostile_server import (
     DATA,
     END_HEADERS,
     END_STREAM,
+    GOAWAY,
     HEADERS,
     OK_TRAILERS,
     PING,
     PUSH_PROMISE,
     RESPONSE_HEADERS,
+    RST_STREAM,
     SETTINGS,
     Attack,
     HostileConnection,
     HostileServer,
+    code_name,
     frame,
     grpc_message,
 )
@@ -141,6 +145,7 @@ class Outcome:
     conn: HostileConnection
     stream_id: int
     row: AttackRow
+    server: HostileServer
     value: Any = None
 
     @property
@@ -176,14 +181,20 @@ async def run_attack(
     *,
     settings: Optional[Dict[int, int]] = None,
     window_updates: bool = True,
+    every_request: bool = False,
+    hostile_connections: int = 1,
+    receive_buffer: Optional[int] = None,
+    probe_p99_bound_ms: float = PROBE_P99_BOUND_MS,
+    fresh_code: StatusCode = StatusCode.OK,
     channel_options: Optional[Dict[str, Any]] = None,
     answered: bool = True,
-    counted: Optional[Callable[[HostileConnection], str]] = None,
+    counted: Optional[Callable[[HostileServer], str]] = None,
 ) -> Outcome:
     """Run ``attack`` against a Channel doing ``client`` while the probe runs; record the row.
 
     ``answered``: the client must close the hostile connection or reset the attacked stream.
-    ``counted``: more of the client's reaction, read from the frames it sent back.
+    ``counted``: more of the client's reaction, read from what the hostile server saw.
+    ``fresh_code``: what a fresh call on the same Channel gets afterwards (OK: ``b"ok"``).
     """
     loop = asyncio.get_running_loop()
     loop_errors: List[Dict[str, Any]] = []
@@ -192,7 +203,14 @@ async def run_attack(
     caplog.set_level(logging.WARNING)
     probe = Probe(probe_target)
     await probe.start()
-    hostile = HostileServer(attack, settings=settings, window_updates=window_updates)
+    hostile = HostileServer(
+        attack,
+        settings=settings,
+        window_updates=window_updates,
+        every_request=every_request,
+        hostile_connections=hostile_connections,
+        receive_buffer=receive_buffer,
+    )
     await hostile.start()
     channel = Channel(hostile.target, **(channel_options or {}))
     sampler = RssSampler()
@@ -210,14 +228,18 @@ async def run_attack(
         if answered:
             await conn.wait_for(lambda: conn.answered(stream_id), 2.0)
         reaction = conn.reaction(stream_id)  # before our own GOAWAY at channel.close()
-        extra = counted(conn) if counted else None
+        extra = counted(hostile) if counted else None
         fresh_start = time.perf_counter()
-        fresh = await asyncio.wait_for(
-            channel.unary_unary("/hostile.S/Fresh")(b"fresh", timeout=FRESH_BOUND_S),
-            FRESH_BOUND_S + 1.0,
-        )
+        try:
+            fresh = await asyncio.wait_for(
+                channel.unary_unary("/hostile.S/Fresh")(b"fresh", timeout=FRESH_BOUND_S),
+                FRESH_BOUND_S + 1.0,
+            )
+        except GrpcError as exc:
+            assert exc.code() is fresh_code, exc  # an answer, just not OK
+        else:
+            assert fresh_code is StatusCode.OK and fresh == b"ok"
         fresh_ms = (time.perf_counter() - fresh_start) * 1000
-        assert fresh == b"ok"
         # A quick attack is over in milliseconds: let the probe make its minimum of calls.
         await probe.wait_calls(PROBE_MIN_CALLS, 3.0)
     finally:
@@ -229,12 +251,15 @@ async def run_attack(
     if hostile.attack_error is not None:
         raise hostile.attack_error
     code = error.code() if error is not None else StatusCode.OK
+    status = code.name
+    if error is not None and error.h2_error_code is not None:
+        status += f" ({code_name(error.h2_error_code)})"  # the HTTP/2 code that ended it
     row = record(
         AttackRow(
             side="client",
             attack=name,
             target=TARGET,
-            reaction=", ".join([code.name, *([extra] if extra else []), reaction]),
+            reaction=", ".join([status, *([extra] if extra else []), reaction]),
             probe_p99_ms=probe.p99_ms,
             probe_calls=probe.calls,
             probe_lost=probe.lost,
@@ -250,11 +275,11 @@ async def run_attack(
     assert not [r for r in problems if r.levelno >= logging.ERROR], problems
     assert probe.lost == 0, f"{probe.lost} of {probe.calls} probe calls lost"
     assert probe.calls >= PROBE_MIN_CALLS
-    assert probe.p99_ms is not None and probe.p99_ms < PROBE_P99_BOUND_MS, probe.p99_ms
+    assert probe.p99_ms is not None and probe.p99_ms < probe_p99_bound_ms, probe.p99_ms
     assert fresh_ms < FRESH_BOUND_S * 1000
     if answered:
         assert conn.answered(stream_id), "the client neither reset the stream nor closed"
-    return Outcome(code, error, elapsed, conn, stream_id, row, value)
+    return Outcome(code, error, elapsed, conn, stream_id, row, hostile, value)
 
 
 # -------------------------------------------------------------- attack parts
@@ -298,6 +323,11 @@ def expect_reset(outcome: Outcome, code: ErrorCodes) -> None:
     assert code in outcome.conn.reset_codes(outcome.stream_id), outcome.conn.reaction(
         outcome.stream_id
     )
+
+
+def attacked(server: HostileServer) -> HostileConnection:
+    assert server.attacked is not None
+    return server.attacked[0]
 
 
 def settings_acks(conn: HostileConnection) -> int:
@@ -660,7 +690,8 @@ async def test_headers_on_unopened_stream(
 
 
 async def test_settings_flood(probe_target: str, caplog: pytest.LogCaptureFixture) -> None:
-    """50,000 empty SETTINGS frames (each asks for an ACK) before the answer."""
+    """50,000 empty SETTINGS frames (each asks for an ACK) from a server that reads: all
+    answered, memory flat, and the call then succeeds."""
 
     async def attack(conn: HostileConnection, sid: int) -> None:
         chunk = frame(SETTINGS, 0, 0) * 1000
@@ -669,7 +700,6 @@ async def test_settings_flood(probe_target: str, caplog: pytest.LogCaptureFixtur
             if not await conn.drain():
                 return
         await conn.serve_healthy(sid)
-        await until_answered(conn, sid, 1.0)
 
     out = await run_attack(
         "SETTINGS flood",
@@ -678,19 +708,17 @@ async def test_settings_flood(probe_target: str, caplog: pytest.LogCaptureFixtur
         attack,
         _unary(),
         answered=False,
-        counted=lambda conn: f"{settings_acks(conn)} SETTINGS ACKs",
+        counted=lambda server: f"{settings_acks(attacked(server))} SETTINGS ACKs",
     )
-    acks = settings_acks(out.conn)
-    # Either the client answered every one and the call succeeded, or it refused the flood.
-    if out.code is StatusCode.OK:
-        assert acks >= 50_000
-    else:
-        expect_goaway(out, ErrorCodes.ENHANCE_YOUR_CALM)
+    assert out.code is StatusCode.OK, out.error
+    assert settings_acks(out.conn) == 50_001  # + the one after the preface
     assert out.elapsed < 4.0
+    assert out.growth_mib < 16
 
 
 async def test_ping_flood(probe_target: str, caplog: pytest.LogCaptureFixture) -> None:
-    """100,000 PINGs before the answer."""
+    """100,000 PINGs from a server that reads: all answered, memory flat, and the call then
+    succeeds."""
 
     async def attack(conn: HostileConnection, sid: int) -> None:
         chunk = frame(PING, 0, 0, b"hostile!") * 1000
@@ -699,7 +727,6 @@ async def test_ping_flood(probe_target: str, caplog: pytest.LogCaptureFixture) -
             if not await conn.drain():
                 return
         await conn.serve_healthy(sid)
-        await until_answered(conn, sid, 1.0)
 
     out = await run_attack(
         "PING flood",
@@ -708,11 +735,167 @@ async def test_ping_flood(probe_target: str, caplog: pytest.LogCaptureFixture) -
         attack,
         _unary(),
         answered=False,
-        counted=lambda conn: f"{ping_acks(conn)} PING ACKs",
+        counted=lambda server: f"{ping_acks(attacked(server))} PING ACKs",
     )
-    acks = ping_acks(out.conn)
-    if out.code is StatusCode.OK:
-        assert acks >= 100_000
-    else:
-        expect_goaway(out, ErrorCodes.ENHANCE_YOUR_CALM)
+    assert out.code is StatusCode.OK, out.error
+    assert ping_acks(out.conn) == 100_000
     assert out.elapsed < 4.0
+    assert out.growth_mib < 16
+
+
+async def test_every_stream_refused(probe_target: str, caplog: pytest.LogCaptureFixture) -> None:
+    """RST_STREAM REFUSED_STREAM on every stream: transparent retry is bounded, the call
+    ends with UNAVAILABLE at once instead of retrying until its deadline."""
+    refused = b"\x00\x00\x00\x07"  # REFUSED_STREAM
+
+    async def attack(conn: HostileConnection, sid: int) -> None:
+        conn.write(frame(RST_STREAM, 0, sid, refused))
+
+    out = await run_attack(
+        "REFUSED_STREAM on every stream",
+        probe_target,
+        caplog,
+        attack,
+        _unary(timeout=5.0),
+        every_request=True,
+        answered=False,
+        fresh_code=StatusCode.UNAVAILABLE,
+        counted=lambda server: f"{server.attacks} requests",
+    )
+    assert out.code is StatusCode.UNAVAILABLE, out.error
+    assert out.error is not None and "transparent retries" in out.error.details()
+    assert 1 < out.server.attacks <= 10  # retried, but a bounded number of times
+    assert out.elapsed < 1.0
+
+
+async def test_goaway_before_every_answer(
+    probe_target: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """GOAWAY with last-stream-id 0 for every request, on every new connection: bounded
+    retries with backoff, UNAVAILABLE well before the 5 s deadline."""
+
+    async def attack(conn: HostileConnection, sid: int) -> None:
+        conn.write(frame(GOAWAY, 0, 0, bytes(8)))  # last-stream-id 0, NO_ERROR
+
+    out = await run_attack(
+        "GOAWAY last-stream-id 0 on every request",
+        probe_target,
+        caplog,
+        attack,
+        _unary(timeout=5.0),
+        hostile_connections=4,
+        answered=False,
+        counted=lambda server: (
+            f"{server.attacks} requests on {len(server.connections)} connections"
+        ),
+    )
+    assert out.code is StatusCode.UNAVAILABLE, out.error
+    assert out.error is not None and "transparent retries" in out.error.details()
+    assert 1 < out.server.attacks <= 4  # retried on new connections, a bounded number of times
+    assert out.elapsed < 3.0
+
+
+async def test_frame_over_max_frame_size(
+    probe_target: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A DATA frame announcing 16 MiB - 1, over the client's 1 MiB SETTINGS_MAX_FRAME_SIZE:
+    refused from its 9-byte header (RFC 9113 section 4.2), nothing of it buffered."""
+
+    async def attack(conn: HostileConnection, sid: int) -> None:
+        conn.h2.send_headers(sid, RESPONSE_HEADERS)
+        conn.flush()
+        # 16 MiB - 1, the most a frame header can announce; then a little of the body.
+        header = (16 * MiB - 1).to_bytes(3, "big") + bytes([DATA, 0]) + sid.to_bytes(4, "big")
+        conn.write(header + b"f" * 65536)
+        await until_answered(conn, sid)
+
+    out = await run_attack("frame over MAX_FRAME_SIZE", probe_target, caplog, attack, _unary())
+    assert out.code is StatusCode.UNAVAILABLE, out.error
+    assert out.error is not None and out.error.h2_error_code == ErrorCodes.FRAME_SIZE_ERROR
+    expect_goaway(out, ErrorCodes.FRAME_SIZE_ERROR)
+    assert out.elapsed < 1.0
+
+
+async def test_data_beyond_the_window(probe_target: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A response stream whose reader stopped, and a server that ignores the window it was
+    given: the client refuses the excess (FLOW_CONTROL_ERROR) instead of buffering it."""
+    window = {}
+
+    async def attack(conn: HostileConnection, sid: int) -> None:
+        conn.h2.send_headers(sid, RESPONSE_HEADERS)
+        conn.flush()
+        window["stream"] = conn.h2.local_flow_control_window(sid)
+        unit = frame(DATA, 0, sid, grpc_message(b"w" * (16384 - 5)))
+        for _ in range(2 * window["stream"] // 16384 + 10):  # twice the window, bounded
+            if conn.answered(sid):
+                return
+            conn.write(unit)
+            if not await conn.drain():
+                return
+
+    async def client(channel: Channel) -> Any:
+        call = channel.unary_stream("/hostile.S/Stream")(b"go", timeout=5.0)
+        await call.initial_metadata()
+        await call.code()  # reads nothing until the call is over
+        got = 0
+        async for _ in call:  # what arrived within the window, then the error
+            got += 1
+        return got
+
+    out = await run_attack(
+        "DATA beyond the flow-control window", probe_target, caplog, attack, client
+    )
+    assert out.code is StatusCode.UNAVAILABLE, out.error
+    assert out.error is not None and out.error.h2_error_code == ErrorCodes.FLOW_CONTROL_ERROR
+    expect_goaway(out, ErrorCodes.FLOW_CONTROL_ERROR)
+    assert out.elapsed < 3.0
+    assert out.growth_mib < 64  # the 16 MiB window, not the 32 MiB sent
+
+
+async def test_gzip_bomb(probe_target: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A gzip message of 64 KiB that inflates to 64 MiB: inflation stops at the 4 MiB limit,
+    RESOURCE_EXHAUSTED, stream reset."""
+    squeeze = zlib.compressobj(9, zlib.DEFLATED, 31)
+    zeros = bytes(MiB)
+    bomb = b"".join(squeeze.compress(zeros) for _ in range(64)) + squeeze.flush()
+
+    async def attack(conn: HostileConnection, sid: int) -> None:
+        conn.h2.send_headers(sid, [*RESPONSE_HEADERS, (b"grpc-encoding", b"gzip")])
+        conn.h2.send_data(sid, b"\x01" + len(bomb).to_bytes(4, "big") + bomb)
+        conn.h2.send_headers(sid, OK_TRAILERS, end_stream=True)
+        conn.flush()
+        await until_answered(conn, sid, 2.0)
+
+    out = await run_attack(
+        f"gzip bomb ({len(bomb) // 1024} KiB -> 64 MiB)", probe_target, caplog, attack, _unary()
+    )
+    assert out.code is StatusCode.RESOURCE_EXHAUSTED, out.error
+    assert out.elapsed < 1.0
+    assert out.growth_mib < 32
+
+
+async def test_spaced_pings_are_not_a_flood(
+    probe_target: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The flood limit's other side: twelve PINGs 150 ms apart while the call waits (a keen
+    keepalive) are all answered, and the call succeeds."""
+
+    async def attack(conn: HostileConnection, sid: int) -> None:
+        for i in range(12):
+            conn.write(frame(PING, 0, 0, b"spaced%02d" % i))
+            await asyncio.sleep(0.15)
+        await conn.serve_healthy(sid)
+
+    out = await run_attack(
+        "PINGs 150 ms apart (control: not a flood)",
+        probe_target,
+        caplog,
+        attack,
+        _unary(),
+        answered=False,
+        counted=lambda server: f"{ping_acks(attacked(server))} PING ACKs",
+    )
+    assert out.code is StatusCode.OK, out.error
+    assert out.value == b"ok"
+    assert ping_acks(out.conn) == 12
+    assert ErrorCodes.ENHANCE_YOUR_CALM not in out.conn.goaway_codes()

@@ -229,7 +229,13 @@ class ClientConnection(H2Driver):
     def on_broken(self, exc: Exception, not_http2: bool) -> None:
         if not_http2:
             self.permanent_failure = True
-        self._fail(StatusCode.UNAVAILABLE, f"HTTP/2 protocol error from {self.peer}: {exc}")
+        # The calls carry the code of the GOAWAY we sent (an h2 error's own code).
+        code = getattr(exc, "error_code", None)
+        self._fail(
+            StatusCode.UNAVAILABLE,
+            f"HTTP/2 protocol error from {self.peer}: {exc}",
+            h2_error_code=int(code) if code is not None else None,
+        )
 
     def on_lost(self, exc: Optional[Exception]) -> None:
         reason = f": {exc}" if exc else ""
