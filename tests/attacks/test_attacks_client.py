@@ -50,6 +50,9 @@ TARGET = "wove_h2grpc Channel"
 PROBE_P99_BOUND_MS = 200.0  # two shared CPU cores: generous
 FRESH_BOUND_S = 2.0
 PROBE_MIN_CALLS = 20
+# One read of the client (256 KiB) full of tiny frames costs h2 up to 250 ms before anything
+# can refuse them: a known limit of the floods at full read size (docs/client.md).
+FLOOD_READ_P99_BOUND_MS = 1000.0
 ATTACK_LIMIT_S = 6.0  # no attack may keep a test's call waiting longer than this
 MiB = 1024 * 1024
 
@@ -740,6 +743,48 @@ async def test_ping_flood(probe_target: str, caplog: pytest.LogCaptureFixture) -
     assert out.code is StatusCode.OK, out.error
     assert ping_acks(out.conn) == 100_000
     assert out.elapsed < 4.0
+    assert out.growth_mib < 16
+
+
+def _flood_unread(unit: bytes, seconds: float = 2.0) -> Attack:
+    """Control frames that each ask for an answer, sent for ``seconds`` while this server
+    reads nothing (the client's answers pile up), then reading again and a healthy answer."""
+
+    async def attack(conn: HostileConnection, sid: int) -> None:
+        conn.reading.clear()
+        chunk = unit * 10_000
+        end = asyncio.get_running_loop().time() + seconds
+        while asyncio.get_running_loop().time() < end and await conn.drain(0.5):
+            conn.write(chunk)
+        conn.reading.set()
+        await conn.serve_healthy(sid)
+        await until_answered(conn, sid, 3.0)
+
+    return attack
+
+
+async def test_ping_flood_while_not_reading(
+    probe_target: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """PINGs without end from a server that reads nothing (with a 4 KiB receive buffer, so
+    its kernel holds little): every ACK would pile up in the client's write buffer. The
+    client drops the connection once 10,000 are owed while its writes are blocked, at once,
+    not when the flood ends; its memory stays flat."""
+    out = await run_attack(
+        "PING flood, server reads nothing",
+        probe_target,
+        caplog,
+        _flood_unread(frame(PING, 0, 0, b"hostile!")),
+        _unary(),
+        counted=lambda server: f"{ping_acks(attacked(server))} PING ACKs",
+        receive_buffer=4096,
+        probe_p99_bound_ms=FLOOD_READ_P99_BOUND_MS,
+    )
+    assert out.code is StatusCode.UNAVAILABLE, out.error
+    # The GOAWAY waits behind the ACKs this server never read, and may be lost with them:
+    # the code it carried is the call's.
+    assert out.error is not None and out.error.h2_error_code == ErrorCodes.ENHANCE_YOUR_CALM
+    assert out.elapsed < 1.5  # the flood itself lasts 2 s
     assert out.growth_mib < 16
 
 

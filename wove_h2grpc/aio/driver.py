@@ -18,6 +18,7 @@ import time
 from typing import Any, Callable, Dict, Optional
 
 import h2.connection
+import h2.events
 import h2.exceptions
 from h2.errors import ErrorCodes
 
@@ -32,6 +33,12 @@ _OLD_SSLPROTO = sys.version_info < (3, 11)
 
 # A closing transport whose peer does not read what is left is aborted after this long.
 CLOSE_ABORT_DELAY = 5.0
+
+# Frames h2 answers by itself (PING and SETTINGS, each with an ACK) that a peer may send while
+# our writes are blocked, before the connection is dropped: grpcio's default limit of pending
+# induced frames (GRPC_ARG_HTTP2_MAX_PENDING_INDUCED_FRAMES) and Go's maxQueuedControlFrames.
+MAX_ANSWERS_WHILE_BLOCKED = 10_000
+_ANSWERED_EVENTS = (h2.events.PingReceived, h2.events.RemoteSettingsChanged)
 
 
 class H2Driver(asyncio.BufferedProtocol):
@@ -60,6 +67,7 @@ class H2Driver(asyncio.BufferedProtocol):
         self.transport: Optional[asyncio.Transport] = None
         self.peer = "unknown"
         self.write_paused = False
+        self.answers_while_blocked = 0  # ACKs owed since our writes blocked
         self.closing = False  # no more frames are read or written for calls
         # While True, the peer's first frame must be SETTINGS (RFC 9113 section 3.4): the
         # client sets it until the server's SETTINGS arrive.
@@ -222,7 +230,34 @@ class H2Driver(asyncio.BufferedProtocol):
             logger.exception("internal error on the connection with %s; closing it", self.peer)
             self._broken(exc, not_http2=False, code=ErrorCodes.INTERNAL_ERROR)
             return
+        if self.write_paused and self._answer_flood(events):
+            return
         self.flush()
+
+    def _answer_flood(self, events: Any) -> bool:
+        """Count the ACKs ``events`` make h2 owe while our writes are blocked; True when the
+        connection was dropped for it.
+
+        A peer that sends PINGs or SETTINGS without end and reads nothing makes every ACK
+        wait in our write buffer (RFC 9113 section 10.5; CVE-2019-9512 and -9515). A side
+        that keeps reading while blocked (the client: responses must keep flowing while a
+        large request waits) drops the connection with GOAWAY ENHANCE_YOUR_CALM once
+        ``MAX_ANSWERS_WHILE_BLOCKED`` are owed; the count restarts when the transport drains.
+        """
+        count = self.answers_while_blocked
+        for event in events:
+            if type(event) in _ANSWERED_EVENTS:
+                count += 1
+        self.answers_while_blocked = count
+        if count <= MAX_ANSWERS_WHILE_BLOCKED:
+            return False
+        self._broken(
+            h2.exceptions.DenialOfServiceError(
+                f"{count} PING/SETTINGS frames to answer while {self.peer} reads nothing"
+            ),
+            not_http2=False,
+        )
+        return True
 
     def _broken(self, exc: Exception, *, not_http2: bool, code: Optional[int] = None) -> None:
         """The connection cannot go on: GOAWAY with the error's code, then the hook."""
@@ -247,6 +282,7 @@ class H2Driver(asyncio.BufferedProtocol):
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        self.answers_while_blocked = 0
         transport = self.transport
         if (
             self.pause_reading_when_blocked
