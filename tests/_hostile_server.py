@@ -313,7 +313,8 @@ class HostileServer:
     (no WINDOW_UPDATE at all, from the first byte); ``every_request``: every request on a
     hostile connection is attacked, not only the first; ``receive_buffer``: SO_RCVBUF of the
     listening socket (inherited by accepted ones), so that what the client sends while this
-    server reads nothing piles up on the client's side rather than in this kernel buffer.
+    server reads nothing piles up on the client's side rather than in this kernel buffer;
+    ``silent``: hostile connections never send a byte (no SETTINGS: the handshake never ends).
     """
 
     def __init__(
@@ -325,8 +326,10 @@ class HostileServer:
         window_updates: bool = True,
         every_request: bool = False,
         receive_buffer: Optional[int] = None,
+        silent: bool = False,
     ) -> None:
         self.attack = attack
+        self.silent = silent
         self.receive_buffer = receive_buffer
         self.every_request = every_request
         self.window_updates = window_updates
@@ -364,8 +367,11 @@ class HostileServer:
         conn = HostileConnection(reader, writer, self.settings if hostile else {})
         conn.auto_window = self.window_updates or not hostile
         self.connections.append(conn)
-        conn.h2.initiate_connection()
-        conn.flush()
+        if hostile and self.silent:
+            conn.h2_live = False  # read (and record) what the client sends, answer nothing
+        else:
+            conn.h2.initiate_connection()
+            conn.flush()
         reading = asyncio.ensure_future(conn.read_loop())
         answers: List[asyncio.Future[None]] = []
         try:

@@ -33,6 +33,7 @@ from _hostile_server import (
     RESPONSE_HEADERS,
     RST_STREAM,
     SETTINGS,
+    WINDOW_UPDATE,
     Attack,
     HostileConnection,
     HostileServer,
@@ -188,6 +189,7 @@ async def run_attack(
     hostile_connections: int = 1,
     receive_buffer: Optional[int] = None,
     probe_p99_bound_ms: float = PROBE_P99_BOUND_MS,
+    silent: bool = False,
     fresh_code: StatusCode = StatusCode.OK,
     channel_options: Optional[Dict[str, Any]] = None,
     answered: bool = True,
@@ -213,6 +215,7 @@ async def run_attack(
         every_request=every_request,
         hostile_connections=hostile_connections,
         receive_buffer=receive_buffer,
+        silent=silent,
     )
     await hostile.start()
     channel = Channel(hostile.target, **(channel_options or {}))
@@ -226,8 +229,12 @@ async def run_attack(
         except GrpcError as exc:
             error = exc
         elapsed = time.perf_counter() - start
-        assert hostile.attacked is not None, "the attacked call never reached the server"
-        conn, stream_id = hostile.attacked
+        if silent:  # no request can reach a server that never finishes the handshake
+            assert hostile.attacked is None and hostile.connections
+            conn, stream_id = hostile.connections[0], 1
+        else:
+            assert hostile.attacked is not None, "the attacked call never reached the server"
+            conn, stream_id = hostile.attacked
         if answered:
             await conn.wait_for(lambda: conn.answered(stream_id), 2.0)
         reaction = conn.reaction(stream_id)  # before our own GOAWAY at channel.close()
@@ -746,7 +753,7 @@ async def test_ping_flood(probe_target: str, caplog: pytest.LogCaptureFixture) -
     assert out.growth_mib < 16
 
 
-def _flood_unread(unit: bytes, seconds: float = 2.0) -> Attack:
+def _flood_unread(unit: bytes, seconds: float) -> Attack:
     """Control frames that each ask for an answer, sent for ``seconds`` while this server
     reads nothing (the client's answers pile up), then reading again and a healthy answer."""
 
@@ -774,7 +781,7 @@ async def test_ping_flood_while_not_reading(
         "PING flood, server reads nothing",
         probe_target,
         caplog,
-        _flood_unread(frame(PING, 0, 0, b"hostile!")),
+        _flood_unread(frame(PING, 0, 0, b"hostile!"), seconds=4.0),
         _unary(),
         counted=lambda server: f"{ping_acks(attacked(server))} PING ACKs",
         receive_buffer=4096,
@@ -784,7 +791,7 @@ async def test_ping_flood_while_not_reading(
     # The GOAWAY waits behind the ACKs this server never read, and may be lost with them:
     # the code it carried is the call's.
     assert out.error is not None and out.error.h2_error_code == ErrorCodes.ENHANCE_YOUR_CALM
-    assert out.elapsed < 1.5  # the flood itself lasts 2 s
+    assert out.elapsed < 3.0  # the flood itself would last 4 s
     assert out.growth_mib < 16
 
 
@@ -944,3 +951,91 @@ async def test_spaced_pings_are_not_a_flood(
     assert out.value == b"ok"
     assert ping_acks(out.conn) == 12
     assert ErrorCodes.ENHANCE_YOUR_CALM not in out.conn.goaway_codes()
+
+
+async def test_server_never_sends_settings(
+    probe_target: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A server that accepts the connection and never sends its SETTINGS: the call waits
+    for the handshake and ends at its own deadline; the attempt itself ends at
+    connect_timeout (1 s here), and a call waiting on it then fails fast with UNAVAILABLE."""
+
+    async def attack(conn: HostileConnection, sid: int) -> None:
+        raise AssertionError("no request reaches a server that never sent SETTINGS")
+
+    out = await run_attack(
+        "no SETTINGS ever (handshake never ends)",
+        probe_target,
+        caplog,
+        attack,
+        _unary(timeout=0.5),
+        silent=True,
+        answered=False,
+        channel_options={"connect_timeout": 1.0},
+        fresh_code=StatusCode.UNAVAILABLE,
+    )
+    assert out.code is StatusCode.DEADLINE_EXCEEDED, out.error
+    assert 0.4 < out.elapsed < 0.9
+    assert not out.conn.frames_of(HEADERS)  # nothing was sent before the handshake
+
+
+@pytest.mark.parametrize(
+    ("name", "bad", "code"),
+    [
+        (
+            "WINDOW_UPDATE past 2^31-1",
+            frame(WINDOW_UPDATE, 0, 0, (0x7FFFFFFF).to_bytes(4, "big")),
+            ErrorCodes.FLOW_CONTROL_ERROR,
+        ),
+        (
+            "SETTINGS_INITIAL_WINDOW_SIZE 2^31",
+            frame(SETTINGS, 0, 0, b"\x00\x04" + (1 << 31).to_bytes(4, "big")),
+            ErrorCodes.FLOW_CONTROL_ERROR,
+        ),
+        (
+            "SETTINGS_MAX_FRAME_SIZE 100",
+            frame(SETTINGS, 0, 0, b"\x00\x05" + (100).to_bytes(4, "big")),
+            ErrorCodes.PROTOCOL_ERROR,
+        ),
+        ("RST_STREAM on stream 0", frame(RST_STREAM, 0, 0, bytes(4)), ErrorCodes.PROTOCOL_ERROR),
+    ],
+    ids=["window-overflow", "initial-window", "max-frame-size", "rst-stream-0"],
+)
+async def test_invalid_control_frame(
+    name: str, bad: bytes, code: ErrorCodes, probe_target: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Control frames RFC 9113 makes connection errors (sections 6.4, 6.5.2, 6.9.1)."""
+
+    async def attack(conn: HostileConnection, sid: int) -> None:
+        conn.write(bad)
+        await until_answered(conn, sid)
+
+    out = await run_attack(name, probe_target, caplog, attack, _unary())
+    assert out.code is StatusCode.UNAVAILABLE, out.error
+    assert out.error is not None and out.error.h2_error_code == code
+    expect_goaway(out, code)
+    assert out.elapsed < 1.0
+
+
+async def test_endless_non_grpc_body(probe_target: str, caplog: pytest.LogCaptureFixture) -> None:
+    """HTTP 200 with text/html and a body that never ends (a captive portal, a proxy):
+    the body is dropped as it comes, memory stays flat, the deadline ends the call."""
+
+    async def attack(conn: HostileConnection, sid: int) -> None:
+        conn.h2.send_headers(sid, [(b":status", b"200"), (b"content-type", b"text/html")])
+        conn.flush()
+        page = b"<html>" + b"x" * 16000
+        for _ in range(5000):  # bounded: 80 MB at most
+            if not _h2_data(conn, sid, page):
+                return
+            if not await conn.drain():
+                return
+            await asyncio.sleep(0)
+
+    out = await run_attack(
+        "endless text/html body", probe_target, caplog, attack, _unary(timeout=1.0)
+    )
+    assert out.code is StatusCode.DEADLINE_EXCEEDED, out.error
+    expect_reset(out, ErrorCodes.CANCEL)
+    assert 0.9 < out.elapsed < 1.5
+    assert out.growth_mib < 32
