@@ -6,8 +6,10 @@ first request to an *attack* (``async attack(conn, stream_id)``), which may use 
 normal parts (``conn.h2``, ``conn.flush()``) and ``conn.write(frame(...))`` for hand-built
 frames that h2 would never send; every later request, and every later connection, is
 answered as a healthy server would (``b"ok"``, grpc-status 0). Every frame the client
-sends is parsed by hand as well and kept in ``conn.received``, so tests can tell what the
-client did back (GOAWAY, RST_STREAM, PING ACKs) even after h2 gave up on the connection.
+sends is parsed by hand as well and kept in ``conn.received`` (PING and SETTINGS ACKs are
+only counted, in ``conn.acks``: a flood's answers would fill the test's memory), so tests
+can tell what the client did back (GOAWAY, RST_STREAM, ACKs) even after h2 gave up on the
+connection.
 Every wait is bounded.
 """
 
@@ -97,15 +99,19 @@ class _FrameParser:
             self._preface -= skip
         frames = []
         buffer = self._buffer
-        while len(buffer) >= 9:
-            length = int.from_bytes(buffer[:3], "big")
-            if len(buffer) < 9 + length:
+        pos, size = 0, len(buffer)
+        while pos + 9 <= size:
+            length = int.from_bytes(buffer[pos : pos + 3], "big")
+            if size < pos + 9 + length:
                 break
-            stream_id = int.from_bytes(buffer[5:9], "big") & 0x7FFFFFFF
+            kind, flags = buffer[pos + 3], buffer[pos + 4]
+            stream_id = int.from_bytes(buffer[pos + 5 : pos + 9], "big") & 0x7FFFFFFF
             # Only the start of a DATA payload is kept: tests count DATA, never read it.
-            keep = 64 if buffer[3] == DATA else length
-            frames.append(Frame(buffer[3], buffer[4], stream_id, bytes(buffer[9 : 9 + keep])))
-            del buffer[: 9 + length]
+            keep = 64 if kind == DATA else length
+            body = bytes(buffer[pos + 9 : pos + 9 + keep])
+            frames.append(Frame(kind, flags, stream_id, body))
+            pos += 9 + length
+        del buffer[:pos]  # once per read: a flood of small frames stays linear
         return frames
 
 
@@ -128,6 +134,7 @@ class HostileConnection:
             )
         self.h2_live = True  # False once h2 refused what the client sent (or we broke it)
         self.received: List[Frame] = []
+        self.acks: Dict[int, int] = {PING: 0, SETTINGS: 0}  # ACK frames by type
         self.client_settings: Dict[int, int] = {}
         self.requests: asyncio.Queue[int] = asyncio.Queue()
         self.request_bytes: Dict[int, int] = {}
@@ -201,6 +208,9 @@ class HostileConnection:
 
     def _on_bytes(self, data: bytes) -> None:
         for received in self._parser.feed(data):
+            if received.kind in (PING, SETTINGS) and received.flags & ACK:
+                self.acks[received.kind] += 1
+                continue
             self.received.append(received)
             if received.kind == SETTINGS and not received.flags & ACK:
                 payload = received.payload
@@ -345,7 +355,9 @@ class HostileServer:
         self.port = 0
 
     async def start(self) -> int:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that name it (else
+        # Nagle and the client's delayed ACK hold every answer for 40 ms).
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if self.receive_buffer is not None:
             # Before listen(): the TCP window is negotiated from it at the handshake.
