@@ -47,8 +47,8 @@ logger = logging.getLogger(__name__)
 # Framing we advertise (RFC 9113 section 6.5.2); the windows are ServerOptions. A unary
 # request's data is acknowledged as soon as it arrives (the per-call buffer is bounded by
 # max_receive_message_length); a request stream's only as the handler reads it.
-# h2 buffers up to 64 CONTINUATION frames of this size before decoding a header block, so
-# this also bounds a trickled header block's memory (64 * 64 KiB = 4 MiB).
+# h2 buffers up to 64 CONTINUATION frames of this size before decoding a header block (4 MiB);
+# the driver refuses a block sooner, past 4 x max_header_list_size (header_block_problem).
 MAX_FRAME_SIZE = 1 << 16
 _RESET_WINDOW = 10.0  # seconds over which client RST_STREAMs are counted
 # PING flood policy, after grpcio's "ping strikes": a PING that arrives less than
