@@ -596,10 +596,13 @@ def header_block_problem(conn: h2.connection.H2Connection) -> str:
     """
     if "early_frame_header_check" not in APPLIED:
         return ""
-    frames = getattr(conn.incoming_buffer, "_headers_buffer", None) or ()
-    size = sum(len(frame.data) for frame in frames)
+    frames = getattr(conn.incoming_buffer, "_headers_buffer", None)
     data = _pending_frame_header(conn)
-    if len(data) == 9 and data[3] in (_HEADERS_TYPE, _CONTINUATION_TYPE):
+    pending = len(data) == 9 and data[3] in (_HEADERS_TYPE, _CONTINUATION_TYPE)
+    if not frames and not pending:
+        return ""  # no header block in progress or announced: every read but a few
+    size = sum(len(frame.data) for frame in frames) if frames else 0
+    if pending:
         size += int.from_bytes(data[0:3], "big")
     limit = HEADER_BLOCK_FACTOR * conn.decoder.max_header_list_size
     if size > limit:
