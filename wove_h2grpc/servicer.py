@@ -242,7 +242,7 @@ async def run_unary(
     """Run a unary handler and end its call: the response and OK, or the error's status."""
     context = ServicerContext(conn, call)
     with _HandlerEnd(conn, call, debug):
-        result: Any = handler(call.take(), context)
+        result: Any = handler(conn.take_request(call), context)
         if inspect.isawaitable(result):
             result = await result
         reply = _reply_of(conn, call, result)
@@ -306,7 +306,9 @@ async def run_stream(
     """
     context = ServicerContext(conn, call)
     kind = call.kind
-    argument: Any = _RequestIterator(conn, call) if kind.request_streaming else call.take()
+    argument: Any = (
+        _RequestIterator(conn, call) if kind.request_streaming else conn.take_request(call)
+    )
     replies: Optional[AsyncIterator[Any]] = None
     try:
         with _HandlerEnd(conn, call, debug):

@@ -10,6 +10,15 @@ its deadline timer, wake its writer and reader and cancel its handler task.
 Flow control is backpressure in both directions: a response message waits for the client's
 window (``send_message``), and a request stream's window is handed back only as the handler
 reads (``read_request``), so a handler that stops reading stops its client after one window.
+A response also waits while the transport is paused (the client reads the socket slowly),
+and a sender hands h2's output to the transport every ``_FLUSH_AT`` bytes, so the
+transport's buffer stays near its high-water mark whatever the windows allow.
+
+Memory: every connection counts what it holds for its calls in the server's ``MemoryBudget``
+(``budget.py``): request bytes not yet taken by the handler, response bytes not yet
+written (waiting on a window or a paused transport) and a paused transport's buffer. Over
+the budget, new streams are refused and the connections holding the most are shed
+(``shed``: RESOURCE_EXHAUSTED to each call, GOAWAY ENHANCE_YOUR_CALM).
 
 Robustness rules, each bounded per connection so that a bad client costs only its own
 connection: a handshake timeout (TLS + client preface), an idle timeout (no calls in
@@ -37,6 +46,7 @@ from ..protocol.kinds import RpcKind
 from ..protocol.server_call import Finish, ServerCall, open_call
 from ..protocol.status import StatusCode
 from ._h2compat import make_server_h2_connection
+from .budget import MemoryBudget
 from .driver import H2Driver
 from .options import ServerOptions
 
@@ -69,13 +79,29 @@ _MAX_IDLE_FRAMES = 1000
 # A request stream's window is handed back message by message while the handler lags
 # behind, and all at once when no more than this is waiting to be read.
 _READ_LOW_WATER = 64 * 1024
+# A response sender hands what h2 has queued to the transport once this much DATA is
+# waiting, so that a client that reads slowly pauses us (asyncio's pause_writing) before
+# more than about this piles up in the transport, however large its windows are.
+_FLUSH_AT = 512 * 1024
+# The details of the status a call gets when its connection is shed for the memory budget.
+_BUDGET_DETAILS = "server memory budget exceeded"
 
 
 class ServedCall(ServerCall):
     """A ServerCall with what serving it on asyncio needs: handler task, timer, the writer's
-    and the reader's wake-ups, and the request bytes whose window is held back."""
+    and the reader's wake-ups, the request bytes whose window is held back, and the bytes
+    it is charged for in the server's memory budget."""
 
-    __slots__ = ("cancelled", "reader", "task", "timer", "unacked", "waiter")
+    __slots__ = (
+        "cancelled",
+        "charged",
+        "out_charged",
+        "reader",
+        "task",
+        "timer",
+        "unacked",
+        "waiter",
+    )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -85,6 +111,8 @@ class ServedCall(ServerCall):
         self.reader: Optional[asyncio.Future[None]] = None
         self.unacked = 0  # request bytes received but not acknowledged (a lagging reader)
         self.cancelled = False  # client reset, deadline passed, or the server stopped it
+        self.charged = 0  # request bytes held for the handler (budget)
+        self.out_charged = 0  # response bytes not yet handed to h2 (budget)
 
 
 def format_peer(transport: asyncio.BaseTransport) -> str:
@@ -107,7 +135,8 @@ class ServerConnection(H2Driver):
 
     ``kind_of(path)`` is the kind of the method a handler serves there (None: unknown);
     ``on_call(conn, call)`` starts a call's handler; ``on_open(conn)`` and ``on_closed(conn)``
-    are told when the connection starts and when it is gone.
+    are told when the connection starts and when it is gone. ``budget`` is the server's
+    memory budget, shared by all its connections; ``held`` is this connection's share.
     """
 
     pause_reading_when_blocked = True
@@ -116,6 +145,7 @@ class ServerConnection(H2Driver):
         self,
         options: ServerOptions,
         *,
+        budget: MemoryBudget,
         tls: bool,
         kind_of: Callable[[str], Optional[RpcKind]],
         on_call: Callable[[ServerConnection, ServedCall], None],
@@ -135,6 +165,9 @@ class ServerConnection(H2Driver):
         )
         self.options = options
         self.tls = tls
+        self._budget = budget
+        self.held = 0  # bytes of this connection counted in the budget
+        self._transport_charged = 0  # the paused transport's buffer, as counted
         self._kind_of = kind_of
         self._on_call = on_call
         self._on_open = on_open
@@ -173,6 +206,7 @@ class ServerConnection(H2Driver):
         transport = cast(asyncio.Transport, self.transport)
         self.peer = format_peer(transport)
         self._on_open(self)
+        self._budget.join(self)
         if self.tls:
             ssl_object = transport.get_extra_info("ssl_object")
             protocol = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
@@ -203,6 +237,22 @@ class ServerConnection(H2Driver):
     def on_writable(self) -> None:
         self._wake_all()
 
+    def pause_writing(self) -> None:
+        """The transport's buffer passed its high-water mark: count it in the budget (no
+        more DATA is queued until it resumes, so it stays about this size)."""
+        super().pause_writing()
+        transport = self.transport
+        if transport is not None:
+            size = transport.get_write_buffer_size()
+            self._charge(size - self._transport_charged)
+            self._transport_charged = size
+
+    def resume_writing(self) -> None:
+        if self._transport_charged:
+            self._charge(-self._transport_charged)
+            self._transport_charged = 0
+        super().resume_writing()
+
     def on_broken(self, exc: Exception, not_http2: bool) -> None:
         self._cancel_all()
         self.close_transport()
@@ -213,6 +263,11 @@ class ServerConnection(H2Driver):
             if handle is not None:
                 handle.cancel()
         self._handshake_handle = self._idle_handle = None
+        # The transport's buffer is gone with it; every call's bytes went with _cancel_all.
+        self._transport_charged = 0
+        if self.held:
+            self._charge(-self.held)
+        self._budget.leave(self)
         self._on_closed(self)
 
     def close_with_goaway(
@@ -236,6 +291,42 @@ class ServerConnection(H2Driver):
         )
         self._cancel_all()
         super().close_with_goaway(error_code, debug_data=debug_data)
+
+    def shed(self) -> None:
+        """Over the server's memory budget and holding the most: every call ends with
+        RESOURCE_EXHAUSTED (its handler is cancelled, its bytes released), then GOAWAY
+        ENHANCE_YOUR_CALM with debug data ``memory_budget`` closes the connection."""
+        if self.closing:
+            return
+        held, budget = self.held, self._budget
+        for call in list(self.calls.values()):
+            finish = call.finish(StatusCode.RESOURCE_EXHAUSTED, _BUDGET_DETAILS)
+            self._end(call, cancelled=True)
+            if finish is not None:
+                self._write_finish(call.stream_id, finish)
+        self.close_with_goaway(
+            ErrorCodes.ENHANCE_YOUR_CALM,
+            f"over the server memory budget: it held {held} of the {budget.total} bytes "
+            f"buffered server-wide (max_buffered_bytes={budget.limit})",
+            debug_data=b"memory_budget",
+        )
+
+    def _charge(self, delta: int) -> None:
+        """Add ``delta`` bytes (negative: released) to this connection's and the server's
+        count; over the budget, the heaviest connections are shed at the next loop turn."""
+        self.held += delta
+        budget = self._budget
+        budget.total += delta
+        if delta > 0 and budget.total > budget.ceiling:
+            budget.exceeded(self.loop)
+
+    def _recharge(self, call: ServedCall) -> None:
+        """Count what ``call``'s request holds now: queued messages and the one in progress."""
+        held = call.buffered + call.decoder.pending
+        delta = held - call.charged
+        if delta:
+            call.charged = held
+            self._charge(delta)
 
     # -- timers --------------------------------------------------------------------------
 
@@ -320,13 +411,16 @@ class ServerConnection(H2Driver):
     def _on_request(self, event: Any) -> None:
         stream_id = event.stream_id
         self._idle_since = self.loop.time()  # any request is activity, even a rejected one
+        budget = self._budget
         if (
             self._draining
             or self._peer_goaway
             or len(self.calls) >= (self.options.max_concurrent_streams)
+            or budget.total > budget.ceiling
         ):
             # Above our GOAWAY's last stream id, or RFC 9113 section 5.1.2: refuse the
             # excess stream, not the connection; it was never processed, so clients retry.
+            # Over the memory budget, too: the stream may be served elsewhere (or later).
             self.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
             return
         headers: Headers = event.headers
@@ -362,13 +456,19 @@ class ServerConnection(H2Driver):
             if size:
                 self.h2.acknowledge_received_data(size, event.stream_id)
             if call is not None:
-                self._deliver(call, call.on_data(event.data))
+                finish = call.on_data(event.data)
+                if finish is not None:
+                    self._deliver(call, finish)
+                elif call.buffered + call.decoder.pending != call.charged:
+                    self._recharge(call)
             return
         finish = call.on_data(event.data)
         if finish is not None:
             call.unacked += size  # handed back by _end
             self._deliver(call, finish)
             return
+        if call.buffered + call.decoder.pending != call.charged:
+            self._recharge(call)
         # A request stream: its window reopens only while the handler keeps up reading.
         if call.unacked or call.buffered > _READ_LOW_WATER:
             call.unacked += size
@@ -436,6 +536,8 @@ class ServerConnection(H2Driver):
         while True:
             message = call.take()
             if message is not None:
+                if call.charged:
+                    self._recharge(call)
                 if call.unacked:
                     self._consumed(call, len(message) + 5)
                 return message
@@ -447,6 +549,13 @@ class ServerConnection(H2Driver):
                 await waiter
             finally:
                 call.reader = None
+
+    def take_request(self, call: ServedCall) -> Optional[bytes]:
+        """The request message of a unary-request call, for its handler (None if gone)."""
+        message = call.take()
+        if call.charged:
+            self._recharge(call)
+        return message
 
     def _consumed(self, call: ServedCall, size: int) -> None:
         """Give back the window of ``size`` bytes the handler read (all of the held-back
@@ -478,6 +587,7 @@ class ServerConnection(H2Driver):
         """Send one response message, waiting on flow-control windows and the socket.
 
         Returns False when the call ended meanwhile (nothing more may be sent for it).
+        While it waits, what is left of the message counts in the memory budget.
         """
         prefix, body = call.encode_response(payload)
         self.send_headers(call)
@@ -485,6 +595,7 @@ class ServerConnection(H2Driver):
         parts = (message,) if message is not None else (memoryview(prefix), memoryview(body))
         conn = self.h2
         stream_id = call.stream_id
+        left = len(prefix) + len(body)  # bytes of the message not yet handed to h2
         for part in parts:
             offset = 0
             total = len(part)
@@ -502,20 +613,42 @@ class ServerConnection(H2Driver):
                             conn.send_data(stream_id, part[offset : offset + size])
                             offset += size
                             self._ping_strikes = 0
+                            self.unflushed += size
+                            if self.unflushed >= _FLUSH_AT:
+                                # To the transport now: a client that reads slowly pauses
+                                # us here, before windows' worth of DATA piles up in it.
+                                self.flush()
+                                if self.write_paused:
+                                    break
                     except h2.exceptions.ProtocolError:
                         self._end(call, cancelled=True)  # the stream closed underneath us
                         return False
                 if offset >= total:
                     break
                 # Blocked on a window (or on the socket): let the data out, wait for
-                # WINDOW_UPDATE or the socket to drain.
+                # WINDOW_UPDATE or the socket to drain. Meanwhile the rest of the message
+                # is held for a client that does not read: it counts in the budget.
+                unsent = left - offset
+                if unsent != call.out_charged:
+                    self._charge(unsent - call.out_charged)
+                    call.out_charged = unsent
                 self.flush_soon()
                 waiter = self.loop.create_future()
                 call.waiter = waiter
                 try:
                     await waiter
+                except BaseException:
+                    # Not sent after all (the handler stopped waiting): not held by us.
+                    if call.out_charged:
+                        self._charge(-call.out_charged)
+                        call.out_charged = 0
+                    raise
                 finally:
                     call.waiter = None
+            left -= total
+        if call.out_charged:
+            self._charge(-call.out_charged)
+            call.out_charged = 0
         self.flush_soon()
         return not call.done
 
@@ -568,6 +701,11 @@ class ServerConnection(H2Driver):
             _wake(call)
         if call.reader is not None:
             _wake_reader(call)
+        charged = call.charged + call.out_charged
+        if charged:
+            # Its queued requests are dropped and its unsent reply will never go out.
+            call.charged = call.out_charged = 0
+            self._charge(-charged)
         if call.unacked:
             # The connection window the unread requests held: the client may use it again.
             if not self.closing:

@@ -1,0 +1,94 @@
+"""A server-wide memory budget: the bytes every connection holds for its calls, one limit.
+
+Each server connection counts, as plain integers at points where the bytes already pass,
+the request bytes it holds for handlers that have not taken them yet (the message in
+progress in a call's decoder, and complete messages queued for the handler) and the
+response bytes it has not yet written to the socket (a message waiting for the client's
+flow-control window or for a paused transport, and the transport's own buffer while it is
+paused). Both sums live here: ``total`` for the server, each connection's ``held`` for it.
+
+When ``total`` goes over ``limit``, the connections holding the most are shed, largest
+first, until it is back under: each sheds its calls (their bytes are released at once) and
+closes with GOAWAY. Shedding runs at the next turn of the event loop, never inside the code
+that counted the bytes, so no connection is closed under its own feet; what can still
+arrive meanwhile is one socket read per connection. While ``total`` is over the limit
+(bytes a shed connection's transport still holds until its peer reads them or it is
+aborted), new streams are refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from typing import Optional, Protocol, Set
+
+__all__ = ["BudgetHolder", "MemoryBudget"]
+
+
+class BudgetHolder(Protocol):
+    """What the budget needs of a connection: the bytes it holds and a way to shed them."""
+
+    @property
+    def held(self) -> int:
+        """Bytes this connection holds under the budget now."""
+
+    @property
+    def closing(self) -> bool:
+        """True once the connection is going away (shedding it again would free nothing)."""
+
+    def shed(self) -> None:
+        """Release every call's bytes and close the connection (GOAWAY ENHANCE_YOUR_CALM)."""
+
+
+class MemoryBudget:
+    """The bytes a server's connections hold, against ``limit`` (None: counted, not enforced).
+
+    Connections add to ``total`` themselves (``total`` and ``ceiling`` are plain attributes
+    so the hot path is an integer add and a compare) and call :meth:`exceeded` when a
+    charge took it over ``ceiling``.
+    """
+
+    __slots__ = ("_holders", "_relief", "ceiling", "limit", "shed_count", "total")
+
+    def __init__(self, limit: Optional[int]) -> None:
+        self.limit = limit
+        # No limit: a ceiling no total reaches, so the check stays one integer compare.
+        self.ceiling = sys.maxsize if limit is None else limit
+        self.total = 0
+        self.shed_count = 0  # connections closed for the budget, for tests and logs
+        self._holders: Set[BudgetHolder] = set()
+        self._relief: Optional[asyncio.Handle] = None
+
+    @property
+    def over(self) -> bool:
+        """True while the total is above the limit (new streams are refused)."""
+        return self.total > self.ceiling
+
+    def join(self, holder: BudgetHolder) -> None:
+        """Count ``holder`` among the connections that may be shed."""
+        self._holders.add(holder)
+
+    def leave(self, holder: BudgetHolder) -> None:
+        """``holder`` is gone (its bytes were released by itself)."""
+        self._holders.discard(holder)
+
+    def exceeded(self, loop: asyncio.AbstractEventLoop) -> None:
+        """A charge took the total over the limit: shed connections at the next loop turn."""
+        if self._relief is None:
+            self._relief = loop.call_soon(self.relieve)
+
+    def relieve(self) -> None:
+        """Shed the connection holding the most bytes, then the next, until the total is
+        back under the limit (or only closing connections hold bytes)."""
+        self._relief = None
+        while self.total > self.ceiling:
+            victim: Optional[BudgetHolder] = None
+            most = 0
+            for holder in self._holders:
+                held = holder.held
+                if held > most and not holder.closing:
+                    victim, most = holder, held
+            if victim is None:
+                return
+            self.shed_count += 1
+            victim.shed()
