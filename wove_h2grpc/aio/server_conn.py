@@ -299,6 +299,7 @@ class ServerConnection(H2Driver):
         if self.closing:
             return
         held, budget = self.held, self._budget
+        total = budget.total
         for call in list(self.calls.values()):
             finish = call.finish(StatusCode.RESOURCE_EXHAUSTED, _BUDGET_DETAILS)
             self._end(call, cancelled=True)
@@ -306,7 +307,7 @@ class ServerConnection(H2Driver):
                 self._write_finish(call.stream_id, finish)
         self.close_with_goaway(
             ErrorCodes.ENHANCE_YOUR_CALM,
-            f"over the server memory budget: it held {held} of the {budget.total} bytes "
+            f"over the server memory budget: it held {held} of the {total} bytes "
             f"buffered server-wide (max_buffered_bytes={budget.limit})",
             debug_data=b"memory_budget",
         )
@@ -603,7 +604,9 @@ class ServerConnection(H2Driver):
                 if call.done:
                     return False
                 if not self.write_paused:
-                    frame_size = conn.max_outbound_frame_size
+                    # A peer may allow 16 MiB frames: cap them, so a flush is never more
+                    # than _FLUSH_AT plus one frame past the transport's high-water mark.
+                    frame_size = min(conn.max_outbound_frame_size, _FLUSH_AT)
                     try:
                         while offset < total:
                             window = conn.local_flow_control_window(stream_id)
