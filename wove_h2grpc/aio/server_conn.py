@@ -325,9 +325,13 @@ class ServerConnection(H2Driver):
         """Count what ``call``'s request holds now: queued messages and the one in progress."""
         held = call.buffered + call.decoder.pending
         delta = held - call.charged
-        if delta:
-            call.charged = held
-            self._charge(delta)
+        call.charged = held
+        # _charge, inlined: this runs twice per unary call.
+        self.held += delta
+        budget = self._budget
+        budget.total += delta
+        if delta > 0 and budget.total > budget.ceiling:
+            budget.exceeded(self.loop)
 
     # -- timers --------------------------------------------------------------------------
 
