@@ -321,12 +321,13 @@ class ServerConnection(H2Driver):
         if delta > 0 and budget.total > budget.ceiling:
             budget.exceeded(self.loop)
 
-    def _recharge(self, call: ServedCall) -> None:
-        """Count what ``call``'s request holds now: queued messages and the one in progress."""
+    def recount_request(self, call: ServedCall) -> None:
+        """Count what ``call``'s request holds now: queued messages and the one in progress
+        (the handler side calls it after taking a request of a call that is charged)."""
         held = call.buffered + call.decoder.pending
         delta = held - call.charged
         call.charged = held
-        # _charge, inlined: this runs twice per unary call.
+        # _charge, inlined.
         self.held += delta
         budget = self._budget
         budget.total += delta
@@ -464,8 +465,14 @@ class ServerConnection(H2Driver):
                 finish = call.on_data(event.data)
                 if finish is not None:
                     self._deliver(call, finish)
-                elif call.buffered + call.decoder.pending != call.charged:
-                    self._recharge(call)
+                elif (
+                    event.stream_ended is None
+                    and call.buffered + call.decoder.pending != call.charged
+                ):
+                    # Counted while the request is still open. A request that ends with
+                    # this DATA (a whole unary request in one frame) goes to its handler
+                    # at once: not counted at all, so the common call pays nothing here.
+                    self.recount_request(call)
             return
         finish = call.on_data(event.data)
         if finish is not None:
@@ -473,7 +480,7 @@ class ServerConnection(H2Driver):
             self._deliver(call, finish)
             return
         if call.buffered + call.decoder.pending != call.charged:
-            self._recharge(call)
+            self.recount_request(call)
         # A request stream: its window reopens only while the handler keeps up reading.
         if call.unacked or call.buffered > _READ_LOW_WATER:
             call.unacked += size
@@ -542,7 +549,7 @@ class ServerConnection(H2Driver):
             message = call.take()
             if message is not None:
                 if call.charged:
-                    self._recharge(call)
+                    self.recount_request(call)
                 if call.unacked:
                     self._consumed(call, len(message) + 5)
                 return message
@@ -554,13 +561,6 @@ class ServerConnection(H2Driver):
                 await waiter
             finally:
                 call.reader = None
-
-    def take_request(self, call: ServedCall) -> Optional[bytes]:
-        """The request message of a unary-request call, for its handler (None if gone)."""
-        message = call.take()
-        if call.charged:
-            self._recharge(call)
-        return message
 
     def _consumed(self, call: ServedCall, size: int) -> None:
         """Give back the window of ``size`` bytes the handler read (all of the held-back
@@ -600,7 +600,6 @@ class ServerConnection(H2Driver):
         parts = (message,) if message is not None else (memoryview(prefix), memoryview(body))
         conn = self.h2
         stream_id = call.stream_id
-        left = len(prefix) + len(body)  # bytes of the message not yet handed to h2
         for part in parts:
             offset = 0
             total = len(part)
@@ -610,7 +609,9 @@ class ServerConnection(H2Driver):
                 if not self.write_paused:
                     # A peer may allow 16 MiB frames: cap them, so a flush is never more
                     # than _FLUSH_AT plus one frame past the transport's high-water mark.
-                    frame_size = min(conn.max_outbound_frame_size, _FLUSH_AT)
+                    frame_size = conn.max_outbound_frame_size
+                    if frame_size > _FLUSH_AT:
+                        frame_size = _FLUSH_AT
                     try:
                         while offset < total:
                             window = conn.local_flow_control_window(stream_id)
@@ -635,7 +636,9 @@ class ServerConnection(H2Driver):
                 # Blocked on a window (or on the socket): let the data out, wait for
                 # WINDOW_UPDATE or the socket to drain. Meanwhile the rest of the message
                 # is held for a client that does not read: it counts in the budget.
-                unsent = left - offset
+                unsent = total - offset
+                if part is not parts[-1]:
+                    unsent += len(parts[-1])
                 if unsent != call.out_charged:
                     self._charge(unsent - call.out_charged)
                     call.out_charged = unsent
@@ -652,7 +655,6 @@ class ServerConnection(H2Driver):
                     raise
                 finally:
                     call.waiter = None
-            left -= total
         if call.out_charged:
             self._charge(-call.out_charged)
             call.out_charged = 0
@@ -708,11 +710,10 @@ class ServerConnection(H2Driver):
             _wake(call)
         if call.reader is not None:
             _wake_reader(call)
-        charged = call.charged + call.out_charged
-        if charged:
+        if call.charged or call.out_charged:
             # Its queued requests are dropped and its unsent reply will never go out.
+            self._charge(-call.charged - call.out_charged)
             call.charged = call.out_charged = 0
-            self._charge(-charged)
         if call.unacked:
             # The connection window the unread requests held: the client may use it again.
             if not self.closing:
