@@ -6,6 +6,8 @@ progress in a call's decoder, and complete messages queued for the handler) and 
 response bytes it has not yet written to the socket (a message waiting for the client's
 flow-control window or for a paused transport, and the transport's own buffer while it is
 paused). Both sums live here: ``total`` for the server, each connection's ``held`` for it.
+A unary request whose last DATA frame ends its stream is handed to its handler in the same
+turn and never counted: the common call costs a few attribute checks, nothing more.
 
 When ``total`` goes over ``limit``, the connections holding the most are shed, largest
 first, until it is back under: each sheds its calls (their bytes are released at once) and
