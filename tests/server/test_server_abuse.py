@@ -9,13 +9,14 @@ import struct
 import time
 from typing import AsyncIterator, List, Tuple
 
+import _attacks
 import pytest
 from h2.errors import ErrorCodes
 
 from wove_h2grpc import Channel, Server, ServicerContext
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-SETTINGS, PING, GOAWAY, PRIORITY, DATA = 0x4, 0x6, 0x7, 0x2, 0x0
+SETTINGS, PING, GOAWAY, PRIORITY, DATA, WINDOW_UPDATE = 0x4, 0x6, 0x7, 0x2, 0x0, 0x8
 
 
 def frame(kind: int, flags: int, stream_id: int, payload: bytes) -> bytes:
@@ -103,6 +104,38 @@ async def test_priority_flood_gets_goaway(port: int) -> None:
     assert [code for code, _ in goaways(data)] == [ErrorCodes.ENHANCE_YOUR_CALM]
 
 
+async def test_window_update_flood_gets_goaway(port: int) -> None:
+    data = await flood(port, frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", 1)), 20_000)
+    assert (ErrorCodes.ENHANCE_YOUR_CALM, b"too_many_window_updates") in goaways(data)
+
+
+async def test_window_updates_for_received_data_are_not_a_flood() -> None:
+    """A client that grants back every DATA frame at once (two WINDOW_UPDATEs per frame,
+    over 8,000 in all) while reading 64 MiB: each follows data we sent, none is a strike."""
+
+    async def many(request: bytes, context: ServicerContext) -> AsyncIterator[bytes]:
+        for _ in range(4096):
+            yield b"m" * 16000
+
+    srv = Server()
+    srv.add_method("/t.S/Many", many, kind="unary_stream")
+    many_port = await srv.start("127.0.0.1:0")
+    try:
+        peer = await _attacks.Peer.connect(many_port)
+        peer.ack_data = True
+        peer.open_stream(1, peer.headers_block(_attacks.request_headers("/t.S/Many")))
+        peer.send(_attacks.frame(DATA, 0x1, 1, _attacks.grpc_message(b"")))
+        deadline = time.monotonic() + 30
+        while not peer.observed.grpc_statuses and time.monotonic() < deadline:
+            if await peer.wait_closed(0.05):
+                break
+        seen = await peer.close()
+        assert seen.goaways == [] and dict(seen.grpc_statuses) == {0: 1}
+        assert peer.data[1] == 4096 * (16000 + 5)
+    finally:
+        await asyncio.wait_for(srv.stop(), 10)
+
+
 async def test_channel_keepalive_is_not_a_ping_flood(port: int) -> None:
     """Our Channel with a very short keepalive_time, over a call that reads nothing for a
     while and calls in a row: no GOAWAY, every call succeeds."""
@@ -150,3 +183,34 @@ async def test_flooder_does_not_starve_another_connection(port: int) -> None:
         await asyncio.gather(flooding, return_exceptions=True)
     latencies.sort()
     assert len(latencies) == 200
+
+
+async def test_slow_reader_holds_one_slice_in_the_transport_buffer() -> None:
+    """A client that grants every window but does not read its socket: a 16 MiB response
+    goes to the transport a slice at a time, so its buffer stays far below the response."""
+
+    async def big(request: bytes, context: ServicerContext) -> bytes:
+        return b"b" * (16 * 1024 * 1024)
+
+    srv = Server({"/t.S/Big": big})
+    big_port = await srv.start("127.0.0.1:0")
+    try:
+        peer = await _attacks.Peer.connect(
+            big_port,
+            settings={_attacks.SETTINGS_INITIAL_WINDOW_SIZE: _attacks.MAX_WINDOW},
+            rcvbuf=4096,
+            read_delay=10.0,  # reads nothing during the test
+        )
+        peer.send(frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", _attacks.MAX_WINDOW - 65535)))
+        peer.open_stream(1, peer.headers_block(_attacks.request_headers("/t.S/Big")))
+        peer.send(_attacks.frame(DATA, 0x1, 1, _attacks.grpc_message(b"")))
+        largest = 0
+        for _ in range(50):
+            await asyncio.sleep(0.02)
+            for conn in srv._connections:
+                if conn.transport is not None:
+                    largest = max(largest, conn.transport.get_write_buffer_size())
+        assert 0 < largest <= 1024 * 1024
+        await peer.close()
+    finally:
+        await asyncio.wait_for(srv.stop(grace=0), 10)

@@ -48,6 +48,13 @@ class H2Driver(asyncio.BufferedProtocol):
     # plain Protocol gets a fresh bytes object of asyncio's 256 KiB read size per read,
     # which glibc may serve with mmap/mremap/munmap, three system calls per read.
     receive_buffer_size = 64 * 1024
+    # At most this many frames go to h2 per event-loop turn; the rest of a read waits for
+    # the next turn with reading paused, so that a peer flooding small frames (resets,
+    # PINGs, SETTINGS) delays the loop's other connections by one slice at a time. Bulk
+    # DATA is never cut: a 64 KiB read of 16 KiB frames holds four.
+    max_frames_per_turn = 256
+    # Bytes the peer sends before its first frame (the server reads the client preface).
+    preface_length = 0
 
     def __init__(self, loop: asyncio.AbstractEventLoop, conn: h2.connection.H2Connection) -> None:
         self.loop = loop
@@ -65,6 +72,11 @@ class H2Driver(asyncio.BufferedProtocol):
         self.unflushed = 0  # DATA bytes queued in h2 since the last flush (senders read it)
         self._abort_handle: Optional[asyncio.TimerHandle] = None
         self._receive_view = memoryview(bytearray(self.receive_buffer_size))
+        # Frame boundaries in the byte stream, for max_frames_per_turn: payload bytes of
+        # the current frame still to come, and the start of a 9-byte header cut by a read.
+        self._frame_skip = self.preface_length
+        self._frame_head = b""
+        self._backlog: Optional[bytes] = None  # the rest of a read, for the next turn
         self._dispatch: Dict[type, Callable[[Any], None]] = self.handlers()
 
     # ------------------------------------------------------------------ hooks
@@ -104,6 +116,75 @@ class H2Driver(asyncio.BufferedProtocol):
         self.data_received(self._receive_view[:nbytes])
 
     def data_received(self, data: Any) -> None:
+        """Bytes (or a view of them) from the peer: up to ``max_frames_per_turn`` frames to
+        h2 now, the rest in a later turn."""
+        if self.closing:
+            return
+        if self._backlog is not None:
+            # Reading is paused, yet a TLS transport may still hand over what it decrypted.
+            self._backlog += bytes(data)
+            return
+        cut = self._frame_cut(data)
+        if cut is not None:
+            self._backlog = bytes(data[cut:])
+            data = data[:cut]
+            self._pause_for_backlog()
+        self._receive(data)
+
+    def _frame_cut(self, data: Any) -> Optional[int]:
+        """Where in ``data`` the frame after the first ``max_frames_per_turn`` starts (None
+        when ``data`` holds fewer); keeps track of frame boundaries across reads."""
+        size = len(data)
+        pos: int = self._frame_skip
+        if self._frame_head:
+            head = self._frame_head + bytes(data[: 9 - len(self._frame_head)])
+            if len(head) < 9:
+                self._frame_head = head
+                return None
+            pos = 9 - len(self._frame_head) + (head[0] << 16 | head[1] << 8 | head[2])
+            self._frame_head = b""
+        frames = 0
+        limit = self.max_frames_per_turn
+        while pos + 9 <= size:
+            pos += 9 + (data[pos] << 16 | data[pos + 1] << 8 | data[pos + 2])
+            frames += 1
+            if frames >= limit and pos < size:
+                self._frame_skip = 0
+                return pos
+        if pos < size:
+            self._frame_head = bytes(data[pos:])
+            self._frame_skip = 0
+        else:
+            self._frame_skip = pos - size
+        return None
+
+    def _pause_for_backlog(self) -> None:
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.pause_reading()
+        self.loop.call_soon(self._receive_backlog)
+
+    def _receive_backlog(self) -> None:
+        """The next slice of a read that held more than ``max_frames_per_turn`` frames."""
+        data, self._backlog = self._backlog, None
+        if data is None or self.closing:
+            return
+        cut = self._frame_cut(data)
+        if cut is not None:
+            self._backlog = data[cut:]
+            data = data[:cut]
+            self.loop.call_soon(self._receive_backlog)
+        self._receive(data)
+        transport = self.transport
+        if (
+            self._backlog is None
+            and transport is not None
+            and not transport.is_closing()
+            and not (self.write_paused and self.pause_reading_when_blocked)
+        ):
+            transport.resume_reading()
+
+    def _receive(self, data: Any) -> None:
         """Bytes (or a view of them) from the peer: to h2, then its events to the handlers."""
         if self.closing:
             return
@@ -168,7 +249,12 @@ class H2Driver(asyncio.BufferedProtocol):
     def resume_writing(self) -> None:
         self.write_paused = False
         transport = self.transport
-        if self.pause_reading_when_blocked and transport is not None and not transport.is_closing():
+        if (
+            self.pause_reading_when_blocked
+            and self._backlog is None
+            and transport is not None
+            and not transport.is_closing()
+        ):
             transport.resume_reading()
         if not self.closing:
             self.on_writable()

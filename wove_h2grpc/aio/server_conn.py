@@ -11,7 +11,7 @@ Flow control is backpressure in both directions: a response message waits for th
 window (``send_message``), and a request stream's window is handed back only as the handler
 reads (``read_request``), so a handler that stops reading stops its client after one window.
 A response also waits while the transport is paused (the client reads the socket slowly),
-and a sender hands h2's output to the transport every ``_FLUSH_AT`` bytes, so the
+and a sender hands h2's output to the transport every ``_WRITE_SLICE`` bytes, so the
 transport's buffer stays near its high-water mark whatever the windows allow.
 
 Memory: every connection counts what it holds for its calls in the server's ``MemoryBudget``
@@ -22,10 +22,10 @@ the budget, new streams are refused and the connections holding the most are she
 
 Robustness rules, each bounded per connection so that a bad client costs only its own
 connection: a handshake timeout (TLS + client preface), an idle timeout (no calls in
-flight), a RST_STREAM flood limit, a PING flood limit and a limit on frames that carry no
-work (SETTINGS, PRIORITY, empty DATA; each GOAWAY ENHANCE_YOUR_CALM), garbage bytes (GOAWAY
-PROTOCOL_ERROR), and ``max_concurrent_streams`` enforced with REFUSED_STREAM (which
-clients retry) instead of a connection error.
+flight), a RST_STREAM flood limit, PING and WINDOW_UPDATE flood limits and a limit on
+frames that carry no work (SETTINGS, PRIORITY, empty DATA; each GOAWAY ENHANCE_YOUR_CALM),
+garbage bytes (GOAWAY PROTOCOL_ERROR), and ``max_concurrent_streams`` enforced with
+REFUSED_STREAM (which clients retry) instead of a connection error.
 """
 
 from __future__ import annotations
@@ -70,6 +70,11 @@ _RESET_WINDOW = 10.0  # seconds over which client RST_STREAMs are counted
 # nothing, does.
 _PING_MIN_INTERVAL = 1.0
 _MAX_PING_STRIKES = 10
+# WINDOW_UPDATE flood policy: a client grants window for data we sent it, so more than
+# _MAX_WINDOW_STRIKES WINDOW_UPDATEs with no response HEADERS or DATA sent by us in between
+# get GOAWAY ENHANCE_YOUR_CALM "too_many_window_updates" (a real client sends one or two
+# per DATA frame it reads, and a few at start-up).
+_MAX_WINDOW_STRIKES = 1000
 # Frames that make the server work (SETTINGS forces an ACK) but carry no call's work:
 # SETTINGS after the first, PRIORITY, empty DATA without END_STREAM. More than
 # _MAX_IDLE_FRAMES of them per _IDLE_FRAME_WINDOW seconds get GOAWAY ENHANCE_YOUR_CALM;
@@ -79,10 +84,11 @@ _MAX_IDLE_FRAMES = 1000
 # A request stream's window is handed back message by message while the handler lags
 # behind, and all at once when no more than this is waiting to be read.
 _READ_LOW_WATER = 64 * 1024
-# A response sender hands what h2 has queued to the transport once this much DATA is
-# waiting, so that a client that reads slowly pauses us (asyncio's pause_writing) before
-# more than about this piles up in the transport, however large its windows are.
-_FLUSH_AT = 512 * 1024
+# DATA goes to the transport in slices of this size (a connection's senders together
+# flush once this much is queued in h2, and no frame is larger), each handed over only
+# while the transport is not paused: a client that reads slowly holds at most about one
+# slice in the transport's buffer instead of every response the client's windows allow.
+_WRITE_SLICE = 256 * 1024
 # The details of the status a call gets when its connection is shed for the memory budget.
 _BUDGET_DETAILS = "server memory budget exceeded"
 
@@ -140,6 +146,7 @@ class ServerConnection(H2Driver):
     """
 
     pause_reading_when_blocked = True
+    preface_length = 24  # b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
     def __init__(
         self,
@@ -183,6 +190,7 @@ class ServerConnection(H2Driver):
         self._resets = 0
         self._reset_window_start = self._idle_since
         self._ping_strikes = 0
+        self._window_strikes = 0
         self._last_ping = -_PING_MIN_INTERVAL
         self._idle_frames = 0
         self._idle_frame_window_start = self._idle_since
@@ -522,6 +530,14 @@ class ServerConnection(H2Driver):
             self._end(call, cancelled=True)
 
     def _on_window_updated(self, event: Any) -> None:
+        self._window_strikes += 1
+        if self._window_strikes > _MAX_WINDOW_STRIKES:
+            self.close_with_goaway(
+                ErrorCodes.ENHANCE_YOUR_CALM,
+                f"more than {_MAX_WINDOW_STRIKES} WINDOW_UPDATEs with nothing sent between",
+                debug_data=b"too_many_window_updates",
+            )
+            return
         if event.stream_id == 0:
             self._wake_all()
         else:
@@ -585,7 +601,8 @@ class ServerConnection(H2Driver):
         except h2.exceptions.ProtocolError:
             self._end(call, cancelled=True)  # the stream is gone (reset by the client)
             return
-        self._ping_strikes = 0  # we sent work: the client's PINGs since then are fair
+        # We sent work: the client's PINGs and WINDOW_UPDATEs since then are fair.
+        self._ping_strikes = self._window_strikes = 0
         self.flush_soon()
 
     async def send_message(self, call: ServedCall, payload: bytes) -> bool:
@@ -608,10 +625,10 @@ class ServerConnection(H2Driver):
                     return False
                 if not self.write_paused:
                     # A peer may allow 16 MiB frames: cap them, so a flush is never more
-                    # than _FLUSH_AT plus one frame past the transport's high-water mark.
+                    # than two slices past the transport's high-water mark.
                     frame_size = conn.max_outbound_frame_size
-                    if frame_size > _FLUSH_AT:
-                        frame_size = _FLUSH_AT
+                    if frame_size > _WRITE_SLICE:
+                        frame_size = _WRITE_SLICE
                     try:
                         while offset < total:
                             window = conn.local_flow_control_window(stream_id)
@@ -620,11 +637,11 @@ class ServerConnection(H2Driver):
                             size = min(window, frame_size, total - offset)
                             conn.send_data(stream_id, part[offset : offset + size])
                             offset += size
-                            self._ping_strikes = 0
+                            self._ping_strikes = self._window_strikes = 0
                             self.unflushed += size
-                            if self.unflushed >= _FLUSH_AT:
-                                # To the transport now: a client that reads slowly pauses
-                                # us here, before windows' worth of DATA piles up in it.
+                            if self.unflushed >= _WRITE_SLICE:
+                                # Hand it to the socket now: a reader that does not keep
+                                # up pauses our writing, which holds the rest back.
                                 self.flush()
                                 if self.write_paused:
                                     break
@@ -681,7 +698,7 @@ class ServerConnection(H2Driver):
 
     def _write_finish(self, stream_id: int, finish: Finish) -> None:
         """The one place a stream's final status goes on the wire."""
-        self._ping_strikes = 0
+        self._ping_strikes = self._window_strikes = 0
         # The client may have reset the stream meanwhile: then there is nothing to answer.
         with contextlib.suppress(h2.exceptions.ProtocolError):
             if finish.headers is not None:
