@@ -16,15 +16,49 @@ that counted the bytes, so no connection is closed under its own feet; what can 
 arrive meanwhile is one socket read per connection. While ``total`` is over the limit
 (bytes a shed connection's transport still holds until its peer reads them or it is
 aborted), new streams are refused.
+
+Memory freed is not returned by itself: glibc keeps freed heap memory mapped (a
+partial-body attack left the process 200 MiB larger after it ended). Once connections that
+are shed or closed have held ``TRIM_AFTER`` bytes between them, the budget asks glibc to
+hand free memory back (``malloc_trim``: a few milliseconds for hundreds of MiB), at most
+once a second; on other C libraries it does nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sys
-from typing import Optional, Protocol, Set
+from typing import Callable, Optional, Protocol, Set
 
-__all__ = ["BudgetHolder", "MemoryBudget"]
+__all__ = ["TRIM_AFTER", "BudgetHolder", "MemoryBudget"]
+
+#: Bytes that connections held when they were shed or closed, summed, after which the
+#: budget returns free memory to the operating system.
+TRIM_AFTER = 16 * 1024 * 1024
+_TRIM_DELAY = 0.1  # seconds: cancelled handlers finish and drop what they held first
+_TRIM_INTERVAL = 1.0  # seconds between two trims at least
+
+_malloc_trim: Optional[Callable[[int], int]] = None
+_looked_up = False
+
+
+def malloc_trim() -> Optional[Callable[[int], int]]:
+    """glibc's ``malloc_trim(pad)``, looked up once; None on other C libraries."""
+    global _malloc_trim, _looked_up
+    if not _looked_up:
+        _looked_up = True
+        if sys.platform.startswith("linux"):
+            try:
+                import ctypes
+
+                trim = ctypes.CDLL(None).malloc_trim
+            except (ImportError, OSError, AttributeError):
+                pass  # not glibc (musl has no malloc_trim), or no ctypes
+            else:
+                trim.argtypes = [ctypes.c_size_t]
+                trim.restype = ctypes.c_int
+                _malloc_trim = trim
+    return _malloc_trim
 
 
 class BudgetHolder(Protocol):
@@ -50,7 +84,17 @@ class MemoryBudget:
     charge took it over ``ceiling``.
     """
 
-    __slots__ = ("_holders", "_relief", "ceiling", "limit", "shed_count", "total")
+    __slots__ = (
+        "_freed",
+        "_holders",
+        "_last_trim",
+        "_relief",
+        "_trim",
+        "ceiling",
+        "limit",
+        "shed_count",
+        "total",
+    )
 
     def __init__(self, limit: Optional[int]) -> None:
         self.limit = limit
@@ -60,6 +104,9 @@ class MemoryBudget:
         self.shed_count = 0  # connections closed for the budget, for tests and logs
         self._holders: Set[BudgetHolder] = set()
         self._relief: Optional[asyncio.Handle] = None
+        self._trim: Optional[asyncio.TimerHandle] = None
+        self._last_trim = -_TRIM_INTERVAL
+        self._freed = 0  # bytes released by connections that went away since the last trim
 
     @property
     def over(self) -> bool:
@@ -73,6 +120,25 @@ class MemoryBudget:
     def leave(self, holder: BudgetHolder) -> None:
         """``holder`` is gone (its bytes were released by itself)."""
         self._holders.discard(holder)
+
+    def released(self, amount: int, loop: asyncio.AbstractEventLoop) -> None:
+        """A connection that held ``amount`` bytes was shed or closed: once that adds up to
+        a lot, return free memory to the operating system soon (once a second at most)."""
+        if not amount:
+            return
+        self._freed += amount
+        if self._freed < TRIM_AFTER or self._trim is not None or malloc_trim() is None:
+            return
+        delay = max(_TRIM_DELAY, self._last_trim + _TRIM_INTERVAL - loop.time())
+        self._trim = loop.call_later(delay, self._trim_now, loop)
+
+    def _trim_now(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._trim = None
+        self._freed = 0
+        self._last_trim = loop.time()
+        trim = malloc_trim()
+        if trim is not None:
+            trim(0)
 
     def exceeded(self, loop: asyncio.AbstractEventLoop) -> None:
         """A charge took the total over the limit: shed connections at the next loop turn."""

@@ -266,6 +266,7 @@ class ServerConnection(H2Driver):
         self.close_transport()
 
     def on_lost(self, exc: Optional[Exception]) -> None:
+        held = self.held
         self._cancel_all()
         for handle in (self._handshake_handle, self._idle_handle):
             if handle is not None:
@@ -276,6 +277,7 @@ class ServerConnection(H2Driver):
         if self.held:
             self._charge(-self.held)
         self._budget.leave(self)
+        self._budget.released(held, self.loop)
         self._on_closed(self)
 
     def close_with_goaway(
@@ -319,6 +321,7 @@ class ServerConnection(H2Driver):
             f"buffered server-wide (max_buffered_bytes={budget.limit})",
             debug_data=b"memory_budget",
         )
+        budget.released(held, self.loop)
 
     def _charge(self, delta: int) -> None:
         """Add ``delta`` bytes (negative: released) to this connection's and the server's
