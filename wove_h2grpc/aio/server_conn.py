@@ -266,7 +266,6 @@ class ServerConnection(H2Driver):
         self.close_transport()
 
     def on_lost(self, exc: Optional[Exception]) -> None:
-        held = self.held
         self._cancel_all()
         for handle in (self._handshake_handle, self._idle_handle):
             if handle is not None:
@@ -274,10 +273,11 @@ class ServerConnection(H2Driver):
         self._handshake_handle = self._idle_handle = None
         # The transport's buffer is gone with it; every call's bytes went with _cancel_all.
         self._transport_charged = 0
-        if self.held:
-            self._charge(-self.held)
+        rest = self.held
+        if rest:
+            self._charge(-rest)
+            self._budget.released(rest, self.loop)
         self._budget.leave(self)
-        self._budget.released(held, self.loop)
         self._on_closed(self)
 
     def close_with_goaway(
@@ -770,8 +770,11 @@ class ServerConnection(H2Driver):
 
     def _cancel_all(self) -> None:
         """The connection is going away: every call is cancelled, nothing more is sent."""
+        held = self.held
         for call in list(self.calls.values()):
             self._end(call, cancelled=True)
+        if held != self.held:
+            self._budget.released(held - self.held, self.loop)
 
     def cancel_calls(self) -> None:
         """Server stop after the grace period: reset every call with CANCEL, then close."""
