@@ -60,8 +60,6 @@ class FakeTransport(asyncio.Transport):
 
 
 class PingCounter(H2Driver):
-    preface_length = len(PREFACE)
-
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         config = h2.config.H2Configuration(client_side=False)
         super().__init__(loop, h2.connection.H2Connection(config=config))

@@ -13,7 +13,7 @@ from __future__ import annotations
 import struct
 import sys
 from dataclasses import dataclass
-from typing import Any, Dict, FrozenSet, List, Mapping, Tuple, Union
+from typing import Any, Dict, FrozenSet, List, Mapping, Optional, Tuple, Union
 
 import h2
 import h2.config
@@ -44,6 +44,7 @@ __all__ = [
     "make_h2_connection",
     "make_server_h2_connection",
     "pending_frame_problem",
+    "pending_input",
 ]
 
 # ``__version__`` rather than importlib.metadata: the latter costs ~15 ms of import time.
@@ -515,6 +516,23 @@ def make_server_h2_connection(
     if connection_window_size > _DEFAULT_WINDOW:
         conn.increment_flow_control_window(connection_window_size - _DEFAULT_WINDOW)
     return conn
+
+
+def pending_input(conn: h2.connection.H2Connection) -> Optional[Tuple[int, Any]]:
+    """What h2 holds of the input it has not parsed yet: (bytes of the client preface it
+    still expects, the buffered start of an incomplete frame); None where unknown.
+
+    The next received byte is therefore that far into the preface, or into a frame, which
+    tells where frames start in it without parsing them.
+    """
+    if "early_frame_header_check" not in APPLIED:
+        return None
+    buffer = conn.incoming_buffer
+    if type(buffer) is ViewFrameBuffer:
+        raw: Any = buffer._data
+    else:
+        raw = getattr(buffer, _PENDING_ATTRIBUTE[INSTALLED["h2"]], b"")
+    return getattr(buffer, "_preamble_len", 0), raw
 
 
 def pending_frame_problem(conn: h2.connection.H2Connection, *, first: bool) -> str:

@@ -21,7 +21,7 @@ import h2.connection
 import h2.exceptions
 from h2.errors import ErrorCodes
 
-from ._h2compat import pending_frame_problem
+from ._h2compat import pending_frame_problem, pending_input
 
 __all__ = ["H2Driver"]
 
@@ -53,8 +53,6 @@ class H2Driver(asyncio.BufferedProtocol):
     # PINGs, SETTINGS) delays the loop's other connections by one slice at a time. Bulk
     # DATA is never cut: a 64 KiB read of 16 KiB frames holds four.
     max_frames_per_turn = 256
-    # Bytes the peer sends before its first frame (the server reads the client preface).
-    preface_length = 0
 
     def __init__(self, loop: asyncio.AbstractEventLoop, conn: h2.connection.H2Connection) -> None:
         self.loop = loop
@@ -72,10 +70,7 @@ class H2Driver(asyncio.BufferedProtocol):
         self.unflushed = 0  # DATA bytes queued in h2 since the last flush (senders read it)
         self._abort_handle: Optional[asyncio.TimerHandle] = None
         self._receive_view = memoryview(bytearray(self.receive_buffer_size))
-        # Frame boundaries in the byte stream, for max_frames_per_turn: payload bytes of
-        # the current frame still to come, and the start of a 9-byte header cut by a read.
-        self._frame_skip = self.preface_length
-        self._frame_head = b""
+        self._small_read = 9 * self.max_frames_per_turn  # cannot hold more frames than that
         self._backlog: Optional[bytes] = None  # the rest of a read, for the next turn
         self._dispatch: Dict[type, Callable[[Any], None]] = self.handlers()
 
@@ -132,30 +127,30 @@ class H2Driver(asyncio.BufferedProtocol):
         self._receive(data)
 
     def _frame_cut(self, data: Any) -> Optional[int]:
-        """Where in ``data`` the frame after the first ``max_frames_per_turn`` starts (None
-        when ``data`` holds fewer); keeps track of frame boundaries across reads."""
+        """Where in ``data`` the frame after the first ``max_frames_per_turn`` starts, or
+        None when it holds no more (a read of fewer bytes than that many frame headers
+        never does). Where the first frame starts comes from what h2 holds unparsed."""
         size = len(data)
-        pos: int = self._frame_skip
-        if self._frame_head:
-            head = self._frame_head + bytes(data[: 9 - len(self._frame_head)])
+        if size <= self._small_read:
+            return None
+        state = pending_input(self.h2)
+        if state is None:
+            return None
+        preface, held = state
+        pos: int = preface
+        if not preface and held:
+            got = len(held)
+            head = bytes(held[:9]) if got >= 9 else bytes(held) + bytes(data[: 9 - got])
             if len(head) < 9:
-                self._frame_head = head
                 return None
-            pos = 9 - len(self._frame_head) + (head[0] << 16 | head[1] << 8 | head[2])
-            self._frame_head = b""
+            pos = 9 + (head[0] << 16 | head[1] << 8 | head[2]) - got
         frames = 0
         limit = self.max_frames_per_turn
         while pos + 9 <= size:
             pos += 9 + (data[pos] << 16 | data[pos + 1] << 8 | data[pos + 2])
             frames += 1
             if frames >= limit and pos < size:
-                self._frame_skip = 0
                 return pos
-        if pos < size:
-            self._frame_head = bytes(data[pos:])
-            self._frame_skip = 0
-        else:
-            self._frame_skip = pos - size
         return None
 
     def _pause_for_backlog(self) -> None:

@@ -146,7 +146,6 @@ class ServerConnection(H2Driver):
     """
 
     pause_reading_when_blocked = True
-    preface_length = 24  # b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
     def __init__(
         self,
