@@ -163,6 +163,10 @@ _SERVE = ["serve", "--bind", "127.0.0.1:0"]
         ([*_SERVE, "--grace", "nan"], "argument --grace: 'nan' must be zero or more"),
         ([*_SERVE, "--summary-interval", "x"], "argument --summary-interval: 'x' is not a number"),
         ([*_SERVE, "--threads", "0"], "argument --threads: '0' must be positive"),
+        (
+            [*_SERVE, "--max-buffered-bytes", "-1"],
+            "argument --max-buffered-bytes: '-1' must be zero or more",
+        ),
     ],
 )
 def test_number_options_refuse_out_of_range_values(
@@ -184,6 +188,8 @@ def test_number_options_refuse_out_of_range_values(
         ([*_SERVE, "--grace", "inf"], "grace", float("inf")),
         ([*_SERVE, "--summary-interval", "2.5"], "summary_interval", 2.5),
         ([*_SERVE, "--max-concurrent-streams", "1"], "max_concurrent_streams", 1),
+        ([*_SERVE, "--max-buffered-bytes", "0"], "max_buffered_bytes", 0),
+        (_SERVE, "max_buffered_bytes", 256 * 1024 * 1024),
     ],
 )
 def test_number_options_take_values_in_range(argv: List[str], name: str, value: float) -> None:

@@ -42,6 +42,7 @@ LAYERS: Dict[str, int] = {
     "aio": AIO,
     "aio._h2compat": AIO,
     "aio._h2fast": AIO,
+    "aio.budget": AIO,
     "aio.dial": AIO,
     "aio.driver": AIO,
     "aio.keepalive": AIO,

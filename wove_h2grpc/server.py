@@ -19,8 +19,9 @@ import stat
 from dataclasses import dataclass
 from typing import Dict, List, Mapping, Optional, Set
 
+from .aio.budget import MemoryBudget
 from .aio.driver import CLOSE_ABORT_DELAY
-from .aio.options import ServerOptions
+from .aio.options import DEFAULT_MAX_BUFFERED, ServerOptions
 from .aio.server_conn import ServedCall, ServerConnection
 from .protocol.kinds import RpcKind
 from .protocol.target import parse_bind_address
@@ -58,6 +59,11 @@ class Server:
     - ``initial_window_size``, ``connection_window_size``: the HTTP/2 receive windows we
       advertise per stream and per connection (bytes). A request stream's window reopens
       only as its handler reads, so a handler that stops reading holds its client to this.
+    - ``max_buffered_bytes``: request bytes not yet taken by handlers plus response bytes
+      not yet written to the socket, summed over every connection. Over it, new streams
+      get REFUSED_STREAM and the connections holding the most are closed with GOAWAY
+      ENHANCE_YOUR_CALM (their calls end with RESOURCE_EXHAUSTED) until the sum is back
+      under it (None: no limit).
     """
 
     def __init__(
@@ -73,6 +79,7 @@ class Server:
         max_client_resets: Optional[int] = 2000,
         initial_window_size: int = 8 * 1024 * 1024,
         connection_window_size: int = 32 * 1024 * 1024,
+        max_buffered_bytes: Optional[int] = DEFAULT_MAX_BUFFERED,
     ) -> None:
         self._options = ServerOptions(
             max_receive_message_length=max_receive_message_length,
@@ -84,7 +91,10 @@ class Server:
             max_client_resets=max_client_resets,
             initial_window_size=initial_window_size,
             connection_window_size=connection_window_size,
+            max_buffered_bytes=max_buffered_bytes,
         )
+        # One budget for every connection of this server, whichever listener accepted it.
+        self._budget = MemoryBudget(self._options.max_buffered_bytes)
         self._handlers: Dict[str, Handler] = {}
         self._kinds: Dict[str, RpcKind] = {}
         self._runners: Dict[str, Runner] = {}
@@ -161,6 +171,7 @@ class Server:
         def factory() -> ServerConnection:
             return ServerConnection(
                 self._options,
+                budget=self._budget,
                 tls=tls,
                 kind_of=self._kinds.get,
                 on_call=self._start_call,

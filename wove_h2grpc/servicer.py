@@ -242,7 +242,10 @@ async def run_unary(
     """Run a unary handler and end its call: the response and OK, or the error's status."""
     context = ServicerContext(conn, call)
     with _HandlerEnd(conn, call, debug):
-        result: Any = handler(call.take(), context)
+        request = call.take()
+        if call.charged:
+            conn.recount_request(call)  # taken: no longer the server's to hold
+        result: Any = handler(request, context)
         if inspect.isawaitable(result):
             result = await result
         reply = _reply_of(conn, call, result)
@@ -306,7 +309,12 @@ async def run_stream(
     """
     context = ServicerContext(conn, call)
     kind = call.kind
-    argument: Any = _RequestIterator(conn, call) if kind.request_streaming else call.take()
+    if kind.request_streaming:
+        argument: Any = _RequestIterator(conn, call)
+    else:
+        argument = call.take()
+        if call.charged:
+            conn.recount_request(call)  # taken: no longer the server's to hold
     replies: Optional[AsyncIterator[Any]] = None
     try:
         with _HandlerEnd(conn, call, debug):

@@ -75,6 +75,7 @@ class H2Driver(asyncio.BufferedProtocol):
         self.last_read = time.monotonic()  # when bytes last arrived (keepalive reads it)
         self.closed: asyncio.Future[None] = loop.create_future()
         self._flush_scheduled = False
+        self.unflushed = 0  # DATA bytes queued in h2 since the last flush (senders read it)
         self._abort_handle: Optional[asyncio.TimerHandle] = None
         self._receive_view = memoryview(bytearray(self.receive_buffer_size))
         self._small_read = 9 * self.max_frames_per_turn  # cannot hold more frames than that
@@ -316,6 +317,7 @@ class H2Driver(asyncio.BufferedProtocol):
     def flush(self) -> None:
         """Write whatever h2 has queued, in one write (the only place that writes frames)."""
         self._flush_scheduled = False
+        self.unflushed = 0
         data = self.h2.data_to_send()
         transport = self.transport
         if data and transport is not None:

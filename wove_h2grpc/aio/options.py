@@ -19,6 +19,7 @@ from .dial import build_ssl_context, pem_bytes
 
 __all__ = [
     "DEFAULT_CONNECTION_WINDOW",
+    "DEFAULT_MAX_BUFFERED",
     "DEFAULT_MAX_RECEIVE",
     "DEFAULT_STREAM_WINDOW",
     "LB_POLICIES",
@@ -31,6 +32,10 @@ __all__ = [
 
 #: The default of ``max_receive_message_length`` for channels and servers (grpcio's).
 DEFAULT_MAX_RECEIVE = 4 * 1024 * 1024
+
+#: The default of a server's ``max_buffered_bytes``: request and response bytes all its
+#: connections together may hold for their calls before the largest holders are shed.
+DEFAULT_MAX_BUFFERED = 256 * 1024 * 1024
 
 #: Receive windows a channel advertises by default (RFC 9113 section 6.9): per stream, what
 #: a reader that stops reading may still be sent; per connection, the sum over its streams.
@@ -264,6 +269,7 @@ class ServerOptions:
     # trip per call (grpcio servers advertise 4-8 MiB too).
     initial_window_size: int = 8 << 20
     connection_window_size: int = 32 << 20
+    max_buffered_bytes: Optional[int] = DEFAULT_MAX_BUFFERED
 
     def __post_init__(self) -> None:
         check_window("initial_window_size", self.initial_window_size)
@@ -275,6 +281,8 @@ class ServerOptions:
         check_int("max_header_list_size", self.max_header_list_size, 1024, 2**31 - 1)
         if self.max_client_resets is not None:
             check_int("max_client_resets", self.max_client_resets, 1)
+        if self.max_buffered_bytes is not None:
+            check_int("max_buffered_bytes", self.max_buffered_bytes, 1)
         for name in ("handshake_timeout", "idle_timeout"):
             value = getattr(self, name)
             if value is None:

@@ -10,6 +10,15 @@ its deadline timer, wake its writer and reader and cancel its handler task.
 Flow control is backpressure in both directions: a response message waits for the client's
 window (``send_message``), and a request stream's window is handed back only as the handler
 reads (``read_request``), so a handler that stops reading stops its client after one window.
+A response also waits while the transport is paused (the client reads the socket slowly),
+and a sender hands h2's output to the transport every ``_WRITE_SLICE`` bytes, so the
+transport's buffer stays near its high-water mark whatever the windows allow.
+
+Memory: every connection counts what it holds for its calls in the server's ``MemoryBudget``
+(``budget.py``): request bytes not yet taken by the handler, response bytes not yet
+written (waiting on a window or a paused transport) and a paused transport's buffer. Over
+the budget, new streams are refused and the connections holding the most are shed
+(``shed``: RESOURCE_EXHAUSTED to each call, GOAWAY ENHANCE_YOUR_CALM).
 
 Robustness rules, each bounded per connection so that a bad client costs only its own
 connection: a handshake timeout (TLS + client preface), an idle timeout (no calls in
@@ -37,6 +46,7 @@ from ..protocol.kinds import RpcKind
 from ..protocol.server_call import Finish, ServerCall, open_call
 from ..protocol.status import StatusCode
 from ._h2compat import make_server_h2_connection
+from .budget import MemoryBudget
 from .driver import H2Driver
 from .options import ServerOptions
 
@@ -74,17 +84,30 @@ _MAX_IDLE_FRAMES = 1000
 # A request stream's window is handed back message by message while the handler lags
 # behind, and all at once when no more than this is waiting to be read.
 _READ_LOW_WATER = 64 * 1024
-# A response message larger than this goes to the transport in slices of it, each once
-# the transport's buffer has drained: a slow reader holds at most about one slice in
-# the transport's buffer instead of every response the client's windows allow.
+# DATA goes to the transport in slices of this size (a connection's senders together
+# flush once this much is queued in h2, and no frame is larger), each handed over only
+# while the transport is not paused: a client that reads slowly holds at most about one
+# slice in the transport's buffer instead of every response the client's windows allow.
 _WRITE_SLICE = 256 * 1024
+# The details of the status a call gets when its connection is shed for the memory budget.
+_BUDGET_DETAILS = "server memory budget exceeded"
 
 
 class ServedCall(ServerCall):
     """A ServerCall with what serving it on asyncio needs: handler task, timer, the writer's
-    and the reader's wake-ups, and the request bytes whose window is held back."""
+    and the reader's wake-ups, the request bytes whose window is held back, and the bytes
+    it is charged for in the server's memory budget."""
 
-    __slots__ = ("cancelled", "reader", "task", "timer", "unacked", "waiter")
+    __slots__ = (
+        "cancelled",
+        "charged",
+        "out_charged",
+        "reader",
+        "task",
+        "timer",
+        "unacked",
+        "waiter",
+    )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -94,6 +117,8 @@ class ServedCall(ServerCall):
         self.reader: Optional[asyncio.Future[None]] = None
         self.unacked = 0  # request bytes received but not acknowledged (a lagging reader)
         self.cancelled = False  # client reset, deadline passed, or the server stopped it
+        self.charged = 0  # request bytes held for the handler (budget)
+        self.out_charged = 0  # response bytes not yet handed to h2 (budget)
 
 
 def format_peer(transport: asyncio.BaseTransport) -> str:
@@ -116,7 +141,8 @@ class ServerConnection(H2Driver):
 
     ``kind_of(path)`` is the kind of the method a handler serves there (None: unknown);
     ``on_call(conn, call)`` starts a call's handler; ``on_open(conn)`` and ``on_closed(conn)``
-    are told when the connection starts and when it is gone.
+    are told when the connection starts and when it is gone. ``budget`` is the server's
+    memory budget, shared by all its connections; ``held`` is this connection's share.
     """
 
     pause_reading_when_blocked = True
@@ -125,6 +151,7 @@ class ServerConnection(H2Driver):
         self,
         options: ServerOptions,
         *,
+        budget: MemoryBudget,
         tls: bool,
         kind_of: Callable[[str], Optional[RpcKind]],
         on_call: Callable[[ServerConnection, ServedCall], None],
@@ -144,6 +171,9 @@ class ServerConnection(H2Driver):
         )
         self.options = options
         self.tls = tls
+        self._budget = budget
+        self.held = 0  # bytes of this connection counted in the budget
+        self._transport_charged = 0  # the paused transport's buffer, as counted
         self._kind_of = kind_of
         self._on_call = on_call
         self._on_open = on_open
@@ -183,6 +213,7 @@ class ServerConnection(H2Driver):
         transport = cast(asyncio.Transport, self.transport)
         self.peer = format_peer(transport)
         self._on_open(self)
+        self._budget.join(self)
         if self.tls:
             ssl_object = transport.get_extra_info("ssl_object")
             protocol = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
@@ -213,6 +244,22 @@ class ServerConnection(H2Driver):
     def on_writable(self) -> None:
         self._wake_all()
 
+    def pause_writing(self) -> None:
+        """The transport's buffer passed its high-water mark: count it in the budget (no
+        more DATA is queued until it resumes, so it stays about this size)."""
+        super().pause_writing()
+        transport = self.transport
+        if transport is not None:
+            size = transport.get_write_buffer_size()
+            self._charge(size - self._transport_charged)
+            self._transport_charged = size
+
+    def resume_writing(self) -> None:
+        if self._transport_charged:
+            self._charge(-self._transport_charged)
+            self._transport_charged = 0
+        super().resume_writing()
+
     def on_broken(self, exc: Exception, not_http2: bool) -> None:
         self._cancel_all()
         self.close_transport()
@@ -223,6 +270,13 @@ class ServerConnection(H2Driver):
             if handle is not None:
                 handle.cancel()
         self._handshake_handle = self._idle_handle = None
+        # The transport's buffer is gone with it; every call's bytes went with _cancel_all.
+        self._transport_charged = 0
+        rest = self.held
+        if rest:
+            self._charge(-rest)
+            self._budget.released(rest, self.loop)
+        self._budget.leave(self)
         self._on_closed(self)
 
     def close_with_goaway(
@@ -246,6 +300,49 @@ class ServerConnection(H2Driver):
         )
         self._cancel_all()
         super().close_with_goaway(error_code, debug_data=debug_data)
+
+    def shed(self) -> None:
+        """Over the server's memory budget and holding the most: every call ends with
+        RESOURCE_EXHAUSTED (its handler is cancelled, its bytes released), then GOAWAY
+        ENHANCE_YOUR_CALM with debug data ``memory_budget`` closes the connection."""
+        if self.closing:
+            return
+        held, budget = self.held, self._budget
+        total = budget.total
+        for call in list(self.calls.values()):
+            finish = call.finish(StatusCode.RESOURCE_EXHAUSTED, _BUDGET_DETAILS)
+            self._end(call, cancelled=True)
+            if finish is not None:
+                self._write_finish(call.stream_id, finish)
+        self.close_with_goaway(
+            ErrorCodes.ENHANCE_YOUR_CALM,
+            f"over the server memory budget: it held {held} of the {total} bytes "
+            f"buffered server-wide (max_buffered_bytes={budget.limit})",
+            debug_data=b"memory_budget",
+        )
+        budget.released(held, self.loop)
+
+    def _charge(self, delta: int) -> None:
+        """Add ``delta`` bytes (negative: released) to this connection's and the server's
+        count; over the budget, the heaviest connections are shed at the next loop turn."""
+        self.held += delta
+        budget = self._budget
+        budget.total += delta
+        if delta > 0 and budget.total > budget.ceiling:
+            budget.exceeded(self.loop)
+
+    def recount_request(self, call: ServedCall) -> None:
+        """Count what ``call``'s request holds now: queued messages and the one in progress
+        (the handler side calls it after taking a request of a call that is charged)."""
+        held = call.buffered + call.decoder.pending
+        delta = held - call.charged
+        call.charged = held
+        # _charge, inlined.
+        self.held += delta
+        budget = self._budget
+        budget.total += delta
+        if delta > 0 and budget.total > budget.ceiling:
+            budget.exceeded(self.loop)
 
     # -- timers --------------------------------------------------------------------------
 
@@ -330,13 +427,16 @@ class ServerConnection(H2Driver):
     def _on_request(self, event: Any) -> None:
         stream_id = event.stream_id
         self._idle_since = self.loop.time()  # any request is activity, even a rejected one
+        budget = self._budget
         if (
             self._draining
             or self._peer_goaway
             or len(self.calls) >= (self.options.max_concurrent_streams)
+            or budget.total > budget.ceiling
         ):
             # Above our GOAWAY's last stream id, or RFC 9113 section 5.1.2: refuse the
             # excess stream, not the connection; it was never processed, so clients retry.
+            # Over the memory budget, too: the stream may be served elsewhere (or later).
             self.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
             return
         headers: Headers = event.headers
@@ -372,13 +472,25 @@ class ServerConnection(H2Driver):
             if size:
                 self.h2.acknowledge_received_data(size, event.stream_id)
             if call is not None:
-                self._deliver(call, call.on_data(event.data))
+                finish = call.on_data(event.data)
+                if finish is not None:
+                    self._deliver(call, finish)
+                elif (
+                    event.stream_ended is None
+                    and call.buffered + call.decoder.pending != call.charged
+                ):
+                    # Counted while the request is still open. A request that ends with
+                    # this DATA (a whole unary request in one frame) goes to its handler
+                    # at once: not counted at all, so the common call pays nothing here.
+                    self.recount_request(call)
             return
         finish = call.on_data(event.data)
         if finish is not None:
             call.unacked += size  # handed back by _end
             self._deliver(call, finish)
             return
+        if call.buffered + call.decoder.pending != call.charged:
+            self.recount_request(call)
         # A request stream: its window reopens only while the handler keeps up reading.
         if call.unacked or call.buffered > _READ_LOW_WATER:
             call.unacked += size
@@ -454,6 +566,8 @@ class ServerConnection(H2Driver):
         while True:
             message = call.take()
             if message is not None:
+                if call.charged:
+                    self.recount_request(call)
                 if call.unacked:
                     self._consumed(call, len(message) + 5)
                 return message
@@ -497,6 +611,7 @@ class ServerConnection(H2Driver):
         """Send one response message, waiting on flow-control windows and the socket.
 
         Returns False when the call ended meanwhile (nothing more may be sent for it).
+        While it waits, what is left of the message counts in the memory budget.
         """
         prefix, body = call.encode_response(payload)
         self.send_headers(call)
@@ -511,8 +626,11 @@ class ServerConnection(H2Driver):
                 if call.done:
                     return False
                 if not self.write_paused:
+                    # A peer may allow 16 MiB frames: cap them, so a flush is never more
+                    # than two slices past the transport's high-water mark.
                     frame_size = conn.max_outbound_frame_size
-                    unflushed = 0
+                    if frame_size > _WRITE_SLICE:
+                        frame_size = _WRITE_SLICE
                     try:
                         while offset < total:
                             window = conn.local_flow_control_window(stream_id)
@@ -522,12 +640,11 @@ class ServerConnection(H2Driver):
                             conn.send_data(stream_id, part[offset : offset + size])
                             offset += size
                             self._ping_strikes = self._window_strikes = 0
-                            unflushed += size
-                            if unflushed >= _WRITE_SLICE and offset < total:
+                            self.unflushed += size
+                            if self.unflushed >= _WRITE_SLICE:
                                 # Hand it to the socket now: a reader that does not keep
                                 # up pauses our writing, which holds the rest back.
                                 self.flush()
-                                unflushed = 0
                                 if self.write_paused:
                                     break
                     except h2.exceptions.ProtocolError:
@@ -536,14 +653,30 @@ class ServerConnection(H2Driver):
                 if offset >= total:
                     break
                 # Blocked on a window (or on the socket): let the data out, wait for
-                # WINDOW_UPDATE or the socket to drain.
+                # WINDOW_UPDATE or the socket to drain. Meanwhile the rest of the message
+                # is held for a client that does not read: it counts in the budget.
+                unsent = total - offset
+                if part is not parts[-1]:
+                    unsent += len(parts[-1])
+                if unsent != call.out_charged:
+                    self._charge(unsent - call.out_charged)
+                    call.out_charged = unsent
                 self.flush_soon()
                 waiter = self.loop.create_future()
                 call.waiter = waiter
                 try:
                     await waiter
+                except BaseException:
+                    # Not sent after all (the handler stopped waiting): not held by us.
+                    if call.out_charged:
+                        self._charge(-call.out_charged)
+                        call.out_charged = 0
+                    raise
                 finally:
                     call.waiter = None
+        if call.out_charged:
+            self._charge(-call.out_charged)
+            call.out_charged = 0
         self.flush_soon()
         return not call.done
 
@@ -596,6 +729,10 @@ class ServerConnection(H2Driver):
             _wake(call)
         if call.reader is not None:
             _wake_reader(call)
+        if call.charged or call.out_charged:
+            # Its queued requests are dropped and its unsent reply will never go out.
+            self._charge(-call.charged - call.out_charged)
+            call.charged = call.out_charged = 0
         if call.unacked:
             # The connection window the unread requests held: the client may use it again.
             if not self.closing:
@@ -632,8 +769,11 @@ class ServerConnection(H2Driver):
 
     def _cancel_all(self) -> None:
         """The connection is going away: every call is cancelled, nothing more is sent."""
+        held = self.held
         for call in list(self.calls.values()):
             self._end(call, cancelled=True)
+        if held != self.held:
+            self._budget.released(held - self.held, self.loop)
 
     def cancel_calls(self) -> None:
         """Server stop after the grace period: reset every call with CANCEL, then close."""

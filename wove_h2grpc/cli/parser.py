@@ -44,6 +44,7 @@ def _number_type(
 # NaN fails every comparison, so each bound refuses it; only "a positive number" refuses inf.
 _positive_float = _number_type(float, "a number", lambda v: 0 < v < math.inf, "a positive number")
 _positive_int = _number_type(int, "an integer", lambda v: v > 0, "positive")
+_non_negative_int = _number_type(int, "an integer", lambda v: v >= 0, "zero or more")
 _non_negative_float = _number_type(float, "a number", lambda v: v >= 0, "zero or more")
 
 
@@ -169,6 +170,17 @@ def _add_serve(commands: Any) -> None:
         default=1000,
         metavar="N",
         help="concurrent calls per connection advertised to clients (default: 1000)",
+    )
+    serve.add_argument(
+        "--max-buffered-bytes",
+        type=_non_negative_int,
+        default=256 * 1024 * 1024,
+        metavar="BYTES",
+        help=(
+            "memory budget: request and response bytes all connections together may hold "
+            "for their calls; over it the heaviest connections are closed; 0 turns it off "
+            "(default: 256 MiB)"
+        ),
     )
     serve.add_argument(
         "--summary-interval",

@@ -122,6 +122,7 @@ async def run(args: argparse.Namespace) -> int:
     server = Server(
         max_receive_message_length=args.max_receive_message_length,
         max_concurrent_streams=args.max_concurrent_streams,
+        max_buffered_bytes=args.max_buffered_bytes or None,
     )
     service.attach(server)
     # The worker's service name, as health checks name it: /pkg.Service/Method -> pkg.Service.

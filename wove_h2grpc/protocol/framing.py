@@ -58,10 +58,20 @@ class MessageDecoder:
 
     ``feed(chunk)`` returns the messages completed by that chunk as
     ``(compressed, payload)`` pairs. A message longer than ``max_length`` (``-1`` for no
-    limit) raises RESOURCE_EXHAUSTED as soon as its prefix is seen.
+    limit) raises RESOURCE_EXHAUSTED as soon as its prefix is seen. ``pending`` is the
+    number of body bytes held for the message in progress (0 between messages), kept as
+    a plain counter so that memory accounting can read it for free.
     """
 
-    __slots__ = ("_chunks", "_compressed", "_header", "_max_length", "_need", "direction")
+    __slots__ = (
+        "_chunks",
+        "_compressed",
+        "_header",
+        "_max_length",
+        "_need",
+        "direction",
+        "pending",
+    )
 
     def __init__(self, max_length: int = -1, *, direction: str = "Received") -> None:
         self._max_length = max_length
@@ -70,11 +80,12 @@ class MessageDecoder:
         self._need = -1  # body bytes still missing; -1 while reading a prefix
         self._compressed = False
         self.direction = direction
+        self.pending = 0
 
     @property
     def buffered(self) -> int:
         """Bytes held for the message in progress (bounded by the limit)."""
-        return len(self._header) + sum(len(c) for c in self._chunks)
+        return len(self._header) + self.pending
 
     def feed(self, data: bytes) -> List[Tuple[bool, bytes]]:
         """Consume ``data``; return the messages it completes."""
@@ -121,12 +132,14 @@ class MessageDecoder:
                 continue
             take = need if avail >= need else avail
             self._chunks.append(bytes(data[pos : pos + take]))
+            self.pending += take
             pos += take
             need -= take
             if need:
                 self._need = need
                 break
             self._need = -1
+            self.pending = 0
             chunks = self._chunks
             self._chunks = []
             out.append((self._compressed, chunks[0] if len(chunks) == 1 else b"".join(chunks)))
@@ -140,7 +153,7 @@ class MessageDecoder:
                 f"stream ended inside a gRPC message prefix ({len(self._header)} of 5 bytes)",
             )
         if self._need >= 0:
-            got = sum(len(c) for c in self._chunks)
+            got = self.pending
             return GrpcError(
                 StatusCode.INTERNAL,
                 f"stream ended inside a gRPC message: got {got} of {got + self._need} bytes "
