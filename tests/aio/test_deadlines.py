@@ -104,3 +104,24 @@ async def test_ended_calls_do_not_pile_up_behind_a_long_lived_one() -> None:
         assert largest <= 2 * 64 + 2, largest
         await first
         assert not conn._deadlines
+
+
+async def test_a_call_that_ends_last_in_the_list_leaves_it_at_once() -> None:
+    loop = asyncio.get_running_loop()
+    async with FaultServer(_hang_or_echo) as server, Channel(server.target) as channel:
+        hang = channel.unary_unary("/t.S/Hang")
+        echo = channel.unary_unary("/t.S/Echo")
+        first = asyncio.ensure_future(_elapsed_until_error(hang, 0.3))
+        await asyncio.sleep(0.05)
+        (conn,) = channel._pool.connections()
+        assert await echo(b"y", timeout=30) == b"y"  # listed behind the first, then gone
+        assert len(conn._deadlines) == 1
+        # A deadline between the two joins the list instead of taking a timer of its own.
+        second = asyncio.ensure_future(_elapsed_until_error(hang, 0.6))
+        await asyncio.sleep(0.05)
+        assert len(conn._deadlines) == 2
+        assert not _live_timers(loop, "_on_deadline")
+        await first
+        took = await second
+        assert 0.59 <= took < 0.85, took
+        assert not conn._deadlines

@@ -504,14 +504,24 @@ class ClientConnection(H2Driver):
                 self._unlisted -= 1
 
     def _unlist(self, call: WireCall) -> None:
-        """``call`` ended: drop it from the deadline list, at once from the front, else
-        once it reaches the front (or when ended calls are most of the list)."""
+        """``call`` ended: drop it from the deadline list, at once from either end, else
+        once it reaches one (or when ended calls are most of the list)."""
         call.listed = False
         deadlines = self._deadlines
-        if deadlines and deadlines[0] is call:
+        if not deadlines:
+            return
+        if deadlines[0] is call:
             deadlines.popleft()
             while deadlines and not deadlines[0].listed:
                 deadlines.popleft()
+                self._unlisted -= 1
+            return
+        if deadlines[-1] is call:
+            # The last deadline, behind a call still running: gone now, so that calls with
+            # an earlier deadline than this one can still join the list.
+            deadlines.pop()
+            while deadlines and not deadlines[-1].listed:
+                deadlines.pop()
                 self._unlisted -= 1
             return
         self._unlisted += 1
