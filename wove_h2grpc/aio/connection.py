@@ -179,7 +179,7 @@ class ClientConnection(H2Driver):
         self.settings_first = True  # until the server's SETTINGS arrive
         # The deadlines of calls started here, soonest first, under one loop timer armed
         # no later than the first of them (see start). Calls that ended stay in the list
-        # until they reach its front (or it is compacted): ``listed`` tells them apart.
+        # until they reach one of its ends (or it is compacted): ``listed`` tells them apart.
         self._deadlines: Deque[WireCall] = deque()
         self._deadline_timer: Optional[asyncio.TimerHandle] = None
         self._deadline_at = 0.0  # when _deadline_timer fires
