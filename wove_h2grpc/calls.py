@@ -303,7 +303,7 @@ class Call:
         """Start the call's attempts in a task, unless they already run somewhere."""
         if not self._started:
             self._started = True
-            self._task = self._loop.create_task(self._attempts())
+            self._task = self._loop.create_task(_run_attempts(self))
 
     def _raise_if_failed(self) -> None:
         if self._cancelled:
@@ -341,11 +341,15 @@ class Call:
             wire.writer, previous.writer = previous.writer, None
         return wire
 
-    async def _attempts(self) -> Any:
+    def _attempts(self) -> Generator[Any, None, Any]:
         """Send the call until it ends: pick a connection, open a stream, retry only what
         the server provably never processed. Sets the final state, then returns
         ``_value()`` (a unary response, or raises its error; None for the streaming kinds,
-        whose task never raises except CancelledError when it is cancelled)."""
+        whose task never raises except CancelledError when it is cancelled).
+
+        A generator, not a coroutine: a unary call's ``__await__`` returns it as it is
+        (no coroutine and await-wrapper per call); a task runs it through ``_Attempts``.
+        """
         rpc = self._rpc
         channel = rpc._channel
         opts = channel._opts
@@ -371,7 +375,7 @@ class Call:
                     )
                     self._assigning = assigning
                     try:
-                        conn = await assigning
+                        conn = yield from assigning
                     finally:
                         self._assigning = None
                 if self._done:
@@ -395,7 +399,7 @@ class Call:
                 if self._progress is not None:
                     self._poke()  # waiters re-check with the new attempt
                 try:
-                    outcome = await wire.future
+                    outcome = yield from wire.future
                 except asyncio.CancelledError:
                     conn.cancel(wire)
                     raise
@@ -519,7 +523,7 @@ class UnaryUnaryCall(Call, Generic[Resp]):
         if self._started:
             return self._result_when_done().__await__()
         self._started = True
-        return self._attempts().__await__()
+        return self._attempts()
 
     async def _result_when_done(self) -> Resp:
         while not self._done:
@@ -534,7 +538,7 @@ class UnaryUnaryCall(Call, Generic[Resp]):
 
     async def _attempts_quietly(self) -> None:
         with contextlib.suppress(GrpcError):
-            await self._attempts()
+            await _Attempts(self)
 
     def _value(self) -> Resp:
         if self._error is not None or self._cancelled:
@@ -858,6 +862,23 @@ async def _cancels_call(waiter: Awaitable[None], call: Call) -> None:
     except asyncio.CancelledError:
         call.cancel()
         raise
+
+
+class _Attempts:
+    """A call's attempt loop (a generator) as an awaitable, for a task to run."""
+
+    __slots__ = ("_call",)
+
+    def __init__(self, call: Call) -> None:
+        self._call = call
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self._call._attempts()
+
+
+async def _run_attempts(call: Call) -> Any:
+    """The attempt loop of ``call`` as a coroutine (the task of a streaming call)."""
+    return await _Attempts(call)
 
 
 def _current_task() -> Optional[asyncio.Task[Any]]:

@@ -123,6 +123,9 @@ async def test_client_call_leaves_nothing_behind(
             assert not _live_timers(loop, "_on_deadline")
             for conn in channel._pool.connections():
                 assert not conn._streams and not conn._queue and not conn._blocked
+                # The connection's deadline timer may stay armed (until the deadline it
+                # was set for), but holds no call.
+                assert not conn._deadlines
             assert not _other_tasks() or all(
                 "_connect_loop" in repr(t) or "FaultServer" in repr(t) or "_accept" in repr(t)
                 for t in _other_tasks()
@@ -130,7 +133,7 @@ async def test_client_call_leaves_nothing_behind(
         finally:
             await channel.close()
     await _settle()
-    assert not _live_timers(loop, "_on_deadline", "_check", "_on_expired")
+    assert not _live_timers(loop, "_on_deadline", "_on_deadlines", "_check", "_on_expired")
 
 
 # ------------------------------------------------------------------------------ server side

@@ -1,9 +1,9 @@
 """One client HTTP/2 connection: streams for calls, request bodies under flow control, keepalive.
 
 Built on the shared ``H2Driver``; every call is a ``protocol.call.ClientCall`` fed the
-events of its stream, and ends through ``_end`` alone, which stops its timer, frees its
-stream slot, resets the stream when the outcome says so and hands the outcome to the
-waiting caller. The connection knows nothing about targets, reconnects or retries; the
+events of its stream, and ends through ``_end`` alone, which stops watching its deadline,
+frees its stream slot, resets the stream when the outcome says so and hands the outcome to
+the waiting caller. The connection knows nothing about targets, reconnects or retries; the
 outcome tells the caller whether the server provably never ran the call.
 """
 
@@ -48,8 +48,8 @@ DEFAULT_MAX_STREAMS = 1000
 
 
 class WireCall(ClientCall):
-    """A ClientCall with what carrying it over asyncio needs: the caller's future, the
-    deadline timer and the request bytes still to send.
+    """A ClientCall with what carrying it over asyncio needs: the caller's future, how its
+    deadline is watched and the request bytes still to send.
 
     A unary request is one message, given at construction, after which the request stream
     ends. A streaming request (``closing`` False) gets its messages through
@@ -65,6 +65,7 @@ class WireCall(ClientCall):
         "deadline",
         "end_sent",
         "future",
+        "listed",
         "out_pos",
         "outbox",
         "prefix",
@@ -87,7 +88,8 @@ class WireCall(ClientCall):
         single_response: bool = True,
         closing: bool = True,
     ) -> None:
-        super().__init__(method, request_headers, max_receive, single_response)
+        # Not super(): that builds a proxy object on every call (before Python 3.12).
+        ClientCall.__init__(self, method, request_headers, max_receive, single_response)
         self.future = future
         self.deadline = deadline
         # The 5-byte message prefix and the message, kept apart: joining them would copy
@@ -95,7 +97,8 @@ class WireCall(ClientCall):
         self.prefix = prefix
         self.body = body
         self.out_pos = 0  # bytes of prefix + body sent
-        self.timer: Optional[asyncio.TimerHandle] = None
+        self.timer: Optional[asyncio.TimerHandle] = None  # a deadline out of order (see start)
+        self.listed = False  # the deadline is watched through the connection's list
         self.closing = closing  # the request ends after the messages written so far
         self.end_sent = False  # END_STREAM went out
         self.data_sent = 0  # request bytes sent, all messages together
@@ -174,6 +177,13 @@ class ClientConnection(H2Driver):
             last_read=lambda: self.last_read,
         )
         self.settings_first = True  # until the server's SETTINGS arrive
+        # The deadlines of calls started here, soonest first, under one loop timer armed
+        # no later than the first of them (see start). Calls that ended stay in the list
+        # until they reach one of its ends (or it is compacted): ``listed`` tells them apart.
+        self._deadlines: Deque[WireCall] = deque()
+        self._deadline_timer: Optional[asyncio.TimerHandle] = None
+        self._deadline_at = 0.0  # when _deadline_timer fires
+        self._unlisted = 0  # calls in _deadlines that have ended
         self.on_idle: Optional[Callable[[ClientConnection], None]] = None
 
     def handlers(self) -> Dict[type, Callable[[Any], None]]:
@@ -288,8 +298,21 @@ class ClientConnection(H2Driver):
             if outcome is not None:
                 self._end(call, outcome)
             return
-        if call.deadline is not None:
-            call.timer = self.loop.call_at(call.deadline, self._on_deadline, call)
+        deadline = call.deadline
+        if deadline is not None:
+            # Calls of one timeout started one after another have deadlines in order: they
+            # join the list and share its timer (asyncio keeps timers in a heap ordered
+            # by Python-level comparisons: one per call costs a dozen calls at 64 in
+            # flight). A deadline before the list's last one gets a timer of its own.
+            deadlines = self._deadlines
+            last = deadlines[-1].deadline if deadlines else None
+            if last is not None and last > deadline:
+                call.timer = self.loop.call_at(deadline, self._on_deadline, call)
+            else:
+                deadlines.append(call)
+                call.listed = True
+                if self._deadline_timer is None or self._deadline_at > deadline:
+                    self._arm_deadlines(deadline)
         streams = self._streams
         if len(streams) < self._max_streams and not self._queue:
             idle = not streams
@@ -456,11 +479,71 @@ class ClientConnection(H2Driver):
         if outcome is not None:
             self._end(call, outcome)
 
+    def _arm_deadlines(self, when: float) -> None:
+        """(Re)arm the list's timer for ``when``, no later than its first live deadline."""
+        timer = self._deadline_timer
+        if timer is not None:
+            timer.cancel()
+        self._deadline_at = when
+        self._deadline_timer = self.loop.call_at(when, self._on_deadlines)
+
+    def _on_deadlines(self) -> None:
+        """The list's timer fired: every listed call whose deadline has come ends with
+        DEADLINE_EXCEEDED; the timer is armed again for the first one still to come."""
+        self._deadline_timer = None
+        deadlines = self._deadlines
+        due = max(self._deadline_at, self.loop.time())  # asyncio ran it: its time has come
+        while deadlines:
+            call = deadlines[0]
+            if call.listed:
+                deadline = call.deadline
+                if deadline is not None and deadline > due:
+                    self._arm_deadlines(deadline)
+                    return
+                call.listed = False
+                deadlines.popleft()
+                outcome = call.on_deadline()
+                if outcome is not None:
+                    self._end(call, outcome)
+            else:
+                deadlines.popleft()
+                self._unlisted -= 1
+
+    def _unlist(self, call: WireCall) -> None:
+        """``call`` ended: drop it from the deadline list, at once from either end, else
+        once it reaches one (or when ended calls are most of the list)."""
+        call.listed = False
+        deadlines = self._deadlines
+        if not deadlines:
+            return
+        if deadlines[0] is call:
+            deadlines.popleft()
+            while deadlines and not deadlines[0].listed:
+                deadlines.popleft()
+                self._unlisted -= 1
+            return
+        if deadlines[-1] is call:
+            # The last deadline, behind a call still running: gone now, so that calls with
+            # an earlier deadline than this one can still join the list.
+            deadlines.pop()
+            while deadlines and not deadlines[-1].listed:
+                deadlines.pop()
+                self._unlisted -= 1
+            return
+        self._unlisted += 1
+        if self._unlisted > 64 and self._unlisted * 2 > len(deadlines):
+            live = [c for c in deadlines if c.listed]
+            deadlines.clear()
+            deadlines.extend(live)
+            self._unlisted = 0
+
     # ----------------------------------------------------------- the one exit
 
     def _end(self, call: WireCall, outcome: Outcome) -> None:
         """Every call ends here: timer stopped, slot freed, stream reset if the outcome says
         so, the outcome handed to the caller, the next queued call started."""
+        if call.listed:
+            self._unlist(call)
         timer = call.timer
         if timer is not None:
             timer.cancel()
@@ -655,6 +738,11 @@ class ClientConnection(H2Driver):
             )
             if outcome is not None:
                 self._end(call, outcome)
+        self._deadlines.clear()  # empty by now: every call on it has ended
+        self._unlisted = 0
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+            self._deadline_timer = None
         if close:
             self.close_transport()
         if self.on_idle is not None:
