@@ -467,12 +467,13 @@ async def window_update_flood(port: int) -> Observed:
 
 
 async def zero_window_readers(port: int) -> Observed:
-    """A client that grants no window (SETTINGS_INITIAL_WINDOW_SIZE 0) and asks for 600
-    responses of 512 KiB: 300 MiB of responses the server cannot send."""
+    """A client that grants no window (SETTINGS_INITIAL_WINDOW_SIZE 0) and asks for 1,000
+    responses of 400 KiB: 390 MiB of responses the server cannot send (1.5 times the
+    Server's default memory budget)."""
     peer = await Peer.connect(port, settings={SETTINGS_INITIAL_WINDOW_SIZE: 0})
-    request = grpc_message(json.dumps({"size": 512 * 1024}).encode())
+    request = grpc_message(json.dumps({"size": 400 * 1024}).encode())
     stream_id = 1
-    for _ in range(6):
+    for _ in range(10):
         out = bytearray()
         for _ in range(100):
             out += frame(
@@ -491,8 +492,9 @@ async def zero_window_readers(port: int) -> Observed:
 
 
 async def slow_reader(port: int) -> Observed:
-    """A client with a 4 KiB socket buffer and unlimited windows that asks for 200 responses
-    of 1 MiB and reads 1 KiB every 100 ms."""
+    """A client with a 4 KiB socket buffer and unlimited windows that asks for 384 responses
+    of 1 MiB (1.5 times the Server's default memory budget), reads 1 KiB every 100 ms for
+    1.5 s, then reads at full speed to see how the server answered."""
     peer = await Peer.connect(
         port,
         settings={SETTINGS_INITIAL_WINDOW_SIZE: MAX_WINDOW},
@@ -502,14 +504,17 @@ async def slow_reader(port: int) -> Observed:
     peer.send(frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", MAX_WINDOW - 65535)))
     request = grpc_message(json.dumps({"size": 1024 * 1024}).encode())
     out = bytearray()
-    for i in range(200):
+    for i in range(384):
         stream_id = 1 + 2 * i
         block = peer.headers_block(request_headers("/test.Test/Size"))
         out += frame(HEADERS, END_HEADERS, stream_id, block)
         out += frame(DATA, END_STREAM, stream_id, request)
     peer.send(bytes(out))
     await peer.drain()
-    await peer.wait_closed(2.0)
+    await peer.wait_closed(1.5)
+    # Catch up: what the server said is behind the response bytes it managed to send.
+    peer._read_delay = 0.0
+    await peer.wait_closed(3.0)
     return await peer.close()
 
 
@@ -675,8 +680,8 @@ ATTACKS: List[Attack] = [
     Attack("SETTINGS flood", settings_flood),
     Attack("PING flood", ping_flood),
     Attack("WINDOW_UPDATE flood", window_update_flood),
-    Attack("zero-window readers (600 x 512 KiB)", zero_window_readers, repeat=False),
-    Attack("slow reader (200 x 1 MiB)", slow_reader, repeat=False),
+    Attack("zero-window readers (1,000 x 400 KiB)", zero_window_readers, repeat=False),
+    Attack("slow reader (384 x 1 MiB)", slow_reader, repeat=False),
     Attack("slowloris (50 preface drips)", slowloris, repeat=False),
     Attack("0xFFFFFFFF length prefix", huge_length_prefix),
     Attack("streams over the limit (1,100)", streams_over_limit, repeat=False),

