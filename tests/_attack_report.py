@@ -114,7 +114,11 @@ def markdown_table(rows: Sequence[AttackRow], targets: Sequence[str]) -> str:
         by_attack.setdefault(row.attack, {})[row.target] = row
     head = ["attack"]
     for target in targets:
-        head += [f"{target}: reaction", f"{target}: probe p99 ms", f"{target}: RSS growth MiB"]
+        head += [
+            f"{target}: reaction",
+            f"{target}: probe p99 ms",
+            f"{target}: RSS growth peak / kept MiB",
+        ]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for attack, per_target in by_attack.items():
         line = [attack]
@@ -124,6 +128,12 @@ def markdown_table(rows: Sequence[AttackRow], targets: Sequence[str]) -> str:
                 line += ["-", "-", "-"]
             else:
                 lost = f" ({row.probe_lost} lost)" if row.probe_lost else ""
-                line += [row.reaction, _fmt(row.probe_p99_ms) + lost, _fmt(row.rss_growth_mib, 0)]
+                kept = (
+                    None
+                    if row.rss_after_mib is None or row.rss_before_mib is None
+                    else row.rss_after_mib - row.rss_before_mib
+                )
+                growth = f"{_fmt(row.rss_growth_mib, 0)} / {_fmt(kept, 0)}"
+                line += [row.reaction, _fmt(row.probe_p99_ms) + lost, growth]
         lines.append("| " + " | ".join(line) + " |")
     return "\n".join(lines)
