@@ -103,8 +103,7 @@ def text_table(rows: Sequence[AttackRow]) -> str:
     table = [list(COLUMNS)] + [cells(r) for r in rows]
     widths = [max(len(line[i]) for line in table) for i in range(len(COLUMNS))]
     return "\n".join(
-        "  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip()
-        for line in table
+        "  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in table
     )
 
 

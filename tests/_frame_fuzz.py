@@ -27,16 +27,20 @@ END_STREAM, ACK, END_HEADERS, PADDED, PRIORITY_FLAG = 0x1, 0x1, 0x4, 0x8, 0x20
 
 
 def fuzz_settings(default_examples: int) -> settings:
-    """Bounded, reproducible settings: ``WOVE_H2GRPC_FUZZ_EXAMPLES`` raises the example
-    count for a long local run (CI runs the defaults, derandomized, so a failure there
-    reproduces anywhere)."""
+    """Bounded, reproducible settings for CI (derandomized: the same examples on every run,
+    so a failure there reproduces anywhere). ``WOVE_H2GRPC_FUZZ_EXAMPLES=N`` makes a long
+    local run: N examples, randomized so that each run explores new ground; a failure
+    prints the ``@reproduce_failure`` blob that replays it."""
+    examples = os.environ.get("WOVE_H2GRPC_FUZZ_EXAMPLES")
     return settings(
-        max_examples=int(os.environ.get("WOVE_H2GRPC_FUZZ_EXAMPLES", str(default_examples))),
+        max_examples=int(examples) if examples else default_examples,
         deadline=None,  # an example is a network conversation: its time varies with the host
-        derandomize=True,
+        derandomize=not examples,
         database=None,
-        # Each example runs a real server and connection (tens of milliseconds): hypothesis'
-        # "too slow" check counts that against data generation, which is not the slow part.
+        print_blob=True,
+        # Each example runs a real server and connection (milliseconds, more on PyPy):
+        # hypothesis' "too slow" check counts that against data generation, which is not
+        # what is slow here.
         suppress_health_check=[HealthCheck.too_slow],
     )
 
@@ -114,28 +118,30 @@ class FrameReader:
         return out
 
 
-def missing_bytes(sent: bytes, *, preface: bool) -> Tuple[bytes, int]:
-    """What completes ``sent`` as the receiver frames it: the rest of the preface (if it
-    was cut inside it) and how many more bytes the last, partial frame needs."""
-    head = b""
+def completion(sent: bytes, *, preface: bool, max_frame: int) -> Tuple[bytes, bool]:
+    """What completes ``sent`` as the receiver frames it, and whether the receiver must
+    refuse it instead: the rest of the preface (if ``sent`` stops inside it), else zeros
+    up to the announced end of the last, partial frame; for a frame announced longer than
+    ``max_frame`` only the rest of its 9-byte header, and True."""
     pos = 0
     if preface:
         if len(sent) < len(PREFACE):
-            head = PREFACE[len(sent) :]
-            return head, 0
+            return PREFACE[len(sent) :], False
         pos = len(PREFACE)
-    need = 0
-    while pos < len(sent):
-        if len(sent) - pos < 9:
-            header = sent[pos:] + b"\x00" * (9 - (len(sent) - pos))
-            need = 9 - (len(sent) - pos) + int.from_bytes(header[:3], "big")
-            break
+    while pos + 9 <= len(sent):
         length = int.from_bytes(sent[pos : pos + 3], "big")
+        if length > max_frame:
+            return b"", True
         if len(sent) - pos < 9 + length:
-            need = 9 + length - (len(sent) - pos)
-            break
+            return b"\x00" * (9 + length - (len(sent) - pos)), False
         pos += 9 + length
-    return head, need
+    if pos == len(sent):
+        return b"", False
+    header = sent[pos:] + b"\x00" * (9 - (len(sent) - pos))
+    length = int.from_bytes(header[:3], "big")
+    return b"\x00" * (9 - (len(sent) - pos)) + b"\x00" * (0 if length > max_frame else length), (
+        length > max_frame
+    )
 
 
 # ------------------------------------------------------------------- mutations
