@@ -5,9 +5,11 @@ in the example's own event loop) answers a unary or a server-streaming call. Its
 is worked out once per example between a real h2 server and client connection: SETTINGS
 (sent as soon as a connection is accepted), then, once the request has arrived, the
 SETTINGS ACK, response HEADERS (initial metadata, maybe ``grpc-encoding: gzip``), the
-length-prefixed messages in DATA and the trailers (or a Trailers-Only answer). Hypothesis
-mutates those frames (``tests/_frame_fuzz.py``) and the fake server writes the result, in
-writes split at random points, maybe closing the connection after it.
+length-prefixed messages in DATA and the trailers (or a Trailers-Only answer), some header
+values maybe replaced by odd ones (a bad ``:status``, ``grpc-status``, percent-encoding,
+base64, ``grpc-encoding``...). Hypothesis mutates those frames (``tests/_frame_fuzz.py``)
+and the fake server writes the result, in writes split at random points, maybe closing
+the connection after it.
 
 Properties of every example, for a ``Channel`` call with a deadline:
 
@@ -60,8 +62,13 @@ def grpc_message(payload: bytes, compressed: bool = False) -> bytes:
     return (b"\x01" if compressed else b"\x00") + len(payload).to_bytes(4, "big") + payload
 
 
-def _config(client_side: bool) -> h2.config.H2Configuration:
-    return h2.config.H2Configuration(client_side=client_side, header_encoding=None)
+def _config(client_side: bool, validate: bool = True) -> h2.config.H2Configuration:
+    return h2.config.H2Configuration(
+        client_side=client_side,
+        header_encoding=None,
+        validate_outbound_headers=validate,
+        normalize_outbound_headers=validate,
+    )
 
 
 # ------------------------------------------------------------------ the answer
@@ -78,6 +85,8 @@ class Answer:
     trailers_only: bool
     gzip: bool
     metadata: bool  # initial and trailing metadata, text and -bin
+    # Header values set to odd ones: (in the trailers, name, value); mutated() is True.
+    tweaks: Tuple[Tuple[bool, bytes, bytes], ...] = ()
 
     @property
     def sent(self) -> Tuple[bytes, ...]:
@@ -97,6 +106,26 @@ class Answer:
         return self.status
 
 
+# Values a broken server may put in the headers the client reads (PROTOCOL-HTTP2).
+ODD_VALUES = {
+    b":status": [b"abc", b"99", b"600", b"200 ", b"", b"404", b"503", b"2000"],
+    b"content-type": [b"application/grpc+proto", b"text/html", b"", b"application/grpcx"],
+    b"grpc-status": [b"abc", b"-1", b"17", b"99999999999999999999", b"1.5", b"", b" 0", b"\xff"],
+    b"grpc-message": [b"%zz", b"%", b"%C3", b"%C3%28", b"\xff\xfe", b"a%2"],
+    b"grpc-encoding": [b"deflate", b"GZIP", b"", b"identity", b"gzip, gzip"],
+    b"x-init-bin": [b"!!!", b"a", b"====", b"YQ", b"YQ=", b"\xff"],
+    b"grpc-status-details-bin": [b"!!", b"YWJj"],
+    b"x-upper": [b"\x00", b"\r\n"],
+    b"X-Upper": [b"v"],
+}
+TWEAKS = st.lists(
+    st.sampled_from(sorted(ODD_VALUES)).flatmap(
+        lambda name: st.tuples(
+            st.booleans(), st.just(name), st.sampled_from(ODD_VALUES[name]) | st.binary(max_size=6)
+        )
+    ),
+    max_size=2,
+).map(tuple)
 ANSWERS = st.builds(
     Answer,
     st.booleans(),
@@ -106,13 +135,14 @@ ANSWERS = st.builds(
     st.booleans(),
     st.booleans(),
     st.booleans(),
+    TWEAKS,
 )
 
 
 def answer_frames(answer: Answer) -> List[Frame]:
     """The server's side of the conversation: tag 0 at accept, tag 1 once the request is in."""
     client = h2.connection.H2Connection(config=_config(True))
-    server = h2.connection.H2Connection(config=_config(False))
+    server = h2.connection.H2Connection(config=_config(False, validate=not answer.tweaks))
     client.initiate_connection()
     server.initiate_connection()
     first = split_frames(server.data_to_send(), tag=0)
@@ -140,6 +170,9 @@ def answer_frames(answer: Answer) -> List[Frame]:
     if answer.metadata:
         head += [(b"x-init", b"v"), (b"x-init-bin", base64.b64encode(b"\x00\xff").rstrip(b"="))]
         status_block += [(b"x-trail-bin", base64.b64encode(b"\x01\x02\x03\x04"))]
+    for in_trailers, name, value in answer.tweaks:
+        block = status_block if in_trailers or answer.trailers_only else head
+        block[:] = [(k, v) for k, v in block if k != name] + [(name, value)]
     # The client's SETTINGS get their ACK along with the answer.
     ack = split_frames(b"\x00\x00\x00\x04\x01\x00\x00\x00\x00", tag=1)
     if answer.trailers_only:
@@ -339,6 +372,29 @@ async def fuzzed_call(
     return result, elapsed, await asyncio.wait_for(afterwards(), BOUND)
 
 
+async def healthy_call(channel: Channel) -> bool:
+    """A call to the fake server turned healthy succeeds; True if at the first attempt.
+
+    The first attempt may fail fast with UNAVAILABLE: when the last connect attempt met a
+    server that does not speak HTTP/2 (a fuzzed first frame that is not SETTINGS), the
+    pool fails even a wait_for_ready call at once rather than wait for a reconnect that
+    cannot help (``Pool.assign``); the next call reconnects.
+    """
+    rpc = channel.unary_unary(UNARY)
+    for attempt in range(3):
+        try:
+            reply = await asyncio.wait_for(
+                rpc(b"healthy", timeout=BOUND, wait_for_ready=True), BOUND + 1
+            )
+        except GrpcError as exc:
+            assert exc.code() is StatusCode.UNAVAILABLE and attempt < 2, exc
+            await asyncio.sleep(0.05)
+            continue
+        assert reply == b"healthy"
+        return attempt == 0
+    raise AssertionError("unreachable")
+
+
 def check_unmutated(answer: Answer, result: Any, replies: List[bytes], after: Any) -> None:
     """An unmutated answer: the result (or error, after the replies) and its status."""
     code = answer.code
@@ -383,11 +439,11 @@ async def one_example(answer: Answer, plan: Plan, close_after: bool) -> List[str
                 reached.append(f"GrpcError {result.code().name}")
             else:
                 reached.append("a result")
-            if not plan.mutated:
+            if not plan.mutated and not answer.tweaks:
                 check_unmutated(answer, result, replies, after)
             fake.turn_healthy()
-            healthy = channel.unary_unary(UNARY)(b"healthy", timeout=BOUND, wait_for_ready=True)
-            assert await asyncio.wait_for(healthy, BOUND + 1) == b"healthy"
+            if not await healthy_call(channel):
+                reached.append("the first healthy call failed fast")
         finally:
             await asyncio.wait_for(channel.close(), BOUND)
             await fake.close()
