@@ -28,6 +28,7 @@ import contextlib
 import dataclasses
 import logging
 import struct
+import zlib
 from typing import Any, AsyncIterator, Dict, Iterator, List, Optional, Tuple
 
 import h2.config
@@ -51,7 +52,7 @@ from _frame_fuzz import (
     render,
     split_frames,
 )
-from _server_raw_client import RawClient, grpc_message
+from _server_raw_client import RawClient, grpc_message, gzip_bytes
 from h2.errors import ErrorCodes
 from hpack import Decoder
 from hypothesis import event, given
@@ -161,6 +162,9 @@ class CallSpec:
     messages: Tuple[bytes, ...]
     ending: str  # "end": END_STREAM; "reset": RST_STREAM CANCEL; "open": neither
     timeout: Optional[str]  # grpc-timeout
+    gzip: bool = False  # messages gzip-compressed, with grpc-encoding: gzip
+    # Request headers set to odd values, (name, value): the conversation counts as mutated.
+    tweaks: Tuple[Tuple[bytes, bytes], ...] = ()
 
     @property
     def sent(self) -> Tuple[bytes, ...]:
@@ -170,6 +174,29 @@ class CallSpec:
         return self.messages
 
 
+# Values a broken client may put in the headers the server reads (PROTOCOL-HTTP2).
+ODD_VALUES = {
+    b":method": [b"GET", b"post", b""],
+    b":path": [b"", b"/", b"f.S/Echo", b"/f.S/Echo?x=1", b"/\xff", b"*"],
+    b":scheme": [b"ftp", b""],
+    b"content-type": [b"application/grpc+proto", b"text/html", b"", b"application/grpcx"],
+    b"te": [b"gzip", b""],
+    b"grpc-timeout": [b"1", b"99999999H", b"-1S", b"1.5S", b"abc", b"100000000n", b"0m", b"S"],
+    b"grpc-encoding": [b"deflate", b"GZIP", b"", b"identity", b"gzip"],
+    b"grpc-accept-encoding": [b"gzip", b"deflate,,", b"\xff"],
+    b"x-meta-bin": [b"!!!", b"a", b"====", b"YQ", b"\xff"],
+    b"x-meta": [b"\x00", b"\r\n", b"\xff"],
+    b"X-Upper": [b"v"],
+    b"connection": [b"close"],
+}
+TWEAKS = st.lists(
+    st.sampled_from(sorted(ODD_VALUES)).flatmap(
+        lambda name: st.tuples(
+            st.just(name), st.sampled_from(ODD_VALUES[name]) | st.binary(max_size=6)
+        )
+    ),
+    max_size=2,
+).map(tuple)
 CALLS = st.lists(
     st.builds(
         CallSpec,
@@ -177,6 +204,8 @@ CALLS = st.lists(
         st.lists(st.binary(max_size=16), max_size=3).map(tuple),
         st.sampled_from(["end", "end", "reset", "open"]),
         st.sampled_from([None, None, "5S", "30m"]),
+        st.booleans(),
+        TWEAKS,
     ),
     min_size=1,
     max_size=3,
@@ -187,8 +216,14 @@ def conversation(
     calls: List[CallSpec], ping: bool, window: bool
 ) -> Tuple[List[Frame], Dict[int, CallSpec]]:
     """The frames a real client connection writes for ``calls``, and each call's stream."""
+    odd = any(spec.tweaks for spec in calls)
     conn = h2.connection.H2Connection(
-        h2.config.H2Configuration(client_side=True, header_encoding=None)
+        h2.config.H2Configuration(
+            client_side=True,
+            header_encoding=None,
+            validate_outbound_headers=not odd,
+            normalize_outbound_headers=not odd,
+        )
     )
     conn.initiate_connection()
     if window:
@@ -207,11 +242,16 @@ def conversation(
         ]
         if spec.timeout is not None:
             headers.append((b"grpc-timeout", spec.timeout.encode()))
+        if spec.gzip:
+            headers.append((b"grpc-encoding", b"gzip"))
+        for name, value in spec.tweaks:
+            headers = [(k, v) for k, v in headers if k != name] + [(name, value)]
         conn.send_headers(sid, headers)
         sent = spec.sent
         for n, message in enumerate(sent):
             last = n == len(sent) - 1 and spec.ending == "end"
-            conn.send_data(sid, grpc_message(message), end_stream=last)
+            framed = b"\x01" + _sized(gzip_bytes(message)) if spec.gzip else grpc_message(message)
+            conn.send_data(sid, framed, end_stream=last)
         if spec.ending == "end" and not sent:
             conn.end_stream(sid)
         elif spec.ending == "reset":
@@ -219,6 +259,10 @@ def conversation(
     if ping:
         conn.ping(b"12345678")
     return split_frames(conn.data_to_send(), preface=True), streams
+
+
+def _sized(body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + body
 
 
 # ----------------------------------------------------------- the server's side
@@ -242,7 +286,8 @@ class Answer:
         out, pos = [], 0
         while pos + 5 <= len(self.body):
             (length,) = struct.unpack(">I", self.body[pos + 1 : pos + 5])
-            out.append(self.body[pos + 5 : pos + 5 + length])
+            body = self.body[pos + 5 : pos + 5 + length]
+            out.append(zlib.decompress(body, 31) if self.body[pos] else body)
             pos += 5 + length
         assert pos == len(self.body), "a partial reply message"
         return out
@@ -389,7 +434,7 @@ async def one_example(calls: List[CallSpec], ping: bool, window: bool, plan: Pla
         port = await server.start("127.0.0.1:0")
         try:
             peer = await fuzz_connection(server, port, writes, live)
-            if not plan.mutated:
+            if not plan.mutated and not any(spec.tweaks for spec in calls):
                 check_answers(peer, streams)
             fresh = await RawClient.connect("127.0.0.1", port, timeout=BOUND)
             try:
@@ -431,7 +476,7 @@ def test_the_unmutated_conversation_is_answered() -> None:
     calls = [
         CallSpec("unary_unary", (b"a",), "end", None),
         CallSpec("unary_stream", (b"abc",), "end", "5S"),
-        CallSpec("stream_unary", (b"x", b"y"), "end", None),
+        CallSpec("stream_unary", (b"x", b"y"), "end", None, gzip=True),
         CallSpec("stream_stream", (b"1", b"2", b"3"), "end", None),
         CallSpec("stream_stream", (b"open",), "open", None),
     ]
