@@ -301,9 +301,11 @@ class Peer:
         self.reader = reader
         self.frames = FrameReader()
         self.decoder = Decoder()
+        # The conversation's SETTINGS_HEADER_TABLE_SIZE may be mutated to any value, which
+        # lets the server's encoder resize its table up to it (RFC 7541 section 4.2).
+        self.decoder.max_allowed_table_size = 2**32 - 1
         self.answers: Dict[int, Answer] = {}
         self.acked = asyncio.Event()
-        self.changed = asyncio.Event()
         self.goaway: Optional[int] = None
         self.reached: List[str] = []
         self._block: Optional[Tuple[int, int, bytearray]] = None  # a header block in progress
@@ -318,7 +320,6 @@ class Peer:
                 return
             for kind, flags, sid, payload in self.frames.feed(data):
                 self._on_frame(kind, flags, sid, payload)
-            self.changed.set()
 
     def _on_frame(self, kind: int, flags: int, sid: int, payload: bytes) -> None:
         if self._block is not None:
