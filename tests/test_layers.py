@@ -43,6 +43,7 @@ LAYERS: Dict[str, int] = {
     "aio._h2compat": AIO,
     "aio._h2fast": AIO,
     "aio.budget": AIO,
+    "aio.deadlines": AIO,
     "aio.dial": AIO,
     "aio.driver": AIO,
     "aio.keepalive": AIO,

@@ -120,7 +120,7 @@ async def test_client_call_leaves_nothing_behind(
         channel = Channel(server.target, connect_timeout=2.0, transparent_retry=False)
         try:
             await _call_and_check(channel.unary_unary("/t.S/M"), mode, expected, b"ok")
-            assert not _live_timers(loop, "_on_deadline")
+            assert not _live_timers(loop, "_fire_one")
             for conn in channel._pool.connections():
                 assert not conn._streams and not conn._queue and not conn._blocked
                 # The connection's deadline timer may stay armed (until the deadline it
@@ -133,7 +133,7 @@ async def test_client_call_leaves_nothing_behind(
         finally:
             await channel.close()
     await _settle()
-    assert not _live_timers(loop, "_on_deadline", "_on_deadlines", "_check", "_on_expired")
+    assert not _live_timers(loop, "_fire_one", "_fire", "_check", "_on_expired")
 
 
 # ------------------------------------------------------------------------------ server side
@@ -182,7 +182,10 @@ async def test_server_call_leaves_nothing_behind(method: str, mode: Any, expecte
             await _call_and_check(channel.unary_unary(method), mode, expected, b"x")
             (conn,) = server._connections
             assert not conn.calls, conn.calls
-            assert not _live_timers(loop, "_deadline_expired", "_on_deadline")
+            # No call's timer left; the deadline list's timer may stay armed (until the
+            # deadline it was set for), but the list holds no call.
+            assert not _live_timers(loop, "_fire_one")
+            assert not len(conn._deadlines)
             handler_tasks = [t for t in _other_tasks() if "_run_unary" in repr(t)]
             assert not handler_tasks, handler_tasks
     finally:

@@ -58,7 +58,7 @@ async def test_every_deadline_fires_on_time_in_and_out_of_order() -> None:
         await asyncio.sleep(0.05)
         (conn,) = channel._pool.connections()
         assert len(conn._deadlines) == 2
-        assert len(_live_timers(asyncio.get_running_loop(), "_on_deadline")) == 2
+        assert len(_live_timers(asyncio.get_running_loop(), "_fire_one")) == 2
         elapsed = await asyncio.gather(*tasks)
         for timeout, took in zip(timeouts, elapsed):
             assert timeout - 0.01 <= took < timeout + 0.25, (timeout, took)
@@ -75,13 +75,13 @@ async def test_calls_of_one_timeout_share_the_connection_timer() -> None:
             await asyncio.sleep(0.1)
             (conn,) = channel._pool.connections()
             assert len(conn._deadlines) == 20
-            assert not _live_timers(loop, "_on_deadline")
-            assert len(_live_timers(loop, "_on_deadlines")) == 1
+            assert not _live_timers(loop, "_fire_one")
+            assert len(_live_timers(loop, "_fire")) == 1
             for call in calls:
                 call.cancel()
             await asyncio.gather(*tasks)
             assert not conn._deadlines and not conn._streams
-        assert not _live_timers(loop, "_on_deadlines")  # closing the channel stops it
+        assert not _live_timers(loop, "_fire")  # closing the channel stops it
 
 
 async def _ended(call: Any) -> None:
@@ -120,7 +120,7 @@ async def test_a_call_that_ends_last_in_the_list_leaves_it_at_once() -> None:
         second = asyncio.ensure_future(_elapsed_until_error(hang, 0.6))
         await asyncio.sleep(0.05)
         assert len(conn._deadlines) == 2
-        assert not _live_timers(loop, "_on_deadline")
+        assert not _live_timers(loop, "_fire_one")
         await first
         took = await second
         assert 0.59 <= took < 0.85, took

@@ -23,6 +23,7 @@ from ..errors import GrpcError
 from ..protocol.call import ClientCall, Headers, Outcome
 from ..protocol.status import StatusCode, h2_error_name, status_from_h2_error
 from ._h2compat import make_h2_connection
+from .deadlines import Deadlines
 from .driver import H2Driver
 from .keepalive import ConnectionSettings, Keepalive
 
@@ -97,7 +98,7 @@ class WireCall(ClientCall):
         self.prefix = prefix
         self.body = body
         self.out_pos = 0  # bytes of prefix + body sent
-        self.timer: Optional[asyncio.TimerHandle] = None  # a deadline out of order (see start)
+        self.timer: Optional[asyncio.TimerHandle] = None  # a deadline out of order (deadlines.py)
         self.listed = False  # the deadline is watched through the connection's list
         self.closing = closing  # the request ends after the messages written so far
         self.end_sent = False  # END_STREAM went out
@@ -177,13 +178,8 @@ class ClientConnection(H2Driver):
             last_read=lambda: self.last_read,
         )
         self.settings_first = True  # until the server's SETTINGS arrive
-        # The deadlines of calls started here, soonest first, under one loop timer armed
-        # no later than the first of them (see start). Calls that ended stay in the list
-        # until they reach one of its ends (or it is compacted): ``listed`` tells them apart.
-        self._deadlines: Deque[WireCall] = deque()
-        self._deadline_timer: Optional[asyncio.TimerHandle] = None
-        self._deadline_at = 0.0  # when _deadline_timer fires
-        self._unlisted = 0  # calls in _deadlines that have ended
+        # The deadlines of calls started here, under one loop timer (deadlines.py).
+        self._deadlines: Deadlines[WireCall] = Deadlines(loop, self._on_deadline)
         self.on_idle: Optional[Callable[[ClientConnection], None]] = None
 
     def handlers(self) -> Dict[type, Callable[[Any], None]]:
@@ -298,21 +294,8 @@ class ClientConnection(H2Driver):
             if outcome is not None:
                 self._end(call, outcome)
             return
-        deadline = call.deadline
-        if deadline is not None:
-            # Calls of one timeout started one after another have deadlines in order: they
-            # join the list and share its timer (asyncio keeps timers in a heap ordered
-            # by Python-level comparisons: one per call costs a dozen calls at 64 in
-            # flight). A deadline before the list's last one gets a timer of its own.
-            deadlines = self._deadlines
-            last = deadlines[-1].deadline if deadlines else None
-            if last is not None and last > deadline:
-                call.timer = self.loop.call_at(deadline, self._on_deadline, call)
-            else:
-                deadlines.append(call)
-                call.listed = True
-                if self._deadline_timer is None or self._deadline_at > deadline:
-                    self._arm_deadlines(deadline)
+        if call.deadline is not None:
+            self._deadlines.watch(call)
         streams = self._streams
         if len(streams) < self._max_streams and not self._queue:
             idle = not streams
@@ -474,80 +457,18 @@ class ClientConnection(H2Driver):
             self.flush_soon()
 
     def _on_deadline(self, call: WireCall) -> None:
-        call.timer = None
+        """``call``'s deadline has come (the deadline list expires it)."""
         outcome = call.on_deadline()
         if outcome is not None:
             self._end(call, outcome)
-
-    def _arm_deadlines(self, when: float) -> None:
-        """(Re)arm the list's timer for ``when``, no later than its first live deadline."""
-        timer = self._deadline_timer
-        if timer is not None:
-            timer.cancel()
-        self._deadline_at = when
-        self._deadline_timer = self.loop.call_at(when, self._on_deadlines)
-
-    def _on_deadlines(self) -> None:
-        """The list's timer fired: every listed call whose deadline has come ends with
-        DEADLINE_EXCEEDED; the timer is armed again for the first one still to come."""
-        self._deadline_timer = None
-        deadlines = self._deadlines
-        due = max(self._deadline_at, self.loop.time())  # asyncio ran it: its time has come
-        while deadlines:
-            call = deadlines[0]
-            if call.listed:
-                deadline = call.deadline
-                if deadline is not None and deadline > due:
-                    self._arm_deadlines(deadline)
-                    return
-                call.listed = False
-                deadlines.popleft()
-                outcome = call.on_deadline()
-                if outcome is not None:
-                    self._end(call, outcome)
-            else:
-                deadlines.popleft()
-                self._unlisted -= 1
-
-    def _unlist(self, call: WireCall) -> None:
-        """``call`` ended: drop it from the deadline list, at once from either end, else
-        once it reaches one (or when ended calls are most of the list)."""
-        call.listed = False
-        deadlines = self._deadlines
-        if not deadlines:
-            return
-        if deadlines[0] is call:
-            deadlines.popleft()
-            while deadlines and not deadlines[0].listed:
-                deadlines.popleft()
-                self._unlisted -= 1
-            return
-        if deadlines[-1] is call:
-            # The last deadline, behind a call still running: gone now, so that calls with
-            # an earlier deadline than this one can still join the list.
-            deadlines.pop()
-            while deadlines and not deadlines[-1].listed:
-                deadlines.pop()
-                self._unlisted -= 1
-            return
-        self._unlisted += 1
-        if self._unlisted > 64 and self._unlisted * 2 > len(deadlines):
-            live = [c for c in deadlines if c.listed]
-            deadlines.clear()
-            deadlines.extend(live)
-            self._unlisted = 0
 
     # ----------------------------------------------------------- the one exit
 
     def _end(self, call: WireCall, outcome: Outcome) -> None:
         """Every call ends here: timer stopped, slot freed, stream reset if the outcome says
         so, the outcome handed to the caller, the next queued call started."""
-        if call.listed:
-            self._unlist(call)
-        timer = call.timer
-        if timer is not None:
-            timer.cancel()
-            call.timer = None
+        if call.listed or call.timer is not None:
+            self._deadlines.forget(call)
         sid = call.stream_id
         removed = False
         if sid and self._streams.get(sid) is call:
@@ -738,11 +659,7 @@ class ClientConnection(H2Driver):
             )
             if outcome is not None:
                 self._end(call, outcome)
-        self._deadlines.clear()  # empty by now: every call on it has ended
-        self._unlisted = 0
-        if self._deadline_timer is not None:
-            self._deadline_timer.cancel()
-            self._deadline_timer = None
+        self._deadlines.close()  # every call on it has ended by now
         if close:
             self.close_transport()
         if self.on_idle is not None:

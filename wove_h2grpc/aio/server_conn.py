@@ -47,6 +47,7 @@ from ..protocol.server_call import Finish, ServerCall, open_call
 from ..protocol.status import StatusCode
 from ._h2compat import make_server_h2_connection
 from .budget import MemoryBudget
+from .deadlines import Deadlines
 from .driver import H2Driver
 from .options import ServerOptions
 
@@ -101,6 +102,7 @@ class ServedCall(ServerCall):
     __slots__ = (
         "cancelled",
         "charged",
+        "listed",
         "out_charged",
         "reader",
         "task",
@@ -112,7 +114,8 @@ class ServedCall(ServerCall):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.task: Optional[asyncio.Task[None]] = None
-        self.timer: Optional[asyncio.TimerHandle] = None
+        self.timer: Optional[asyncio.TimerHandle] = None  # a deadline out of order (deadlines.py)
+        self.listed = False  # the deadline is watched through the connection's list
         self.waiter: Optional[asyncio.Future[None]] = None
         self.reader: Optional[asyncio.Future[None]] = None
         self.unacked = 0  # request bytes received but not acknowledged (a lagging reader)
@@ -179,6 +182,8 @@ class ServerConnection(H2Driver):
         self._on_open = on_open
         self._on_closed = on_closed
         self.calls: Dict[int, ServedCall] = {}
+        # The calls' deadlines (from grpc-timeout), under one loop timer (deadlines.py).
+        self._deadlines: Deadlines[ServedCall] = Deadlines(loop, self._deadline_expired)
         self._started = False
         self._draining = False  # our GOAWAY is out: no new streams, close when calls end
         self._peer_goaway = False
@@ -266,6 +271,7 @@ class ServerConnection(H2Driver):
 
     def on_lost(self, exc: Optional[Exception]) -> None:
         self._cancel_all()
+        self._deadlines.close()
         for handle in (self._handshake_handle, self._idle_handle):
             if handle is not None:
                 handle.cancel()
@@ -455,7 +461,7 @@ class ServerConnection(H2Driver):
         call = opened
         self.calls[stream_id] = call
         if call.deadline is not None:
-            call.timer = self.loop.call_at(call.deadline, self._deadline_expired, call)
+            self._deadlines.watch(call)
         if not call.single_request:
             # A request stream: the handler runs from the headers on and reads as it goes.
             self._on_call(self, call)
@@ -721,10 +727,8 @@ class ServerConnection(H2Driver):
         if cancelled:
             call.cancelled = True
             call.on_reset()
-        timer = call.timer
-        if timer is not None:
-            timer.cancel()
-            call.timer = None
+        if call.listed or call.timer is not None:
+            self._deadlines.forget(call)
         if call.waiter is not None:
             _wake(call)
         if call.reader is not None:
@@ -751,7 +755,7 @@ class ServerConnection(H2Driver):
                 self._arm_idle()
 
     def _deadline_expired(self, call: ServedCall) -> None:
-        call.timer = None
+        """``call``'s deadline has come (the deadline list expires it)."""
         if call.done:
             return
         finish = call.finish(StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
