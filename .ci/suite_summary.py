@@ -28,7 +28,7 @@ from typing import Dict, List, Tuple
 # Servers; "docs" runs the documentation's examples; "attacks" the HTTP/2 attack suite
 # (tests/attacks: hostile clients against servers, hostile servers against the Channel).
 SUITES: List[Tuple[str, Tuple[str, ...]]] = [
-    ("worker", ("test_worker*", "test_cli*", "test_demo*")),
+    ("worker", ("test_worker*", "test_cli.py", "test_cli_*", "test_demo*")),
     ("wove", ("test_wove*", "test_executor*", "test_install*", "test_transport*")),
     ("server", ("test_server*",)),
     ("scaleout", ("test_scaleout*", "test_lb*", "test_round_robin*")),

@@ -164,6 +164,9 @@ class Plan:
     mutations: Tuple[Mutation, ...] = ()
     cut: Optional[int] = None  # keep only this many per mille of the bytes
     splits: Tuple[int, ...] = ()  # byte offsets (modulo the length) where a write ends
+    # Leave the handshake (render's ``handshake`` leading frames) unmutated, so that the
+    # mutations reach the calls more often.
+    spare_handshake: bool = False
 
     @property
     def mutated(self) -> bool:
@@ -258,6 +261,7 @@ def plans(max_mutations: int = 4) -> st.SearchStrategy[Plan]:
         st.lists(mutations(), max_size=max_mutations).map(tuple),
         st.none() | st.integers(0, 1000),
         st.lists(_INDEX, max_size=4).map(tuple),
+        st.booleans(),
     )
 
 
@@ -320,10 +324,14 @@ def mutate(frames: Sequence[Frame], plan: Plan) -> List[Frame]:
     return out
 
 
-def render(frames: Sequence[Frame], plan: Plan) -> List[Tuple[int, bytes]]:
+def render(frames: Sequence[Frame], plan: Plan, handshake: int = 0) -> List[Tuple[int, bytes]]:
     """The mutated conversation as writes: (tag, bytes) in order, cut short and split
-    where the plan says, and split where the tag changes."""
-    mutated = mutate(frames, plan)
+    where the plan says, and split where the tag changes. The first ``handshake`` frames
+    are the connection's preface and SETTINGS (spared if the plan says so)."""
+    if plan.spare_handshake:
+        mutated = list(frames[:handshake]) + mutate(frames[handshake:], plan)
+    else:
+        mutated = mutate(frames, plan)
     pieces = [(f.tag, f.encode()) for f in mutated]
     total = sum(len(p) for _, p in pieces)
     keep = total if plan.cut is None else total * plan.cut // 1000

@@ -420,7 +420,9 @@ async def one_example(answer: Answer, plan: Plan, close_after: bool) -> List[str
     problems = Problems()
     reached: List[str] = []
     with problems.watching():
-        fake = FakeServer(render(answer_frames(answer), plan), close_after)
+        frames = answer_frames(answer)
+        first = sum(1 for f in frames if f.tag == 0)  # the server's SETTINGS, at accept
+        fake = FakeServer(render(frames, plan, handshake=first), close_after)
         port = await fake.start()
         channel = Channel(f"127.0.0.1:{port}", connect_timeout=1.0)
         # A failed connect backs off before the next; short here, so that the healthy

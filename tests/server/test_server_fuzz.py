@@ -429,7 +429,7 @@ async def one_example(calls: List[CallSpec], ping: bool, window: bool, plan: Pla
     problems = Problems()
     live = Live()
     frames, streams = conversation(calls, ping, window)
-    writes = render(frames, plan)
+    writes = render(frames, plan, handshake=2)  # the preface and SETTINGS
     with problems.watching():
         server = make_server(live)
         port = await server.start("127.0.0.1:0")
