@@ -308,7 +308,7 @@ async def test_new_streams_refused_while_over_budget(served: Tuple[Server, int])
 
     class Closing:
         held = BUDGET + 1
-        closing = True
+        going_away = True
 
         def shed(self) -> None:
             raise AssertionError("a closing connection is not shed again")

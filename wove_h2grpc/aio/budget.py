@@ -69,8 +69,9 @@ class BudgetHolder(Protocol):
         """Bytes this connection holds under the budget now."""
 
     @property
-    def closing(self) -> bool:
-        """True once the connection is going away (shedding it again would free nothing)."""
+    def going_away(self) -> bool:
+        """True once the connection is being shed or closed (shedding it again would free
+        nothing)."""
 
     def shed(self) -> None:
         """Release every call's bytes and close the connection (GOAWAY ENHANCE_YOUR_CALM)."""
@@ -147,14 +148,14 @@ class MemoryBudget:
 
     def relieve(self) -> None:
         """Shed the connection holding the most bytes, then the next, until the total is
-        back under the limit (or only closing connections hold bytes)."""
+        back under the limit (or only connections going away hold bytes)."""
         self._relief = None
         while self.total > self.ceiling:
             victim: Optional[BudgetHolder] = None
             most = 0
             for holder in self._holders:
                 held = holder.held
-                if held > most and not holder.closing:
+                if held > most and not holder.going_away:
                     victim, most = holder, held
             if victim is None:
                 return

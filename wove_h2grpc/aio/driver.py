@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 _OLD_SSLPROTO = sys.version_info < (3, 11)
 
 # How many frames a HEADERS frame counts as for max_frames_per_turn (see _frame_cut).
-_HEADERS_WEIGHT = 4
+_HEADERS_WEIGHT = 16
 
 # A closing transport whose peer does not read what is left is aborted after this long.
 CLOSE_ABORT_DELAY = 5.0
@@ -59,9 +59,10 @@ class H2Driver(asyncio.BufferedProtocol):
     # which glibc may serve with mmap/mremap/munmap, three system calls per read.
     receive_buffer_size = 64 * 1024
     # At most this many frames go to h2 per event-loop turn (a HEADERS frame counts as
-    # four: it may start a call); the rest of a read waits for the next turn with reading
-    # paused, so that a peer flooding small frames (resets, PINGs, SETTINGS) or opening
-    # streams by the hundred delays the loop's other connections by one slice at a time.
+    # sixteen: it may start a call, whose handler then runs); the rest of a read waits for
+    # the next turn with reading paused, so that a peer flooding small frames (resets,
+    # PINGs, SETTINGS) or opening streams by the hundred delays the loop's other
+    # connections by one slice at a time.
     # Bulk DATA is never cut: a 64 KiB read of 16 KiB frames holds four.
     max_frames_per_turn = 256
 
@@ -160,7 +161,7 @@ class H2Driver(asyncio.BufferedProtocol):
         limit = self.max_frames_per_turn
         while pos + 9 <= size:
             # A HEADERS frame may start a call (its handler runs in the next turn): it
-            # counts as _HEADERS_WEIGHT frames, so a turn starts at most 64 calls.
+            # counts as _HEADERS_WEIGHT frames, so a turn starts at most 16 calls.
             frames += _HEADERS_WEIGHT if data[pos + 3] == 0x1 else 1
             pos += 9 + (data[pos] << 16 | data[pos + 1] << 8 | data[pos + 2])
             if frames >= limit and pos < size:

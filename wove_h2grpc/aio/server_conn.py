@@ -34,7 +34,7 @@ import asyncio
 import contextlib
 import logging
 import socket
-from typing import Any, Callable, Dict, Optional, cast
+from typing import Any, Callable, Dict, List, Optional, cast
 
 import h2.events
 import h2.exceptions
@@ -92,6 +92,8 @@ _READ_LOW_WATER = 64 * 1024
 _WRITE_SLICE = 256 * 1024
 # The details of the status a call gets when its connection is shed for the memory budget.
 _BUDGET_DETAILS = "server memory budget exceeded"
+# Calls a connection shed for the memory budget ends per loop turn.
+_SHED_PER_TURN = 32
 
 
 class ServedCall(ServerCall):
@@ -186,6 +188,7 @@ class ServerConnection(H2Driver):
         self._deadlines: Deadlines[ServedCall] = Deadlines(loop, self._deadline_expired)
         self._started = False
         self._draining = False  # our GOAWAY is out: no new streams, close when calls end
+        self._shedding = False  # shed for the memory budget: its calls are ending (see shed)
         self._peer_goaway = False
         self._handshake_handle: Optional[asyncio.TimerHandle] = None
         self._idle_handle: Optional[asyncio.TimerHandle] = None
@@ -307,26 +310,52 @@ class ServerConnection(H2Driver):
         self._cancel_all()
         super().close_with_goaway(error_code, debug_data=debug_data)
 
+    @property
+    def going_away(self) -> bool:
+        """Shed for the memory budget or closing: shedding it (again) would free nothing."""
+        return self.closing or self._shedding
+
     def shed(self) -> None:
         """Over the server's memory budget and holding the most: every call ends with
-        RESOURCE_EXHAUSTED (its handler is cancelled, its bytes released), then GOAWAY
-        ENHANCE_YOUR_CALM with debug data ``memory_budget`` closes the connection."""
-        if self.closing:
+        RESOURCE_EXHAUSTED (its handler cancelled, its bytes released from the count at
+        once), then GOAWAY ENHANCE_YOUR_CALM with debug data ``memory_budget`` closes the
+        connection. The calls end ``_SHED_PER_TURN`` per loop turn, new streams refused
+        meanwhile: ending hundreds of calls, and freeing what their handlers held, in one
+        turn would stall every other connection of the loop."""
+        if self.closing or self._shedding:
             return
+        self._shedding = True
         held, budget = self.held, self._budget
         total = budget.total
-        for call in list(self.calls.values()):
+        calls = list(self.calls.values())
+        for call in calls:
+            if call.charged or call.out_charged:
+                self._charge(-call.charged - call.out_charged)
+                call.charged = call.out_charged = 0
+        budget.released(held, self.loop)
+        reason = (
+            f"over the server memory budget: it held {held} of the {total} bytes "
+            f"buffered server-wide (max_buffered_bytes={budget.limit})"
+        )
+        self._shed_some(calls, reason)
+
+    def _shed_some(self, calls: List[ServedCall], reason: str) -> None:
+        """End the next ``_SHED_PER_TURN`` of ``calls`` with RESOURCE_EXHAUSTED, the rest in
+        later turns; after the last, GOAWAY and close."""
+        if self.closing:
+            return  # the connection went away meanwhile: its calls ended with it
+        for call in calls[:_SHED_PER_TURN]:
+            if self.calls.get(call.stream_id) is not call:
+                continue  # ended meanwhile
             finish = call.finish(StatusCode.RESOURCE_EXHAUSTED, _BUDGET_DETAILS)
             self._end(call, cancelled=True)
             if finish is not None:
                 self._write_finish(call.stream_id, finish)
-        self.close_with_goaway(
-            ErrorCodes.ENHANCE_YOUR_CALM,
-            f"over the server memory budget: it held {held} of the {total} bytes "
-            f"buffered server-wide (max_buffered_bytes={budget.limit})",
-            debug_data=b"memory_budget",
-        )
-        budget.released(held, self.loop)
+        if len(calls) > _SHED_PER_TURN:
+            self.flush_soon()
+            self.loop.call_soon(self._shed_some, calls[_SHED_PER_TURN:], reason)
+            return
+        self.close_with_goaway(ErrorCodes.ENHANCE_YOUR_CALM, reason, debug_data=b"memory_budget")
 
     def _charge(self, delta: int) -> None:
         """Add ``delta`` bytes (negative: released) to this connection's and the server's
@@ -436,6 +465,7 @@ class ServerConnection(H2Driver):
         budget = self._budget
         if (
             self._draining
+            or self._shedding
             or self._peer_goaway
             or len(self.calls) >= (self.options.max_concurrent_streams)
             or budget.total > budget.ceiling
