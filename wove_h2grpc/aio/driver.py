@@ -31,9 +31,6 @@ logger = logging.getLogger(__name__)
 # asyncio's TLS transports were rewritten in 3.11; the older ones need the abort below.
 _OLD_SSLPROTO = sys.version_info < (3, 11)
 
-# How many frames a HEADERS frame counts as for max_frames_per_turn (see _frame_cut).
-_HEADERS_WEIGHT = 16
-
 # A closing transport whose peer does not read what is left is aborted after this long.
 CLOSE_ABORT_DELAY = 5.0
 
@@ -59,12 +56,14 @@ class H2Driver(asyncio.BufferedProtocol):
     # which glibc may serve with mmap/mremap/munmap, three system calls per read.
     receive_buffer_size = 64 * 1024
     # At most this many frames go to h2 per event-loop turn (a HEADERS frame counts as
-    # sixteen: it may start a call, whose handler then runs); the rest of a read waits for
-    # the next turn with reading paused, so that a peer flooding small frames (resets,
-    # PINGs, SETTINGS) or opening streams by the hundred delays the loop's other
-    # connections by one slice at a time.
+    # ``headers_weight``); the rest of a read waits for the next turn with reading paused,
+    # so that a peer flooding small frames (resets, PINGs, SETTINGS) delays the loop's
+    # other connections by one slice at a time.
     # Bulk DATA is never cut: a 64 KiB read of 16 KiB frames holds four.
     max_frames_per_turn = 256
+    # What a HEADERS frame counts as against max_frames_per_turn. The server sets more: a
+    # request's HEADERS starts a call, whose handler then runs in the next turn.
+    headers_weight = 1
 
     def __init__(self, loop: asyncio.AbstractEventLoop, conn: h2.connection.H2Connection) -> None:
         self.loop = loop
@@ -159,10 +158,9 @@ class H2Driver(asyncio.BufferedProtocol):
             pos = 9 + (head[0] << 16 | head[1] << 8 | head[2]) - got
         frames = 0
         limit = self.max_frames_per_turn
+        weight = self.headers_weight
         while pos + 9 <= size:
-            # A HEADERS frame may start a call (its handler runs in the next turn): it
-            # counts as _HEADERS_WEIGHT frames, so a turn starts at most 16 calls.
-            frames += _HEADERS_WEIGHT if data[pos + 3] == 0x1 else 1
+            frames += weight if data[pos + 3] == 0x1 else 1
             pos += 9 + (data[pos] << 16 | data[pos + 1] << 8 | data[pos + 2])
             if frames >= limit and pos < size:
                 return pos

@@ -151,6 +151,8 @@ class ServerConnection(H2Driver):
     """
 
     pause_reading_when_blocked = True
+    # A request's HEADERS starts a call: at most 16 new calls per loop turn (see H2Driver).
+    headers_weight = 16
 
     def __init__(
         self,
