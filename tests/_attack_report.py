@@ -57,16 +57,6 @@ def rss_mib(pid: Optional[int] = None) -> float:
     return resident_pages * os.sysconf("SC_PAGE_SIZE") / (1024 * 1024)
 
 
-def peak_rss_mib(pid: Optional[int] = None) -> float:
-    """Peak resident set size (VmHWM) of a process in MiB, from /proc."""
-    path = f"/proc/{pid if pid is not None else 'self'}/status"
-    with open(path, encoding="ascii") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmHWM in {path}")
-
-
 def _fmt(value: Optional[float], digits: int = 1) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 

@@ -153,7 +153,6 @@ class Peer:
         self.decoder.max_header_list_size = 1 << 26
         self.closed = asyncio.Event()
         self.server_settings = asyncio.Event()
-        self.received = 0
         self.peer_initial_window = 65535
         self.conn_window = 65535
         self.stream_windows: Dict[int, int] = {}
@@ -285,7 +284,6 @@ class Peer:
                     chunk = await self._reader.read(1 << 16)
                 if not chunk:
                     break
-                self.received += len(chunk)
                 self._buffer += chunk
                 self._parse()
         except (ConnectionError, OSError):
