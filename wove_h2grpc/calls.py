@@ -142,6 +142,7 @@ class Call:
         "_progress",
         "_request",
         "_rpc",
+        "_sink",
         "_start",
         "_started",
         "_task",
@@ -196,6 +197,7 @@ class Call:
         self._assigning: Optional[asyncio.Future[ClientConnection]] = None
         self._progress: Optional[asyncio.Future[None]] = None
         self._callbacks: Optional[List[DoneCallback]] = None
+        self._sink: Optional[Callable[[bytes], None]] = None
 
     # ---------------------------------------------------------- the public view
 
@@ -335,6 +337,7 @@ class Call:
             self._single_response,
             closing,
         )
+        wire.sink = self._sink
         if previous is not None:
             if request is None:
                 wire.take_request(previous)
@@ -709,6 +712,27 @@ class UnaryStreamCall(_ResponseStream):
     _kind = RpcKind.UNARY_STREAM
     _single_response = not RpcKind.UNARY_STREAM.response_streaming
 
+    async def _deliver_to(self, sink: Callable[[Any], None]) -> None:
+        """Run the call in the awaiting task, handing ``sink`` each response message as it
+        arrives, in order, instead of queueing it for ``read()``.
+
+        For a consumer that handles every message at once (the Wove executor): no reader
+        wake-up per message and no task of the call's own. Returns when the stream ended
+        OK; raises its ``GrpcError``, or ``CancelledError`` once ``cancel()`` ended it. The
+        sink runs inside the connection's read path, so it must be quick and must not
+        raise; calling ``cancel()`` from it stops the delivery.
+        """
+        if self._started:
+            raise RuntimeError("the call runs already; build it with _prepare()")
+        deserializer = self._rpc._deserializer
+        if deserializer is not None:
+            self._sink = lambda message: sink(deserializer(message))
+        else:
+            self._sink = sink
+        self._started = True
+        await _Attempts(self)
+        self._raise_if_failed()
+
 
 class StreamUnaryCall(_RequestStream, Generic[Resp]):
     """A stream of requests (``write``/``done_writing`` or an iterator), ``await call`` -> reply."""
@@ -790,11 +814,29 @@ class UnaryStreamMultiCallable(_MultiCallable, Generic[Req, Resp]):
         compression: Optional[str] = None,
         wait_for_ready: Optional[bool] = None,
     ) -> UnaryStreamCall:
-        compress = _compressing(self, compression)
-        framed = frame_message(self._serialize(request), compress)
-        call = UnaryStreamCall(self, framed, timeout, metadata, compress, wait_for_ready)
+        call = self._prepare(
+            request,
+            timeout=timeout,
+            metadata=metadata,
+            compression=compression,
+            wait_for_ready=wait_for_ready,
+        )
         call._ensure_started()
         return call
+
+    def _prepare(
+        self,
+        request: Req,
+        *,
+        timeout: Optional[float] = None,
+        metadata: MetadataLike = None,
+        compression: Optional[str] = None,
+        wait_for_ready: Optional[bool] = None,
+    ) -> UnaryStreamCall:
+        """The call, not started yet (for ``UnaryStreamCall._deliver_to``)."""
+        compress = _compressing(self, compression)
+        framed = frame_message(self._serialize(request), compress)
+        return UnaryStreamCall(self, framed, timeout, metadata, compress, wait_for_ready)
 
 
 class StreamUnaryMultiCallable(_MultiCallable, Generic[Req, Resp]):

@@ -71,6 +71,7 @@ class WireCall(ClientCall):
         "outbox",
         "prefix",
         "progress",
+        "sink",
         "streaming",
         "timer",
         "unacked",
@@ -108,6 +109,8 @@ class WireCall(ClientCall):
         self.unacked = 0  # received bytes not acknowledged yet (a reader that fell behind)
         self.writer: Optional[asyncio.Future[None]] = None
         self.progress: Optional[asyncio.Future[None]] = None
+        # Takes each response message as it arrives instead of ``messages`` (see _on_data).
+        self.sink: Optional[Callable[[bytes], None]] = None
 
     def queue(self, prefix: bytes, body: bytes) -> None:
         """Add one message to the request, after those written before it."""
@@ -525,9 +528,20 @@ class ClientConnection(H2Driver):
             if outcome is not None:
                 self._end(call, outcome)
             return
+        outcome = call.on_data(event.data)
+        sink = call.sink
+        if sink is not None:
+            # A consumer that takes every message as it arrives: nothing waits unread, so
+            # the window reopens at once. A sink that ends the call stops the delivery.
+            self.h2.acknowledge_received_data(event.flow_controlled_length, sid)
+            messages = call.messages
+            while messages and not call.future.done():
+                sink(call.take())  # type: ignore[arg-type]
+            if outcome is not None and not call.future.done():
+                self._end(call, outcome)
+            return
         # A response stream: its window reopens only while the reader keeps up, so a
         # reader that stops stops the server after one window (memory stays bounded).
-        outcome = call.on_data(event.data)
         if outcome is not None:
             call.unacked += event.flow_controlled_length
             self._end(call, outcome)

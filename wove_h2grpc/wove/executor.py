@@ -35,9 +35,9 @@ from wove.environment import (
 )
 from wove.serialization import require_dispatch
 
+from ..calls import UnaryStreamMultiCallable
 from ..client import Channel
 from ..errors import GrpcError
-from ..protocol.kinds import EOF
 from ..protocol.status import StatusCode
 from .codec import DEFAULT_METHOD, decode_events, encode_command
 from .config import (
@@ -112,7 +112,7 @@ class H2GrpcExecutor(EnvironmentExecutor):
         self._settings: Optional[Settings] = None
         self._channel: Optional[Channel] = None
         self._rpc: Optional[Callable[..., Any]] = None
-        self._stream_rpc: Optional[Callable[..., Any]] = None
+        self._stream_rpc: Optional[UnaryStreamMultiCallable[Any, Any]] = None
         # "unary", "stream" or "auto" ("auto" becomes "unary" on a worker without Stream).
         self._delivery = "unary"
         self._streams: Dict[str, Any] = {}  # run_id -> its open stream call
@@ -350,24 +350,29 @@ class H2GrpcExecutor(EnvironmentExecutor):
         run_id = str(frame.get("run_id"))
         where = f"gRPC worker service at {settings.target}{settings.stream_method}"
         metadata = self._metadata(settings, settings.stream_method, request)
-        call = stream_rpc(request, timeout=settings.timeout, metadata=metadata)
+        call = stream_rpc._prepare(request, timeout=settings.timeout, metadata=metadata)
         self._streams[run_id] = call
         received = False
+        malformed = False
+
+        def on_message(message: bytes) -> None:
+            # Runs as each message arrives (in the connection's read path): decode it and
+            # hand its events to Wove at once.
+            nonlocal received, malformed
+            received = True
+            try:
+                events = decode_events(message)
+            except Exception as exc:  # raising here would break the connection's read
+                text = f"{where} sent a malformed event ({len(message)} bytes): {exc}"
+                self._emit(_error_frame(frame, exc, text, retryable=False))
+                malformed = True
+                call.cancel()
+                return
+            for event in events:
+                self._emit(event)
+
         try:
-            while True:
-                message = await call.read()
-                if message is EOF:
-                    break
-                received = True
-                try:
-                    events = decode_events(bytes(message))
-                except (TypeError, ValueError) as exc:
-                    text = f"{where} sent a malformed event ({len(message)} bytes): {exc}"
-                    self._emit(_error_frame(frame, exc, text, retryable=False))
-                    call.cancel()
-                    return True
-                for event in events:
-                    self._emit(event)
+            await call._deliver_to(on_message)
         except GrpcError as exc:
             if exc.code() is StatusCode.UNIMPLEMENTED and not received and self._delivery == "auto":
                 logger.info(
@@ -385,6 +390,8 @@ class H2GrpcExecutor(EnvironmentExecutor):
             self._emit(_error_frame(frame, exc, text, retryable=_is_retryable(exc)))
             return True
         except asyncio.CancelledError:
+            if malformed:
+                return True  # reported as the malformed event; the stream was reset
             if run_id not in self._cancelled_streams:
                 raise  # this task itself was cancelled (shutdown, stop): _call reports it
             # cancel_task reset the stream: the worker cancels the run; so does Wove.
