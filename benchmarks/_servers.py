@@ -1,10 +1,18 @@
 """Benchmark servers, each run as its own process: ``python _servers.py KIND [--port N]``.
 
 Kinds: ``grpcio-echo`` (grpc.aio generic echo handler), ``h2-echo`` (``wove_h2grpc.Server``),
+``grpclib-echo`` (a ``grpclib`` server with a generic bytes handler, unary echo only),
 ``grpcio-worker`` and ``h2-worker`` (``wove_h2grpc.worker.WorkerService`` on either server).
 Each prints ``READY <port>`` once serving and runs until SIGTERM or SIGINT.
 
-The echo servers serve, besides the unary ``/bench.Echo/Echo``:
+Every echo server counts the unary echo calls its handler completed (the handler has the
+request and hands back the echo). On SIGUSR1 the server prints ``COUNT <n>`` (``n`` since
+it started) on stdout; the load section compares that count with what the load generator
+asked for. With ``WOVE_H2GRPC_BENCH_PROFILE=<prefix>`` in the environment, the server runs
+under cProfile (CPU time) from READY to SIGTERM and then writes ``<prefix>-<kind>.prof``
+and a top-20 text ``<prefix>-<kind>.txt``.
+
+The grpcio and h2 echo servers serve, besides the unary ``/bench.Echo/Echo``:
 
 - ``/bench.Echo/Bidi`` (stream-stream): every request message is echoed back as it arrives;
 - ``/bench.Echo/Stream`` (unary-stream): the request is ``b"<count> <size>"`` (ASCII
@@ -20,13 +28,37 @@ import asyncio
 import os
 import signal
 import sys
-from typing import Any, AsyncIterator, Tuple
+from typing import Any, AsyncIterator, Dict, Optional, Tuple
 
 ECHO_METHOD = "/bench.Echo/Echo"
 BIDI_METHOD = "/bench.Echo/Bidi"
 STREAM_METHOD = "/bench.Echo/Stream"
 SECRET_ENV = "WOVE_H2GRPC_BENCH_SECRET"
+PROFILE_ENV = "WOVE_H2GRPC_BENCH_PROFILE"
 MAX_MESSAGE = 64 * 1024 * 1024
+
+#: Unary echo calls completed by this process's handler (see ``count_line``).
+_completed = 0
+
+
+def count_line(completed: int) -> str:
+    """The line a server prints on SIGUSR1: ``COUNT <completed>``."""
+    return f"COUNT {completed}\n"
+
+
+def parse_count(line: str) -> int:
+    """The number of a ``COUNT <n>`` line; ValueError for anything else."""
+    words = line.split()
+    if len(words) != 2 or words[0] != "COUNT" or not words[1].isdigit():
+        raise ValueError(f"not a COUNT line: {line!r}")
+    return int(words[1])
+
+
+async def _echo(request: bytes, context: Any) -> bytes:
+    """The unary echo of the grpcio and h2 servers; counts each completed call."""
+    global _completed
+    _completed += 1
+    return request
 
 
 def parse_stream_request(data: bytes) -> Tuple[int, int]:
@@ -56,17 +88,51 @@ async def _stream(request: bytes, context: Any) -> AsyncIterator[bytes]:
         yield payload
 
 
-def _ready(port: int) -> None:
-    sys.stdout.write(f"READY {port}\n")
+def _report_count() -> None:
+    sys.stdout.write(count_line(_completed))
     sys.stdout.flush()
 
 
-async def _wait_for_signal() -> None:
+async def _serve_until_signal(port: int) -> None:
+    """Install the signal handlers, print ``READY <port>``, wait for SIGTERM or SIGINT.
+
+    The handlers come first: a SIGUSR1 sent as soon as READY is read must find its
+    handler (SIGUSR1's default action ends the process). Profiling, when asked for,
+    covers READY to the stop signal."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGUSR1, _report_count)
+    profiler = _start_profile()
+    sys.stdout.write(f"READY {port}\n")
+    sys.stdout.flush()
     await stop.wait()
+    if profiler is not None:
+        profiler.disable()
+        _write_server_profile(profiler)
+
+
+_kind = ""
+
+
+def _start_profile() -> Optional[Any]:
+    if not os.environ.get(PROFILE_ENV):
+        return None
+    import cProfile
+    import time
+
+    profiler = cProfile.Profile(time.process_time)
+    profiler.enable()
+    return profiler
+
+
+def _write_server_profile(profiler: Any) -> None:
+    from benchmarks._client import _write_profile
+
+    prefix = f"{os.environ[PROFILE_ENV]}-{_kind}"
+    _write_profile(profiler, prefix)
+    sys.stderr.write(f"profile written to {prefix}.prof and {prefix}.txt\n")
 
 
 async def _grpcio_server(port: int, handler: Any) -> None:
@@ -82,22 +148,18 @@ async def _grpcio_server(port: int, handler: Any) -> None:
     server.add_generic_rpc_handlers((handler,))
     bound = server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
-    _ready(bound)
-    await _wait_for_signal()
+    await _serve_until_signal(bound)
     await server.stop(grace=1.0)
 
 
 async def _grpcio_echo(port: int) -> None:
     import grpc
 
-    async def echo(request: bytes, context: Any) -> bytes:
-        return request
-
     service = ECHO_METHOD.lstrip("/").split("/")[0]
     handler = grpc.method_handlers_generic_handler(
         service,
         {
-            _name(ECHO_METHOD): grpc.unary_unary_rpc_method_handler(echo),
+            _name(ECHO_METHOD): grpc.unary_unary_rpc_method_handler(_echo),
             _name(BIDI_METHOD): grpc.stream_stream_rpc_method_handler(_echo_each),
             _name(STREAM_METHOD): grpc.unary_stream_rpc_method_handler(_stream),
         },
@@ -111,21 +173,53 @@ def _name(path: str) -> str:
 
 async def _h2_server(port: int, server: Any) -> None:
     bound = await server.start(f"127.0.0.1:{port}")
-    _ready(bound)
-    await _wait_for_signal()
+    await _serve_until_signal(bound)
     await server.stop(grace=1.0)
 
 
 async def _h2_echo(port: int) -> None:
     from wove_h2grpc import Server
 
-    async def echo(request: bytes, context: Any) -> bytes:
-        return request
-
-    server = Server({ECHO_METHOD: echo}, max_receive_message_length=MAX_MESSAGE)
+    server = Server({ECHO_METHOD: _echo}, max_receive_message_length=MAX_MESSAGE)
     server.add_method(BIDI_METHOD, _echo_each, kind="stream_stream")
     server.add_method(STREAM_METHOD, _stream, kind="unary_stream")
     await _h2_server(port, server)
+
+
+class _GrpclibEcho:
+    """A grpclib servable with one generic unary method, bytes in and bytes out (the
+    server's codec passes bytes through)."""
+
+    def __mapping__(self) -> Dict[str, Any]:
+        from grpclib.const import Cardinality, Handler
+
+        return {ECHO_METHOD: Handler(self.echo, Cardinality.UNARY_UNARY, None, None)}
+
+    async def echo(self, stream: Any) -> None:
+        global _completed
+        request = await stream.recv_message()
+        await stream.send_message(request)
+        _completed += 1
+
+
+async def _grpclib_echo(port: int) -> None:
+    import socket
+
+    from grpclib.server import Server as GrpclibServer
+
+    from benchmarks._client import _grpclib_codec
+
+    # IPPROTO_TCP, not 0: asyncio (and grpclib) set TCP_NODELAY only on sockets whose
+    # ``proto`` says TCP, and an accepted socket inherits the listening one's. With 0 the
+    # three writes of each response (headers, message, trailers) wait for delayed ACKs.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    server = GrpclibServer([_GrpclibEcho()], codec=_grpclib_codec())
+    await server.start(sock=sock, backlog=1024)
+    await _serve_until_signal(sock.getsockname()[1])
+    server.close()
+    await asyncio.wait_for(server.wait_closed(), timeout=5.0)
 
 
 def _worker_service() -> Any:
@@ -149,6 +243,7 @@ async def _h2_worker(port: int) -> None:
 KINDS = {
     "grpcio-echo": _grpcio_echo,
     "h2-echo": _h2_echo,
+    "grpclib-echo": _grpclib_echo,
     "grpcio-worker": _grpcio_worker,
     "h2-worker": _h2_worker,
 }
@@ -159,6 +254,8 @@ def main() -> None:
     parser.add_argument("kind", choices=sorted(KINDS))
     parser.add_argument("--port", type=int, default=0)
     args = parser.parse_args()
+    global _kind
+    _kind = args.kind
     os.environ.setdefault(SECRET_ENV, "bench-secret")
     asyncio.run(KINDS[args.kind](args.port))
 

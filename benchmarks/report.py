@@ -254,6 +254,124 @@ def wove_table(results: Dict[str, Any]) -> List[str]:
     return lines
 
 
+#: The load section's server columns and their ratio base (as in ``_load``, which imports
+#: nothing heavy, but the report is kept free of the harness's imports).
+LOAD_ORDER = ("h2", "grpcio", "grpclib")
+LOAD_BASELINE = "grpcio"
+#: Goals of the load section: our requests/s at least this many times grpcio's server's, and
+#: our server CPU per request at most this many times its, at every level, every call OK.
+LOAD_RATE_GOAL = 1.5
+LOAD_CPU_GOAL = 0.5
+LOAD_FIGURES = (
+    ("requests_per_s", "requests/s", "{:,.0f}"),
+    ("cpu_us_per_request", "server CPU µs/request", "{:,.1f}"),
+)
+
+
+def load_line(result: Dict[str, Any]) -> str:
+    """Short progress line for one h2load run."""
+    if "error" in result:
+        return "ERROR " + str(result["error"])
+    line = (
+        f"{result['requests_per_s']:9,.0f} req/s  server cpu "
+        f"{result['cpu_us_per_request']:7,.1f} µs/req  "
+        f"ok {result['calls_ok']:,}/{result['requests']:,}"
+    )
+    if result.get("problems"):
+        line += "  NOT OK: " + "; ".join(result["problems"])
+    return line
+
+
+def load_ok_counts(entry: Dict[str, Any], requests: int) -> Tuple[int, int, bool]:
+    """``(calls OK, calls asked for, every round OK)`` summed over a server's rounds at one
+    level. A round that failed to run counts its calls as asked and none as OK; a server
+    without rounds is not OK."""
+    rounds = entry.get("rounds") or []
+    ok = sum(int(r.get("calls_ok", 0)) for r in rounds if "error" not in r)
+    total = sum(int(r.get("requests", requests)) for r in rounds)
+    every = bool(rounds) and all("error" not in r and not r.get("problems") for r in rounds)
+    return ok, total, every and ok == total
+
+
+def load_table(results: Dict[str, Any]) -> List[str]:
+    """Per level: requests/s and server CPU per request (ratio to grpcio's server), and the
+    calls OK over all rounds; a note per run whose counts disagreed."""
+    load = results.get("load")
+    if not load or not load.get("levels"):
+        return []
+    names: Dict[str, str] = load.get("servers", {})
+    servers = [k for k in LOAD_ORDER if k in names] + [k for k in names if k not in LOAD_ORDER]
+    lines = [
+        "",
+        f"### Server load: {load.get('tool', 'h2load')}, unary {load.get('size', 100)} B echo",
+        "",
+        "| level | figure | " + " | ".join(names[k] for k in servers) + " |",
+        "| --- | --- |" + " ---: |" * len(servers),
+    ]
+    notes: List[str] = []
+    for level in load["levels"].values():
+        entries = {k: level["servers"].get(k, {"median": {"error": "not run"}}) for k in servers}
+        medians = {k: e["median"] for k, e in entries.items()}
+        label = f"{level['title']} ({level['requests']:,} calls)"
+        for key, title, fmt in LOAD_FIGURES:
+            base = _value(key, medians.get(LOAD_BASELINE, {"error": ""}))
+            cells = [
+                _cell(fmt, _value(key, medians[k]), base, medians[k].get("error", ""))
+                for k in servers
+            ]
+            lines.append(f"| {label} | {title} | " + " | ".join(cells) + " |")
+            label = ""
+        cells = []
+        for k in servers:
+            ok, total, every = load_ok_counts(entries[k], level["requests"])
+            cells.append(f"{ok:,} / {total:,}" + ("" if every else " (NOT OK)"))
+            for index, run in enumerate(entries[k].get("rounds") or []):
+                problems = [run["error"]] if "error" in run else run.get("problems") or []
+                if problems:
+                    notes.append(
+                        f"- {names[k]}, {level['title']}, round {index + 1}: " + "; ".join(problems)
+                    )
+        lines.append("|  | calls OK / total | " + " | ".join(cells) + " |")
+    if notes:
+        lines += ["", *notes]
+    return lines
+
+
+def load_rows(results: Dict[str, Any]) -> List[Tuple[str, str, str]]:
+    """The load goals per level: our server's requests/s at least 1.5 times and its CPU per
+    request at most 0.5 times grpcio's server's, each only with every one of our calls OK in
+    every round (a run that failed or whose counts disagree makes the row FAIL whatever the
+    ratio)."""
+    load = results.get("load")
+    if load is None:
+        return []
+    rows: List[Tuple[str, str, str]] = []
+    for level in (load.get("levels") or {}).values():
+        ours = level["servers"].get("h2")
+        base = level["servers"].get(LOAD_BASELINE)
+        where = f"{level['title']}"
+        for key, title, limit, at_least in (
+            ("requests_per_s", f"requests/s ≥ {LOAD_RATE_GOAL:.1f}{X}", LOAD_RATE_GOAL, True),
+            (
+                "cpu_us_per_request",
+                f"server CPU/request ≤ {LOAD_CPU_GOAL:.1f}{X}",
+                LOAD_CPU_GOAL,
+                False,
+            ),
+        ):
+            name = f"Server load: {title} grpcio's, every call OK, {where}"
+            value = _value(key, ours["median"]) if ours else None
+            base_value = _value(key, base["median"]) if base else None
+            row = _ratio_row(name, value, base_value, limit, at_least=at_least)
+            if ours is not None:
+                ok, total, every = load_ok_counts(ours, level["requests"])
+                if not every:
+                    measured = row[1] if row[1] != "not measured" else "no figure"
+                    row = (name, f"{measured}; {total - ok:,} of {total:,} calls not OK", "FAIL")
+            rows.append(row)
+    return rows
+
+
 def _cpu(results: Dict[str, Any], server: str, scenario: str, client: str) -> Optional[float]:
     try:
         median = results["servers"][server]["scenarios"][scenario]["clients"][client]["median"]
@@ -315,6 +433,7 @@ def targets(results: Dict[str, Any]) -> List[Tuple[str, str, str]]:
                 )
             )
         rows += stream_rows(server_name, data)
+    rows += load_rows(results)
     imports = results.get("imports", {})
     ours = imports.get("wove_h2grpc", {}).get("import wove_h2grpc", {}).get("ms")
     base = imports.get(BASELINE, {}).get("import grpc", {}).get("ms")
@@ -383,11 +502,13 @@ def targets_table(results: Dict[str, Any]) -> List[str]:
 
 
 def render(results: Dict[str, Any]) -> str:
-    """The whole Markdown block: machine, client tables, imports, Wove level, targets."""
+    """The whole Markdown block: machine, client tables, imports, Wove level, server load,
+    targets."""
     lines = machine_lines(results)
     lines += client_tables(results)
     lines += import_table(results)
     lines += wove_table(results)
+    lines += load_table(results)
     lines += targets_table(results)
     if results.get("skipped"):
         lines += ["", "Skipped in this run: " + "; ".join(results["skipped"]) + "."]

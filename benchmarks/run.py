@@ -13,6 +13,7 @@ import datetime as _dt
 import importlib.util
 import json
 import os
+import queue
 import signal
 import statistics
 import subprocess
@@ -25,7 +26,7 @@ from typing import Any, Dict, List, Optional, Sequence
 if __package__ in (None, ""):  # run as ``python benchmarks/run.py``
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks import _env, report
+from benchmarks import _env, _load, report
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
@@ -39,6 +40,8 @@ SERVER_TITLES = {"grpcio": "grpcio aio echo server", "h2": "wove_h2grpc.Server e
 
 
 STREAM_KINDS = ("bidi", "server_stream", "slow_consumer")
+#: The sections ``--skip`` can leave out.
+SECTIONS = ("clients", "imports", "wove", "load")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,6 +195,7 @@ class ServerProcess:
     def __init__(self, kind: str, timeout: float = 30.0, *, tree: Optional[Path] = None) -> None:
         self.kind = kind
         self.lines: List[str] = []
+        self._counts: queue.Queue[str] = queue.Queue()
         script = (tree / "benchmarks" if tree is not None else BENCH_DIR) / "_servers.py"
         self.proc = subprocess.Popen(
             [sys.executable, str(script), kind],
@@ -211,6 +215,8 @@ class ServerProcess:
                 if not ready.is_set() and line.startswith("READY"):
                     box.append(line)
                     ready.set()
+                elif line.startswith("COUNT"):
+                    self._counts.put(line)
             ready.set()
 
         threading.Thread(target=pump, daemon=True).start()
@@ -225,6 +231,22 @@ class ServerProcess:
         with open(f"/proc/{self.proc.pid}/stat") as stat:
             fields = stat.read().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def completed_calls(self, timeout: float = 10.0) -> int:
+        """The echo calls the server's handler has completed so far: SIGUSR1 asks, the
+        server answers with a ``COUNT <n>`` line (RuntimeError if none comes in time)."""
+        while not self._counts.empty():
+            self._counts.get_nowait()  # a stale answer to an earlier, timed-out ask
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"server {self.kind} exited with status {self.proc.returncode}")
+        self.proc.send_signal(signal.SIGUSR1)
+        try:
+            line = self._counts.get(timeout=timeout)
+        except queue.Empty:
+            raise RuntimeError(f"server {self.kind} sent no COUNT within {timeout:.0f} s") from None
+        from benchmarks._servers import parse_count
+
+        return parse_count(line)
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL after 10 s."""
@@ -326,8 +348,12 @@ def available_clients(requested: Sequence[str]) -> Dict[str, Optional[str]]:
 
 def server_available(server: str) -> Optional[str]:
     """``None`` if the server kind can run, else why not."""
-    module = {"grpcio": "grpc", "h2": "wove_h2grpc.server"}[server]
-    if importlib.util.find_spec(module) is None:
+    module = {"grpcio": "grpc", "h2": "wove_h2grpc.server", "grpclib": "grpclib.server"}[server]
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        found = False
+    if not found:
         return f"{module} is not importable"
     return None
 
@@ -438,6 +464,113 @@ def bench_wove(args: argparse.Namespace, skipped: List[str]) -> Dict[str, Any]:
     return out
 
 
+def load_run(
+    proc: ServerProcess,
+    h2load: str,
+    data_file: Path,
+    level: _load.LoadLevel,
+    requests: int,
+    timeout: float,
+) -> Dict[str, Any]:
+    """One measured h2load run against one server: h2load's figures, the server's CPU
+    and completed-call count around it (see ``_load.load_figures``)."""
+    command = _load.h2load_command(
+        h2load, proc.port, ECHO_METHOD, data_file, level.connections, level.streams, requests
+    )
+    try:
+        before = proc.completed_calls()
+        cpu_before = proc.cpu_seconds()
+        parsed = _load.run_h2load(command, timeout)
+        # The count is asked first: answering it lets the server finish closing the
+        # connections, whose cost belongs to the run.
+        after = proc.completed_calls()
+        cpu_after = proc.cpu_seconds()
+    except (RuntimeError, OSError, ValueError) as exc:
+        return {"error": str(exc)}
+    if "error" in parsed:
+        return {**parsed, "server_completed": after - before}
+    return _load.load_figures(parsed, requests, after - before, cpu_after - cpu_before)
+
+
+def bench_load(args: argparse.Namespace, skipped: List[str]) -> Dict[str, Any]:
+    """Server load: h2load against each echo server, every level, interleaved rounds."""
+    h2load = _load.find_h2load()
+    if h2load is None:
+        reason = (
+            "server load: h2load is not installed (Debian package nghttp2-client), "
+            "so no load figures"
+        )
+        skipped.append(reason)
+        log("skip " + reason)
+        return {}
+    servers: Dict[str, ServerProcess] = {}
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    data_file = args.results_dir / f".h2load-request-{os.getpid()}.bin"
+    data_file.write_bytes(_load.grpc_frame(_load.LOAD_SIZE))
+    timeout = 60.0 if args.quick else 300.0
+    levels = _load.LOAD_LEVELS
+    runs: Dict[str, Dict[str, List[Dict[str, Any]]]] = {}
+    try:
+        for key, (kind, _title) in _load.LOAD_SERVERS.items():
+            reason = server_available(key)
+            if reason:
+                skipped.append(f"server load, {key} server: {reason}")
+                log(f"skip load server {key}: {reason}")
+                continue
+            servers[key] = ServerProcess(kind)
+            log(f"load server {key} ({kind}) on port {servers[key].port}")
+        runs = {level.key: {key: [] for key in servers} for level in levels}
+        for key, proc in servers.items():
+            for level in levels:
+                _, warmup = level.counts(args.quick)
+                command = _load.h2load_command(
+                    h2load,
+                    proc.port,
+                    ECHO_METHOD,
+                    data_file,
+                    level.connections,
+                    level.streams,
+                    warmup,
+                )
+                result = _load.run_h2load(command, timeout)
+                if "error" in result:
+                    log(f"  [load warm-up] {key} {level.key}: {result['error']}")
+        for round_no in range(args.rounds):
+            for level in levels:
+                requests, _ = level.counts(args.quick)
+                for key, proc in servers.items():
+                    result = load_run(proc, h2load, data_file, level, requests, timeout)
+                    runs[level.key][key].append(result)
+                    log(
+                        f"  [load r{round_no + 1}] {level.key:9} {key:8} "
+                        + report.load_line(result)
+                    )
+    finally:
+        for proc in servers.values():
+            proc.stop()
+        data_file.unlink(missing_ok=True)
+    return {
+        "tool": _load.h2load_version(h2load),
+        "size": _load.LOAD_SIZE,
+        "method": ECHO_METHOD,
+        "servers": {key: _load.LOAD_SERVERS[key][1] for key in servers},
+        "levels": {
+            level.key: {
+                "title": level.title,
+                "connections": level.connections,
+                "streams": level.streams,
+                "requests": level.counts(args.quick)[0],
+                "warmup": level.counts(args.quick)[1],
+                "servers": {
+                    key: {"median": median_of(runs[level.key][key]), "rounds": runs[level.key][key]}
+                    for key in servers
+                },
+            }
+            for level in levels
+        },
+    }
+
+
 def profile_h2(args: argparse.Namespace, out_dir: Path) -> Dict[str, Any]:
     """cProfile our client at 100 B sequential, 64 in flight and 1 MiB (grpcio server)."""
     proc = ServerProcess(SERVERS["grpcio"])
@@ -489,7 +622,9 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
         help="fresh interpreters per import figure (default 7; quick 2)",
     )
     parser.add_argument(
-        "--skip", default="", help="comma-separated sections to skip: clients, imports, wove"
+        "--skip",
+        default="",
+        help="comma-separated sections to skip: " + ", ".join(SECTIONS),
     )
     parser.add_argument(
         "--profile",
@@ -511,6 +646,9 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
             parser.error(f"unknown client {client!r}")
     args.scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     args.skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    for section in args.skip:
+        if section not in SECTIONS:
+            parser.error(f"unknown section {section!r} (sections: {', '.join(SECTIONS)})")
     return args
 
 
@@ -545,6 +683,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         results["sizes"] = {c: _env.installed_size(c) for c in args.clients}
     if "wove" not in args.skip:
         results["wove"] = bench_wove(args, skipped)
+    if "load" not in args.skip:
+        log("server load (h2load)")
+        results["load"] = bench_load(args, skipped)
     args.results_dir.mkdir(parents=True, exist_ok=True)
     if args.profile and "wove_h2grpc" in clients:
         results["profiles"] = profile_h2(args, args.results_dir)
