@@ -1,6 +1,7 @@
 """Benchmark servers, each run as its own process: ``python _servers.py KIND [--port N]``.
 
-Kinds: ``grpcio-echo`` (grpc.aio generic echo handler), ``h2-echo`` (``wove_h2grpc.Server``),
+Kinds: ``grpcio-echo`` (grpc.aio generic echo handler), ``grpcio-load-echo`` (the same with
+grpcio's pending-call limits raised for the load section), ``h2-echo`` (``wove_h2grpc.Server``),
 ``grpclib-echo`` (a ``grpclib`` server with a generic bytes handler, unary echo only),
 ``grpcio-worker`` and ``h2-worker`` (``wove_h2grpc.worker.WorkerService`` on either server).
 Each prints ``READY <port>`` once serving and runs until SIGTERM or SIGINT.
@@ -28,7 +29,7 @@ import asyncio
 import os
 import signal
 import sys
-from typing import Any, AsyncIterator, Dict, Optional, Tuple
+from typing import Any, AsyncIterator, Dict, Optional, Sequence, Tuple
 
 ECHO_METHOD = "/bench.Echo/Echo"
 BIDI_METHOD = "/bench.Echo/Bidi"
@@ -135,7 +136,13 @@ def _write_server_profile(profiler: Any) -> None:
     sys.stderr.write(f"profile written to {prefix}.prof and {prefix}.txt\n")
 
 
-async def _grpcio_server(port: int, handler: Any) -> None:
+#: The load echo server's pending-call limits: four times the 5,000 calls in flight at the
+#: load section's top level (grpcio's defaults, 1,000 and a hard limit of 3,000, make its
+#: server cancel most of them before its Python application takes them).
+LOAD_PENDING_REQUESTS = 20_000
+
+
+async def _grpcio_server(port: int, handler: Any, options: Sequence[Tuple[str, Any]] = ()) -> None:
     import grpc.aio
 
     server = grpc.aio.server(
@@ -143,6 +150,7 @@ async def _grpcio_server(port: int, handler: Any) -> None:
             ("grpc.max_receive_message_length", MAX_MESSAGE),
             ("grpc.max_send_message_length", MAX_MESSAGE),
             ("grpc.so_reuseport", 0),
+            *options,
         ]
     )
     server.add_generic_rpc_handlers((handler,))
@@ -152,7 +160,7 @@ async def _grpcio_server(port: int, handler: Any) -> None:
     await server.stop(grace=1.0)
 
 
-async def _grpcio_echo(port: int) -> None:
+async def _grpcio_echo(port: int, options: Sequence[Tuple[str, Any]] = ()) -> None:
     import grpc
 
     service = ECHO_METHOD.lstrip("/").split("/")[0]
@@ -164,7 +172,18 @@ async def _grpcio_echo(port: int) -> None:
             _name(STREAM_METHOD): grpc.unary_stream_rpc_method_handler(_stream),
         },
     )
-    await _grpcio_server(port, handler)
+    await _grpcio_server(port, handler, options)
+
+
+async def _grpcio_load_echo(port: int) -> None:
+    """The grpcio echo server with room for the load section's 5,000 calls in flight."""
+    await _grpcio_echo(
+        port,
+        (
+            ("grpc.server.max_pending_requests", LOAD_PENDING_REQUESTS),
+            ("grpc.server.max_pending_requests_hard_limit", 3 * LOAD_PENDING_REQUESTS),
+        ),
+    )
 
 
 def _name(path: str) -> str:
@@ -242,6 +261,7 @@ async def _h2_worker(port: int) -> None:
 
 KINDS = {
     "grpcio-echo": _grpcio_echo,
+    "grpcio-load-echo": _grpcio_load_echo,
     "h2-echo": _h2_echo,
     "grpclib-echo": _grpclib_echo,
     "grpcio-worker": _grpcio_worker,

@@ -471,11 +471,12 @@ def load_run(
     level: _load.LoadLevel,
     requests: int,
     timeout: float,
+    method: str = ECHO_METHOD,
 ) -> Dict[str, Any]:
-    """One measured h2load run against one server: h2load's figures, the server's CPU
-    and completed-call count around it (see ``_load.load_figures``)."""
+    """One measured h2load run of ``method`` against one server: h2load's figures, the
+    server's CPU and completed-call count around it (see ``_load.load_figures``)."""
     command = _load.h2load_command(
-        h2load, proc.port, ECHO_METHOD, data_file, level.connections, level.streams, requests
+        h2load, proc.port, method, data_file, level.connections, level.streams, requests
     )
     try:
         before = proc.completed_calls()

@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks import _client, _env, _servers, instructions, report, run  # noqa: E402
+from benchmarks import _client, _env, _load, _servers, instructions, report, run  # noqa: E402
 
 
 def _figures(cpu: float, rate: float = 1000.0) -> Dict[str, Any]:
@@ -438,3 +438,239 @@ def test_instruction_counts_import_the_tree_they_measure(tmp_path: Path) -> None
     command = instructions._command(tmp_path / "tree", script, [], None)
     out = subprocess.run(command, capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "the other tree"
+
+
+# ------------------------------------------------------------------ server load (h2load)
+
+H2LOAD_OUTPUT = """starting benchmark...
+spawning thread #0: 10 total client(s). 2000 total requests
+Application protocol: h2c
+progress: 100% done
+
+finished in 247.12ms, 8093.17 req/s, 1.25MB/s
+requests: 2000 total, 2000 started, 2000 done, 2000 succeeded, 0 failed, 0 errored, 0 timeout
+status codes: 2000 2xx, 0 3xx, 0 4xx, 0 5xx
+traffic: 316.74KB (324346) total, 6.59KB (6750) headers (space savings 95.83%), \
+205.08KB (210000) data
+                     min         max         mean         sd        +/- sd
+time for request:      150us     20.90ms     11.97ms      1.97ms    79.45%
+"""
+
+
+def test_h2load_summary_is_parsed() -> None:
+    parsed = _load.parse_h2load(H2LOAD_OUTPUT)
+    assert parsed["wall_s"] == pytest.approx(0.24712)
+    assert (parsed["total"], parsed["succeeded"], parsed["failed"]) == (2000, 2000, 0)
+    assert (parsed["errored"], parsed["timeout"], parsed["status_2xx"]) == (0, 0, 2000)
+    assert parsed["data_bytes"] == 210000
+    seconds = H2LOAD_OUTPUT.replace("finished in 247.12ms,", "finished in 3.50s,")
+    assert _load.parse_h2load(seconds)["wall_s"] == pytest.approx(3.5)
+    with pytest.raises(ValueError):
+        _load.parse_h2load("starting benchmark...\nconnect to 127.0.0.1 failed\n")
+
+
+def test_h2load_command_posts_the_framed_message(tmp_path: Path) -> None:
+    frame = _load.grpc_frame(100)
+    assert frame[:5] == b"\x00\x00\x00\x00\x64" and len(frame) == 105
+    command = _load.h2load_command("h2load", 5, "/bench.Echo/Echo", tmp_path / "f", 50, 100, 9)
+    assert command[-1] == "http://127.0.0.1:5/bench.Echo/Echo"
+    assert command[command.index("-c") + 1] == "50" and command[command.index("-m") + 1] == "100"
+    assert command[command.index("-n") + 1] == "9"
+    assert "content-type: application/grpc" in command and "te: trailers" in command
+    levels = {(lv.connections, lv.streams) for lv in _load.LOAD_LEVELS}
+    assert levels == {(1, 1), (10, 10), (50, 100)}
+
+
+def test_load_figures_count_a_call_ok_only_when_every_count_agrees() -> None:
+    parsed = _load.parse_h2load(H2LOAD_OUTPUT)
+    good = _load.load_figures(parsed, 2000, 2000, cpu_s=0.2)
+    assert good["problems"] == [] and good["calls_ok"] == 2000 and _load.round_ok(good)
+    assert good["requests_per_s"] == pytest.approx(2000 / 0.24712)
+    assert good["cpu_us_per_request"] == pytest.approx(100.0)
+    # HTTP 200 on every stream, but the server's handler completed fewer calls (a gRPC
+    # failure also has HTTP status 200): not OK.
+    short = _load.load_figures(parsed, 2000, 1990, cpu_s=0.2)
+    assert short["calls_ok"] == 1990 and not _load.round_ok(short)
+    assert short["problems"] == ["server completed 1,990 calls, not 2,000"]
+    assert short["requests_per_s"] == pytest.approx(1990 / 0.24712)  # OK calls only
+    assert short["h2load_requests_per_s"] == pytest.approx(2000 / 0.24712)
+    # Fewer echoes arrived than h2load counted as succeeded: not OK.
+    lost = _load.load_figures(dict(parsed, data_bytes=209790), 2000, 2000, cpu_s=0.2)
+    assert lost["calls_ok"] == 1998 and not _load.round_ok(lost)
+    failed = _load.load_figures(dict(parsed, succeeded=1999, failed=1), 2000, 2000, cpu_s=0.2)
+    assert "h2load: 1 failed" in failed["problems"] and failed["calls_ok"] == 1999
+    # A count above the request count is as wrong as one below.
+    assert not _load.round_ok(_load.load_figures(parsed, 2000, 2001, cpu_s=0.2))
+
+
+def test_count_lines_round_trip() -> None:
+    assert _servers.parse_count(_servers.count_line(41)) == 41
+    for bad in ("READY 5", "COUNT", "COUNT -1", "COUNT 1 2"):
+        with pytest.raises(ValueError):
+            _servers.parse_count(bad)
+
+
+def _load_run(rate: float, cpu: float, requests: int = 1000, ok: int = 1000) -> Dict[str, Any]:
+    problems = [] if ok == requests else [f"server completed {ok:,} calls, not {requests:,}"]
+    return {
+        "requests": requests,
+        "calls_ok": ok,
+        "requests_per_s": rate,
+        "cpu_us_per_request": cpu,
+        "problems": problems,
+    }
+
+
+def _load_results(ours: Any, grpcio: Any, grpclib: Any) -> Dict[str, Any]:
+    """Results with one load level; each server's rounds as given (a dict is one round)."""
+    levels = {}
+    for level in _load.LOAD_LEVELS:
+        servers = {}
+        for key, rounds in (("h2", ours), ("grpcio", grpcio), ("grpclib", grpclib)):
+            rounds = rounds if isinstance(rounds, list) else [rounds]
+            servers[key] = {"median": run.median_of(rounds), "rounds": rounds}
+        levels[level.key] = {
+            "title": level.title,
+            "connections": level.connections,
+            "streams": level.streams,
+            "requests": 1000,
+            "servers": servers,
+        }
+    results = _results(90.0, 100.0, 200.0)
+    results["load"] = {
+        "tool": "h2load nghttp2/1.52.0",
+        "size": 100,
+        "servers": {k: v[1] for k, v in _load.LOAD_SERVERS.items()},
+        "levels": levels,
+    }
+    return results
+
+
+def test_load_table_and_verdicts_pass_when_faster_cheaper_and_every_call_ok() -> None:
+    results = _load_results(
+        [_load_run(16000, 40.0), _load_run(15000, 45.0), _load_run(17000, 50.0)],
+        [_load_run(10000, 100.0)] * 3,
+        [_load_run(4000, 200.0)] * 3,
+    )
+    text = report.render(results)
+    assert "### Server load: h2load nghttp2/1.52.0, unary 100 B echo" in text
+    assert "| level | figure | wove_h2grpc.Server | grpc.aio server | grpclib server |" in text
+    assert (
+        "| 50 connections × 100 streams (1,000 calls) | requests/s | 16,000 (1.60×) | "
+        "10,000 (1.00×) | 4,000 (0.40×) |" in text
+    )
+    assert "|  | server CPU µs/request | 45.0 (0.45×) | 100.0 (1.00×) | 200.0 (2.00×) |" in text
+    assert "|  | calls OK / total | 3,000 / 3,000 | 3,000 / 3,000 | 3,000 / 3,000 |" in text
+    rows = {t: (m, v) for t, m, v in report.targets(results)}
+    rate = "Server load: requests/s ≥ 1.5× grpcio's, every call OK, 50 connections × 100 streams"
+    cpu = "Server load: server CPU/request ≤ 0.5× grpcio's, every call OK, 1 connection × 1 stream"
+    assert rows[rate] == ("1.60×", "PASS")
+    assert rows[cpu] == ("0.45×", "PASS")
+
+
+def test_load_verdict_fails_when_a_call_is_not_ok_whatever_the_ratio() -> None:
+    # Our server is fast and cheap, but one round's server count fell short by one call.
+    ours = [_load_run(16000, 40.0), _load_run(16000, 40.0, ok=999), _load_run(16000, 40.0)]
+    results = _load_results(ours, _load_run(10000, 100.0), _load_run(4000, 200.0))
+    rows = {t: (m, v) for t, m, v in report.targets(results)}
+    rate = "Server load: requests/s ≥ 1.5× grpcio's, every call OK, 10 connections × 10 streams"
+    assert rows[rate] == ("1.60×; 1 of 3,000 calls not OK", "FAIL")
+    cpu = "Server load: server CPU/request ≤ 0.5× grpcio's, every call OK, 10 connections"
+    assert rows[cpu + " × 10 streams"][1] == "FAIL"
+    text = report.render(results)
+    assert (
+        "|  | calls OK / total | 2,999 / 3,000 (NOT OK) | 1,000 / 1,000 | 1,000 / 1,000 |" in text
+    )
+    assert (
+        "- wove_h2grpc.Server, 10 connections × 10 streams, round 2: "
+        "server completed 999 calls, not 1,000" in text
+    )
+    # A round that did not run at all fails the level too (its calls count as not OK).
+    errored = _load_results(
+        [_load_run(16000, 40.0), {"error": "h2load timed out after 300 s"}],
+        _load_run(10000, 100.0),
+        _load_run(4000, 200.0),
+    )
+    rows = {t: (m, v) for t, m, v in report.targets(errored)}
+    assert rows[rate] == ("1.60×; 1,000 of 2,000 calls not OK", "FAIL")
+    # Slower than 1.5x fails with every call OK; grpcio's own shortfall is its own row's note.
+    slow = _load_results(_load_run(12000, 40.0), _load_run(10000, 100.0, ok=600), _load_run(1, 1))
+    rows = {t: (m, v) for t, m, v in report.targets(slow)}
+    assert rows[rate] == ("1.20×", "FAIL")
+    assert "1,000 / 1,000 | 600 / 1,000 (NOT OK) |" in report.render(slow)
+
+
+def test_load_verdict_without_a_baseline_is_not_measured() -> None:
+    results = _load_results(_load_run(16000, 40.0), {"error": "boom"}, _load_run(1, 1))
+    rows = {t: (m, v) for t, m, v in report.targets(results)}
+    rate = "Server load: requests/s ≥ 1.5× grpcio's, every call OK, 1 connection × 1 stream"
+    assert rows[rate] == ("not measured", "n.a.")
+    # Skipped for want of h2load: no rows, the reason is in the skip list.
+    assert report.load_rows({"load": {}}) == []
+    assert report.load_table({"load": {}}) == []
+
+
+def test_skip_takes_load_and_refuses_unknown_sections() -> None:
+    assert run.parse_args(["--skip", "clients,load"]).skip == {"clients", "load"}
+    with pytest.raises(SystemExit):
+        run.parse_args(["--skip", "lod"])
+
+
+needs_h2load = pytest.mark.skipif(
+    _load.find_h2load() is None, reason="h2load (Debian package nghttp2-client) not installed"
+)
+
+
+@needs_h2load
+def test_a_call_the_server_did_not_complete_is_not_ok(tmp_path: Path) -> None:
+    """h2load counts an unknown method's calls as succeeded (HTTP 200, the failure is in
+    the grpc-status trailer); the server's count and the missing echoes say otherwise."""
+    pytest.importorskip("wove_h2grpc.server")
+    h2load = _load.find_h2load()
+    assert h2load is not None
+    data_file = tmp_path / "request.bin"
+    data_file.write_bytes(_load.grpc_frame())
+    level = _load.LOAD_LEVELS[0]
+    proc = run.ServerProcess("h2-echo")
+    try:
+        wrong = run.load_run(proc, h2load, data_file, level, 50, 60.0, method="/bench.Echo/Nope")
+        right = run.load_run(proc, h2load, data_file, level, 50, 60.0)
+    finally:
+        proc.stop()
+    assert wrong["h2load_succeeded"] == 50 and wrong["calls_ok"] == 0
+    assert "server completed 0 calls, not 50" in wrong["problems"]
+    assert not _load.round_ok(wrong)
+    assert right["calls_ok"] == 50 and _load.round_ok(right), right
+
+
+@needs_h2load
+def test_quick_run_produces_load_rows(tmp_path: Path) -> None:
+    import json
+    import subprocess
+
+    for module in ("grpc", "grpclib", "wove_h2grpc.server"):
+        pytest.importorskip(module)
+    out = subprocess.run(
+        [
+            *(sys.executable, "-m", "benchmarks", "--quick"),
+            *("--skip", "clients,imports,wove", "--results-dir", str(tmp_path)),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=str(REPO),
+        timeout=120,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "### Server load: h2load" in out.stdout
+    for level in _load.LOAD_LEVELS:
+        assert f"| {level.title} ({level.quick_requests:,} calls) | requests/s |" in out.stdout
+    (path,) = tmp_path.glob("*-quick.json")
+    load = json.loads(path.read_text())["load"]
+    assert set(load["levels"]) == {lv.key for lv in _load.LOAD_LEVELS}
+    for level in load["levels"].values():
+        for entry in level["servers"].values():
+            (only,) = entry["rounds"]
+            assert "error" not in only and only["requests"] == level["requests"]
+    ours = [lv["servers"]["h2"]["rounds"][0] for lv in load["levels"].values()]
+    assert all(_load.round_ok(r) for r in ours), ours
