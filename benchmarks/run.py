@@ -482,8 +482,8 @@ def load_run(
         before = proc.completed_calls()
         cpu_before = proc.cpu_seconds()
         parsed = _load.run_h2load(command, timeout)
-        # The count is asked first: answering it lets the server finish closing the
-        # connections, whose cost belongs to the run.
+        # The count is asked before the CPU is read: the server's loop has had a turn
+        # after h2load closed its connections, and that closing belongs to the run.
         after = proc.completed_calls()
         cpu_after = proc.cpu_seconds()
     except (RuntimeError, OSError, ValueError) as exc:
@@ -505,22 +505,34 @@ def bench_load(args: argparse.Namespace, skipped: List[str]) -> Dict[str, Any]:
         log("skip " + reason)
         return {}
     servers: Dict[str, ServerProcess] = {}
+    # A server that would not start gets an error for every run: its column says so, and
+    # for our server the level's verdicts fail.
+    failed: Dict[str, str] = {}
     args.results_dir.mkdir(parents=True, exist_ok=True)
     data_file = args.results_dir / f".h2load-request-{os.getpid()}.bin"
     data_file.write_bytes(_load.grpc_frame(_load.LOAD_SIZE))
     timeout = 60.0 if args.quick else 300.0
     levels = _load.LOAD_LEVELS
     runs: Dict[str, Dict[str, List[Dict[str, Any]]]] = {}
+    measured: List[str] = []
     try:
         for key, (kind, _title) in _load.LOAD_SERVERS.items():
-            reason = server_available(key)
-            if reason:
-                skipped.append(f"server load, {key} server: {reason}")
-                log(f"skip load server {key}: {reason}")
+            missing = server_available(key)
+            if missing:
+                skipped.append(f"server load, {key} server: {missing}")
+                log(f"skip load server {key}: {missing}")
                 continue
-            servers[key] = ServerProcess(kind)
+            try:
+                servers[key] = ServerProcess(kind)
+            except RuntimeError as exc:
+                # The first line says which server, the last what went wrong.
+                lines = [line for line in str(exc).splitlines() if line.strip()] or ["?"]
+                failed[key] = lines[0] if len(lines) == 1 else f"{lines[0]} {lines[-1]}"
+                log(f"load server {key}: {exc}")
+                continue
             log(f"load server {key} ({kind}) on port {servers[key].port}")
-        runs = {level.key: {key: [] for key in servers} for level in levels}
+        measured = [key for key in _load.LOAD_SERVERS if key in servers or key in failed]
+        runs = {level.key: {key: [] for key in measured} for level in levels}
         for key, proc in servers.items():
             for level in levels:
                 _, warmup = level.counts(args.quick)
@@ -533,14 +545,17 @@ def bench_load(args: argparse.Namespace, skipped: List[str]) -> Dict[str, Any]:
                     level.streams,
                     warmup,
                 )
-                result = _load.run_h2load(command, timeout)
-                if "error" in result:
-                    log(f"  [load warm-up] {key} {level.key}: {result['error']}")
+                warm = _load.run_h2load(command, timeout)
+                if "error" in warm:
+                    log(f"  [load warm-up] {key} {level.key}: {warm['error']}")
         for round_no in range(args.rounds):
             for level in levels:
                 requests, _ = level.counts(args.quick)
-                for key, proc in servers.items():
-                    result = load_run(proc, h2load, data_file, level, requests, timeout)
+                for key in measured:
+                    if key in failed:
+                        result = {"error": failed[key]}
+                    else:
+                        result = load_run(servers[key], h2load, data_file, level, requests, timeout)
                     runs[level.key][key].append(result)
                     log(
                         f"  [load r{round_no + 1}] {level.key:9} {key:8} "
@@ -554,7 +569,7 @@ def bench_load(args: argparse.Namespace, skipped: List[str]) -> Dict[str, Any]:
         "tool": _load.h2load_version(h2load),
         "size": _load.LOAD_SIZE,
         "method": ECHO_METHOD,
-        "servers": {key: _load.LOAD_SERVERS[key][1] for key in servers},
+        "servers": {key: _load.LOAD_SERVERS[key][1] for key in measured},
         "levels": {
             level.key: {
                 "title": level.title,
@@ -564,7 +579,7 @@ def bench_load(args: argparse.Namespace, skipped: List[str]) -> Dict[str, Any]:
                 "warmup": level.counts(args.quick)[1],
                 "servers": {
                     key: {"median": median_of(runs[level.key][key]), "rounds": runs[level.key][key]}
-                    for key in servers
+                    for key in measured
                 },
             }
             for level in levels

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 import pytest
 
@@ -593,6 +593,11 @@ def test_load_verdict_fails_when_a_call_is_not_ok_whatever_the_ratio() -> None:
     )
     rows = {t: (m, v) for t, m, v in report.targets(errored)}
     assert rows[rate] == ("1.60×; 1,000 of 2,000 calls not OK", "FAIL")
+    # Our server never started: every round an error, both verdicts fail.
+    absent = _load_results([{"error": "server h2-echo did not start"}] * 3, _load_run(1, 1), {})
+    rows = {t: (m, v) for t, m, v in report.targets(absent)}
+    assert rows[rate] == ("no figure; 3,000 of 3,000 calls not OK", "FAIL")
+    assert rows[cpu + " × 10 streams"][1] == "FAIL"
     # Slower than 1.5x fails with every call OK; grpcio's own shortfall is its own row's note.
     slow = _load_results(_load_run(12000, 40.0), _load_run(10000, 100.0, ok=600), _load_run(1, 1))
     rows = {t: (m, v) for t, m, v in report.targets(slow)}
@@ -674,3 +679,20 @@ def test_quick_run_produces_load_rows(tmp_path: Path) -> None:
             assert "error" not in only and only["requests"] == level["requests"]
     ours = [lv["servers"]["h2"]["rounds"][0] for lv in load["levels"].values()]
     assert all(_load.round_ok(r) for r in ours), ours
+
+
+def test_load_section_without_h2load_is_skipped_with_its_reason(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(_load, "find_h2load", lambda: None)
+    skipped: List[str] = []
+    args = run.parse_args(["--quick", "--results-dir", str(tmp_path)])
+    assert run.bench_load(args, skipped) == {}
+    assert skipped == [
+        "server load: h2load is not installed (Debian package nghttp2-client), so no load figures"
+    ]
+    results = _results(90.0, 100.0, 200.0)
+    results.update(load={}, skipped=skipped)
+    text = report.render(results)
+    assert "Server load" not in text  # no table, no verdict rows: nothing was measured
+    assert "Skipped in this run: server load: h2load is not installed" in text
