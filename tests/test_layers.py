@@ -52,6 +52,7 @@ LAYERS: Dict[str, int] = {
     "aio.pool": AIO,
     "aio.resolver": AIO,
     "aio.connection": AIO,
+    "aio.wire": AIO,
     "client": API,
     "calls": API,
     "server": API,

@@ -30,8 +30,8 @@ from typing import (
     Union,
 )
 
-from .aio.connection import ClientConnection, WireCall
 from .aio.options import check_compression
+from .aio.wire import WireCall
 from .errors import GrpcError, Metadata
 from .protocol.call import NO_RETRY, REFUSED, Outcome, initial_metadata_of, with_debug
 from .protocol.framing import frame_message, too_large
@@ -45,6 +45,7 @@ from .protocol.metadata import (
 from .protocol.status import StatusCode
 
 if TYPE_CHECKING:
+    from .aio.connection import ClientConnection
     from .client import Channel
 
 __all__ = [

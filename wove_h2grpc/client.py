@@ -6,35 +6,40 @@ connections to an ``aio.pool.Pool`` (one per address under ``round_robin``, one 
 on another event loop) and dials them itself (``Channel._connect``). A call retries where
 the server provably never processed it and enforces its deadline locally; the wire work
 happens in ``aio.connection.ClientConnection``.
+
+Importing this module loads only what ``Channel``'s signature needs (the options), so that
+``from wove_h2grpc import Channel`` stays cheap: the rest loads where it is first needed,
+asyncio and the pool with the first ``Channel`` (``_setup``), the call classes with the
+first multicallable, h2 with the first connection (``_connect``).
 """
 
 from __future__ import annotations
 
-import asyncio
 import functools
-import ssl
-from typing import Any, Callable, List, Optional, Tuple, Type, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, List, Optional, Tuple, Type, TypeVar
 
-from .aio.connection import ClientConnection
-from .aio.dial import ConnectError, dial, resolve, speaks_tls
-from .aio.keepalive import ConnectionSettings
 from .aio.options import (
     DEFAULT_CONNECTION_WINDOW,
     DEFAULT_MAX_RECEIVE,
     DEFAULT_STREAM_WINDOW,
     ChannelOptions,
 )
-from .aio.pool import Pool
-from .calls import (
-    StreamStreamMultiCallable,
-    StreamUnaryMultiCallable,
-    UnaryStreamMultiCallable,
-    UnaryUnaryMultiCallable,
-    _MultiCallable,
-)
 from .errors import GrpcError
 from .protocol.metadata import MetadataLike
 from .protocol.target import format_host_port
+
+if TYPE_CHECKING:
+    import ssl
+
+    from .aio.connection import ClientConnection
+    from .aio.pool import Pool
+    from .calls import (
+        StreamStreamMultiCallable,
+        StreamUnaryMultiCallable,
+        UnaryStreamMultiCallable,
+        UnaryUnaryMultiCallable,
+        _MultiCallable,
+    )
 
 __all__ = [
     "Channel",
@@ -44,7 +49,18 @@ __all__ = [
     "UnaryUnaryMultiCallable",
 ]
 
-M = TypeVar("M", bound=_MultiCallable)
+M = TypeVar("M", bound="_MultiCallable")
+
+
+def __getattr__(name: str) -> Any:
+    """The multicallable classes, re-exported from ``calls`` when first asked for."""
+    if name in __all__:
+        from . import calls
+
+        value = getattr(calls, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class Channel:
@@ -115,6 +131,10 @@ class Channel:
         return channel
 
     def _setup(self, options: ChannelOptions) -> None:
+        from .aio.dial import resolve  # asyncio loads here, with the first channel
+        from .aio.keepalive import ConnectionSettings
+        from .aio.pool import Pool
+
         self._opts = options
         self._conn_settings = ConnectionSettings(
             max_receive_message_length=options.max_receive_message_length,
@@ -143,6 +163,8 @@ class Channel:
     ) -> UnaryUnaryMultiCallable[Any, Any]:
         """A callable for a unary method: ``await rpc(request)`` -> the response
         (bytes in, bytes out unless serializers are given)."""
+        from .calls import UnaryUnaryMultiCallable
+
         return self._multicallable(
             UnaryUnaryMultiCallable, method, request_serializer, response_deserializer
         )
@@ -154,6 +176,8 @@ class Channel:
         response_deserializer: Optional[Callable[[bytes], Any]] = None,
     ) -> UnaryStreamMultiCallable[Any, Any]:
         """A callable for a server-streaming method: ``async for reply in rpc(request)``."""
+        from .calls import UnaryStreamMultiCallable
+
         return self._multicallable(
             UnaryStreamMultiCallable, method, request_serializer, response_deserializer
         )
@@ -165,6 +189,8 @@ class Channel:
         response_deserializer: Optional[Callable[[bytes], Any]] = None,
     ) -> StreamUnaryMultiCallable[Any, Any]:
         """A callable for a client-streaming method: write the requests, ``await`` the reply."""
+        from .calls import StreamUnaryMultiCallable
+
         return self._multicallable(
             StreamUnaryMultiCallable, method, request_serializer, response_deserializer
         )
@@ -176,6 +202,8 @@ class Channel:
         response_deserializer: Optional[Callable[[bytes], Any]] = None,
     ) -> StreamStreamMultiCallable[Any, Any]:
         """A callable for a bidirectional-streaming method: write and read, interleaved."""
+        from .calls import StreamStreamMultiCallable
+
         return self._multicallable(
             StreamStreamMultiCallable, method, request_serializer, response_deserializer
         )
@@ -223,6 +251,11 @@ class Channel:
         resolves to). Injected into the pool; raises GrpcError(UNAVAILABLE) (a
         ``ConnectError`` with ``permanent`` set when the TLS handshake or HTTP/2 failed).
         """
+        import asyncio
+
+        from .aio.connection import ClientConnection  # h2 loads here, with the first connection
+        from .aio.dial import ConnectError, dial, resolve, speaks_tls
+
         opts = self._opts
         target = opts.target
         loop = asyncio.get_running_loop()

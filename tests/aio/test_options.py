@@ -10,8 +10,7 @@ from typing import Any, Dict
 import pytest
 
 from wove_h2grpc import Channel
-from wove_h2grpc.aio.dial import pem_bytes
-from wove_h2grpc.aio.options import ChannelOptions, check_compression
+from wove_h2grpc.aio.options import ChannelOptions, check_compression, pem_bytes
 from wove_h2grpc.protocol.target import parse_target
 
 

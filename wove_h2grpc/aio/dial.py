@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import socket
 import ssl
 from typing import Callable, List, Optional, Tuple
@@ -17,7 +16,7 @@ from ..errors import GrpcError
 from ..protocol.status import StatusCode
 from ..protocol.target import Target, format_host_port
 
-__all__ = ["ConnectError", "build_ssl_context", "dial", "pem_bytes", "resolve"]
+__all__ = ["ConnectError", "dial", "resolve", "speaks_tls"]
 
 
 class ConnectError(GrpcError):
@@ -32,61 +31,6 @@ class ConnectError(GrpcError):
         # Nothing of a call is sent before its connection exists.
         super().__init__(StatusCode.UNAVAILABLE, details, request_sent=False)
         self.permanent = permanent
-
-
-def pem_bytes(value: object, name: str) -> bytes:
-    """PEM given as bytes or (ASCII) str, as bytes; the error names the option ``name``."""
-    if isinstance(value, str):
-        if not value.isascii():
-            raise ValueError(f"{name} must be ASCII PEM text")
-        return value.encode("ascii")
-    if isinstance(value, (bytes, bytearray)):
-        return bytes(value)
-    raise TypeError(f"{name} must be PEM bytes or str, not {type(value).__name__}")
-
-
-def build_ssl_context(
-    *,
-    root_certificates: Optional[bytes] = None,
-    client_identity: Optional[Tuple[bytes, bytes]] = None,
-    field_name: Callable[[str], str] = str,
-) -> ssl.SSLContext:
-    """A client SSLContext: verification on, TLS 1.2 or newer, ALPN ``h2``.
-
-    ``root_certificates=None`` trusts the system store; ``client_identity`` is the PEM
-    ``(private_key, certificate_chain)`` pair for mutual TLS. PEM that does not load raises
-    ValueError naming the option (as ``field_name`` spells it).
-    """
-    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
-    if root_certificates is not None:
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        try:
-            context.load_verify_locations(cadata=root_certificates.decode("ascii", "replace"))
-        except (ssl.SSLError, ValueError) as exc:
-            raise ValueError(f"{field_name('root_certificates')} is not valid PEM: {exc}") from None
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    if client_identity is not None:
-        key, chain = client_identity
-        # ssl only loads certificates from files: write both to a private temp dir briefly.
-        import tempfile  # only here: it costs import time every other user would pay
-
-        with tempfile.TemporaryDirectory(prefix="wove-h2grpc-") as tmp:
-            key_path = os.path.join(tmp, "key.pem")
-            chain_path = os.path.join(tmp, "chain.pem")
-            fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(key)
-            with open(chain_path, "wb") as fh:
-                fh.write(chain)
-            try:
-                context.load_cert_chain(chain_path, key_path)
-            except ssl.SSLError as exc:
-                raise ValueError(
-                    f"{field_name('private_key')} / {field_name('certificate_chain')} could "
-                    f"not be loaded: {exc}"
-                ) from None
-    context.set_alpn_protocols(["h2"])
-    return context
 
 
 async def resolve(target: Target) -> List[Tuple[str, int]]:

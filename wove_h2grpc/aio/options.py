@@ -4,18 +4,23 @@ Each error names the keyword it is about (ValueError for a bad value, TypeError 
 type), so ``Channel``, ``Server``, the Wove executor and the CLI report the same mistakes
 the same way. A caller whose users know the options by other names (the Wove executor's
 ``executor_config.<key>``) passes ``field_name`` to spell them its way.
+
+``Channel``'s signature needs this module, so it imports neither asyncio nor ssl: ssl loads
+in :func:`build_ssl_context` and the ``ssl_context`` check, for TLS options only.
 """
 
 from __future__ import annotations
 
-import ssl
+import os
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, Tuple, Union
 
 from .._version import __version__
 from ..protocol.metadata import MetadataLike, encode_metadata, normalize_metadata
 from ..protocol.target import Target, parse_target
-from .dial import build_ssl_context, pem_bytes
+
+if TYPE_CHECKING:
+    import ssl
 
 __all__ = [
     "DEFAULT_CONNECTION_WINDOW",
@@ -25,9 +30,11 @@ __all__ = [
     "LB_POLICIES",
     "ChannelOptions",
     "ServerOptions",
+    "build_ssl_context",
     "check_compression",
     "check_int",
     "check_window",
+    "pem_bytes",
 ]
 
 #: The default of ``max_receive_message_length`` for channels and servers (grpcio's).
@@ -114,8 +121,11 @@ class ChannelOptions:
         keyword to the name the error message uses.
         """
         name = field_name
-        if ssl_context is not None and not isinstance(ssl_context, ssl.SSLContext):
-            raise TypeError(f"{name('ssl_context')} must be an ssl.SSLContext")
+        if ssl_context is not None:
+            import ssl  # TLS only (and imported already by whoever built the context)
+
+            if not isinstance(ssl_context, ssl.SSLContext):
+                raise TypeError(f"{name('ssl_context')} must be an ssl.SSLContext")
         secure = bool(secure) or ssl_context is not None
         parsed = target if isinstance(target, Target) else parse_target(target, secure=secure)
         pems = {
@@ -194,6 +204,63 @@ class ChannelOptions:
                 "connection_window_size", connection_window_size, name
             ),
         )
+
+
+def pem_bytes(value: object, name: str) -> bytes:
+    """PEM given as bytes or (ASCII) str, as bytes; the error names the option ``name``."""
+    if isinstance(value, str):
+        if not value.isascii():
+            raise ValueError(f"{name} must be ASCII PEM text")
+        return value.encode("ascii")
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value)
+    raise TypeError(f"{name} must be PEM bytes or str, not {type(value).__name__}")
+
+
+def build_ssl_context(
+    *,
+    root_certificates: Optional[bytes] = None,
+    client_identity: Optional[Tuple[bytes, bytes]] = None,
+    field_name: Callable[[str], str] = str,
+) -> ssl.SSLContext:
+    """A client SSLContext: verification on, TLS 1.2 or newer, ALPN ``h2``.
+
+    ``root_certificates=None`` trusts the system store; ``client_identity`` is the PEM
+    ``(private_key, certificate_chain)`` pair for mutual TLS. PEM that does not load raises
+    ValueError naming the option (as ``field_name`` spells it).
+    """
+    import ssl  # TLS only: a plaintext channel never loads it
+
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    if root_certificates is not None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        try:
+            context.load_verify_locations(cadata=root_certificates.decode("ascii", "replace"))
+        except (ssl.SSLError, ValueError) as exc:
+            raise ValueError(f"{field_name('root_certificates')} is not valid PEM: {exc}") from None
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if client_identity is not None:
+        key, chain = client_identity
+        # ssl only loads certificates from files: write both to a private temp dir briefly.
+        import tempfile  # only here: it costs import time every other user would pay
+
+        with tempfile.TemporaryDirectory(prefix="wove-h2grpc-") as tmp:
+            key_path = os.path.join(tmp, "key.pem")
+            chain_path = os.path.join(tmp, "chain.pem")
+            fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(key)
+            with open(chain_path, "wb") as fh:
+                fh.write(chain)
+            try:
+                context.load_cert_chain(chain_path, key_path)
+            except ssl.SSLError as exc:
+                raise ValueError(
+                    f"{field_name('private_key')} / {field_name('certificate_chain')} could "
+                    f"not be loaded: {exc}"
+                ) from None
+    context.set_alpn_protocols(["h2"])
+    return context
 
 
 def check_window(field: str, value: Any, name: FieldName = str) -> int:
