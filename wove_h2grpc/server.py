@@ -92,7 +92,7 @@ class Server:
             initial_window_size=initial_window_size,
             connection_window_size=connection_window_size,
             max_buffered_bytes=max_buffered_bytes,
-        )
+        ).checked()
         # One budget for every connection of this server, whichever listener accepted it.
         self._budget = MemoryBudget(self._options.max_buffered_bytes)
         self._handlers: Dict[str, Handler] = {}

@@ -780,8 +780,6 @@ async def test_channel_burst_10000_on_one_connection(rec: Recorder) -> None:
 
 async def test_channel_retries_refused_stream(rec: Recorder) -> None:
     """A stream refused with REFUSED_STREAM is retried transparently by the Channel."""
-    import dataclasses
-
     from wove_h2grpc import Channel
 
     srv = Server(rec.handlers())
@@ -797,7 +795,7 @@ async def test_channel_retries_refused_stream(rec: Recorder) -> None:
             # The client believes 1000 streams are allowed; make the server enforce 1 (as if a
             # lower SETTINGS value were still in flight), and release the blocked call as soon
             # as the second call's stream has been refused.
-            proto.options = dataclasses.replace(proto.options, max_concurrent_streams=1)
+            proto.options = proto.options._replace(max_concurrent_streams=1)
             refused: List[int] = []
             original_reset = proto.reset_stream
 

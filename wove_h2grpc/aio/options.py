@@ -5,15 +5,16 @@ type), so ``Channel``, ``Server``, the Wove executor and the CLI report the same
 the same way. A caller whose users know the options by other names (the Wove executor's
 ``executor_config.<key>``) passes ``field_name`` to spell them its way.
 
-``Channel``'s signature needs this module, so it imports neither asyncio nor ssl: ssl loads
-in :func:`build_ssl_context` and the ``ssl_context`` check, for TLS options only.
+``Channel``'s signature needs this module, so it stays cheap to import: no asyncio, no ssl
+(it loads in :func:`build_ssl_context` and the ``ssl_context`` check, for TLS options only)
+and NamedTuples rather than dataclasses (whose import, with inspect, would cost more than
+the rest of ``from wove_h2grpc import Channel``).
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional, Tuple, Union
 
 from .._version import __version__
 from ..protocol.metadata import MetadataLike, encode_metadata, normalize_metadata
@@ -57,8 +58,7 @@ LB_POLICIES = ("pick_first", "round_robin")
 FieldName = Callable[[str], str]
 
 
-@dataclass(frozen=True)
-class ChannelOptions:
+class ChannelOptions(NamedTuple):
     """Validated ``Channel`` options (see ``Channel``): build them with :meth:`build`.
 
     Values are stored as the wire uses them: ``authority``, ``scheme``, ``user_agent`` and
@@ -321,9 +321,8 @@ def _optional_text(
     return value
 
 
-@dataclass(frozen=True)
-class ServerOptions:
-    """Validated ``Server`` options, built once (each error names the keyword)."""
+class ServerOptions(NamedTuple):
+    """``Server`` options, validated once by :meth:`checked` (each error names the keyword)."""
 
     max_receive_message_length: int
     max_concurrent_streams: int
@@ -338,7 +337,8 @@ class ServerOptions:
     connection_window_size: int = 32 << 20
     max_buffered_bytes: Optional[int] = DEFAULT_MAX_BUFFERED
 
-    def __post_init__(self) -> None:
+    def checked(self) -> ServerOptions:
+        """These options, once every one is checked: the first mistake raises."""
         check_window("initial_window_size", self.initial_window_size)
         check_window("connection_window_size", self.connection_window_size)
         check_int("max_receive_message_length", self.max_receive_message_length, -1)
@@ -358,6 +358,7 @@ class ServerOptions:
                 raise TypeError(f"{name} must be a number of seconds or None")
             if not value > 0:
                 raise ValueError(f"{name} must be positive or None, got {value!r}")
+        return self
 
 
 def check_int(name: str, value: object, low: int, high: Optional[int] = None) -> None:

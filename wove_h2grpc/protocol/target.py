@@ -9,16 +9,17 @@ of DNS names happens later, in the IO layer.
 
 from __future__ import annotations
 
-import ipaddress
-from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import List, NamedTuple, Optional, Tuple
 
 __all__ = ["Target", "format_host_port", "parse_bind_address", "parse_target"]
 
 
-@dataclass(frozen=True)
-class Target:
-    """A parsed target: a unix path, or TCP ``(host, port)`` addresses to dial."""
+class Target(NamedTuple):
+    """A parsed target: a unix path, or TCP ``(host, port)`` addresses to dial.
+
+    A NamedTuple rather than a dataclass: ``Channel``'s import reaches this module, and
+    importing dataclasses (with inspect) would cost it more than the whole module.
+    """
 
     kind: str  # "tcp", "unix" or "unix-abstract"
     addresses: Tuple[Tuple[str, int], ...] = ()
@@ -33,12 +34,18 @@ class Target:
         return self.addresses[0][0] if self.addresses else "localhost"
 
 
-def _is_ip(host: str) -> bool:
+def _ip_version(host: str) -> int:
+    """4 or 6 for an IP address literal, 0 for anything else (a host name)."""
+    import ipaddress  # here, not at the top: a target is parsed once per channel
+
     try:
-        ipaddress.ip_address(host)
+        return ipaddress.ip_address(host).version
     except ValueError:
-        return False
-    return True
+        return 0
+
+
+def _is_ip(host: str) -> bool:
+    return _ip_version(host) != 0
 
 
 def _is_ascii_digits(text: str) -> bool:
@@ -98,13 +105,7 @@ def _parse_list(body: str, default_port: int, target: str, family: int) -> List[
     out = []
     for part in body.split(","):
         host, port, _ = _split_host_port(part.strip(), default_port, target)
-        try:
-            ip = ipaddress.ip_address(host)
-        except ValueError:
-            raise ValueError(
-                f"{host!r} is not an IPv{family} address in target {target!r}"
-            ) from None
-        if ip.version != family:
+        if _ip_version(host) != family:
             raise ValueError(f"{host!r} is not an IPv{family} address in target {target!r}")
         out.append((host, port))
     return out
