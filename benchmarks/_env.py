@@ -217,6 +217,9 @@ def import_cost(
     One discarded run first writes the byte-code caches; the repeats then alternate
     between clients so that a noisy moment hits all of them alike.
     """
+    # PYTHONDONTWRITEBYTECODE would keep that run from writing them: a source checkout would
+    # then be compiled in every probe while installed packages load their byte code.
+    env = {key: value for key, value in env.items() if key != "PYTHONDONTWRITEBYTECODE"}
     out: Dict[str, Any] = {}
     samples: Dict[str, Dict[str, List[Dict[str, float]]]] = {}
     for client in clients:

@@ -408,6 +408,102 @@ def test_import_wove_h2grpc_is_cheap() -> None:
     assert "LOADED []" in result.stdout, result.stdout
 
 
+# What ``from wove_h2grpc import Channel`` leaves for later: asyncio (and what comes with
+# it) with the first Channel, the call classes with the first multicallable, h2 with the
+# first connection.
+DEFERRED_BY_CHANNEL_IMPORT = (
+    "asyncio",
+    "concurrent.futures",
+    "dataclasses",
+    "h2",
+    "hpack",
+    "hyperframe",
+    "inspect",
+    "logging",
+    "socket",
+    "ssl",
+    f"{PACKAGE}.aio._h2compat",
+    f"{PACKAGE}.aio.connection",
+    f"{PACKAGE}.aio.dial",
+    f"{PACKAGE}.aio.pool",
+    f"{PACKAGE}.calls",
+)
+
+_CHANNEL_IMPORT_CHILD = """
+import sys
+
+before = set(sys.modules)
+from wove_h2grpc import Channel
+new = set(sys.modules) - before
+deferred = sys.argv[1].split(",")
+print("LOADED", sorted(m for m in new if any(m == d or m.startswith(d + ".") for d in deferred)))
+
+import asyncio
+
+
+async def main():
+    channel = Channel(f"127.0.0.1:{sys.argv[2]}", connect_timeout=10.0)
+    echo = channel.unary_unary("/t.Echo/Echo")
+    h2_stack = ("h2.connection", "hpack", "hyperframe", "wove_h2grpc.aio._h2compat")
+    print("BEFORE CONNECTING", sorted(m for m in h2_stack if m in sys.modules))
+    reply = await echo(b"ping", timeout=10.0)
+    import h2.stream
+    from wove_h2grpc.aio import _h2compat, _h2fast
+
+    (conn,) = channel._pool.connections()
+    checks = [isinstance(conn.h2, _h2compat.GrpcH2Connection)]
+    if "cached_hpack" in _h2compat.APPLIED:
+        checks.append(isinstance(conn.h2.encoder, _h2fast.CachingEncoder))
+    if "bytes_headers_as_given" in _h2compat.APPLIED:
+        checks.append(h2.stream.utf8_encode_headers is _h2compat._utf8_encode_headers)
+    print("REPLY", reply, "PATCHED", all(checks))
+    await channel.close()
+
+
+asyncio.run(main())
+"""
+
+
+async def test_channel_import_defers_the_transport_and_a_call_still_works() -> None:
+    import asyncio
+
+    from wove_h2grpc import Server
+
+    async def echo(request: bytes, context: object) -> bytes:
+        return request
+
+    server = Server({"/t.Echo/Echo": echo})
+    port = await server.start("127.0.0.1:0")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_DIR), env.get("PYTHONPATH", "")) if p)
+    try:
+        child = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            _CHANNEL_IMPORT_CHILD,
+            ",".join(DEFERRED_BY_CHANNEL_IMPORT),
+            str(port),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            cwd=str(REPO_DIR),
+        )
+        try:
+            out, err = await asyncio.wait_for(child.communicate(), 60)
+        except asyncio.TimeoutError:
+            child.kill()
+            await child.wait()
+            raise
+    finally:
+        await server.stop(grace=1.0)
+        await server.wait_closed()
+    stdout = out.decode()
+    assert child.returncode == 0, err.decode()
+    assert "LOADED []" in stdout, stdout
+    assert "BEFORE CONNECTING []" in stdout, stdout
+    assert "REPLY b'ping' PATCHED True" in stdout, stdout
+
+
 def test_layer_table_matches_style_sketch() -> None:
     # The table above is the rule; spot-check a few edges so an edit to it is deliberate.
     assert LAYERS["protocol.framing"] < LAYERS["aio.connection"] < LAYERS["client"]

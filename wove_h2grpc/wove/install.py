@@ -13,8 +13,6 @@ from typing import Callable, Optional
 
 from wove.environment import EnvironmentExecutor
 
-from .executor import H2GrpcExecutor
-
 __all__ = ["install", "installed", "uninstall"]
 
 # Wove resolves executor names in wove.environment.build_executor_from_name, called through
@@ -28,6 +26,10 @@ _original_build: Optional[Callable[[str], EnvironmentExecutor]] = None
 def _build_executor_from_name(name: str) -> EnvironmentExecutor:
     """``wove.environment.build_executor_from_name`` with ``"grpc"`` routed by transport."""
     if name == "grpc":
+        # Imported with the first executor, not by install(): a process that installs the hook
+        # but never builds a grpc executor does not pay for the client.
+        from .executor import H2GrpcExecutor
+
         return H2GrpcExecutor(transport="auto")
     if _original_build is None:
         raise RuntimeError("wove_h2grpc.install() state lost: Wove's resolver is missing")
