@@ -1,7 +1,8 @@
 """wove_h2grpc: a pure-asyncio gRPC transport for Wove on ``h2`` (no grpcio).
 
-The public API's names are exported here. The server, Wove executor and
-worker are imported lazily so that ``import wove_h2grpc`` stays cheap.
+The public API's names are exported here. The client, server, Wove executor and worker
+are imported lazily so that ``import wove_h2grpc`` stays cheap (and ``client`` defers its
+own transport in turn: see that module).
 """
 
 from __future__ import annotations
