@@ -17,8 +17,8 @@ __all__ = ["Target", "format_host_port", "parse_bind_address", "parse_target"]
 class Target(NamedTuple):
     """A parsed target: a unix path, or TCP ``(host, port)`` addresses to dial.
 
-    A NamedTuple rather than a dataclass: ``Channel``'s import reaches this module, and
-    importing dataclasses (with inspect) would cost it more than the whole module.
+    A NamedTuple, not a dataclass: ``from wove_h2grpc import Channel`` imports this module,
+    and importing dataclasses (inspect with it) would cost more than that whole import.
     """
 
     kind: str  # "tcp", "unix" or "unix-abstract"
