@@ -5,7 +5,9 @@ which counts every thread, grpcio's core threads included) and the peak RSS belo
 client alone. The process connects, warms up, then measures; only the measured section is
 counted in the CPU figure. The result is one JSON object on the last line of stdout.
 
-Spec keys: ``client`` (``wove_h2grpc`` | ``grpc.aio`` | ``grpclib``), ``port``, ``method``,
+Spec keys: ``client`` (``wove_h2grpc`` | ``grpc.aio`` | ``grpclib``, or ``raw``: the floor, a
+plain ``asyncio.Protocol`` exchanging length-prefixed messages with the ``raw-echo`` server,
+no HTTP/2 and no gRPC), ``port``, ``method`` (unused by ``raw``),
 ``scenario`` (``sequential`` | ``concurrent`` | ``burst`` | ``bidi`` | ``server_stream`` |
 ``slow_consumer``), ``size`` (payload bytes), ``calls`` (calls; round trips for ``bidi``,
 messages for the two server streams), ``concurrency``, ``warmup``, optional ``profile``
@@ -89,6 +91,8 @@ async def _open_client(
             gchannel.close()
 
         return call_grpclib, close_grpclib
+    if name == "raw":
+        return await _open_raw(port)
     if name == "wove_h2grpc":
         from wove_h2grpc import Channel
 
@@ -100,6 +104,63 @@ async def _open_client(
 
         return rpc_h2, close_h2
     raise SystemExit(f"unknown client {name!r}")
+
+
+def _raw_framing() -> Any:
+    """The raw echo's framing (``_servers.raw_frame``, ``_servers.RawMessages``)."""
+    try:
+        from benchmarks import _servers
+    except ImportError:  # run as a script with only benchmarks/ on the path
+        import _servers  # type: ignore[no-redef]
+    return _servers
+
+
+class RawClient(asyncio.Protocol):
+    """The floor's client: one TCP connection, each reply resolves the oldest waiting call
+    (the echo answers in order)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        import collections
+
+        framing = _raw_framing()
+        self.loop = loop
+        self.frame = framing.raw_frame
+        self.messages = framing.RawMessages()
+        self.waiters: Any = collections.deque()
+        self.transport: Any = None
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        waiters = self.waiters
+        for message in self.messages.feed(data):
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(message)
+
+    def connection_lost(self, exc: Optional[BaseException]) -> None:
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(ConnectionError("the raw echo connection was lost"))
+
+    async def call(self, payload: bytes) -> bytes:
+        waiter = self.loop.create_future()
+        self.waiters.append(waiter)
+        self.transport.write(self.frame(payload))
+        reply: bytes = await waiter
+        return reply
+
+
+async def _open_raw(port: int) -> Tuple[Call, Callable[[], Awaitable[None]]]:
+    loop = asyncio.get_running_loop()
+    _, protocol = await loop.create_connection(lambda: RawClient(loop), "127.0.0.1", port)
+
+    async def close_raw() -> None:
+        protocol.transport.close()
+
+    return protocol.call, close_raw
 
 
 async def _sequential(call: Call, payload: bytes, calls: int) -> List[int]:

@@ -3,8 +3,10 @@
 Kinds: ``grpcio-echo`` (grpc.aio generic echo handler), ``grpcio-load-echo`` (the same with
 grpcio's pending-call limits raised for the load section), ``h2-echo`` (``wove_h2grpc.Server``),
 ``grpclib-echo`` (a ``grpclib`` server with a generic bytes handler, unary echo only),
-``grpcio-worker`` and ``h2-worker`` (``wove_h2grpc.worker.WorkerService`` on either server).
-Each prints ``READY <port>`` once serving and runs until SIGTERM or SIGINT.
+``grpcio-worker`` and ``h2-worker`` (``wove_h2grpc.worker.WorkerService`` on either server),
+and ``raw-echo``: the floor's server, a plain ``asyncio.Protocol`` that echoes each
+length-prefixed message (``RawEcho``; no HTTP/2, no gRPC). Each prints ``READY <port>``
+once serving and runs until SIGTERM or SIGINT.
 
 Every echo server counts the unary echo calls its handler completed (the handler has the
 request and hands back the echo). On SIGUSR1 the server prints ``COUNT <n>`` (``n`` since
@@ -29,7 +31,7 @@ import asyncio
 import os
 import signal
 import sys
-from typing import Any, AsyncIterator, Dict, Optional, Sequence, Tuple
+from typing import Any, AsyncIterator, Dict, List, Optional, Sequence, Tuple
 
 ECHO_METHOD = "/bench.Echo/Echo"
 BIDI_METHOD = "/bench.Echo/Bidi"
@@ -87,6 +89,57 @@ async def _stream(request: bytes, context: Any) -> AsyncIterator[bytes]:
     payload = os.urandom(size)
     for _ in range(count):
         yield payload
+
+
+RAW_PREFIX = 4  # the raw echo's message prefix: a 4-byte big-endian length
+
+
+def raw_frame(payload: bytes) -> bytes:
+    """One raw echo message: the 4-byte big-endian length, then ``payload``."""
+    return len(payload).to_bytes(RAW_PREFIX, "big") + payload
+
+
+class RawMessages:
+    """Splits a byte stream of ``raw_frame`` messages back into the messages, across any
+    chunk boundaries: ``feed(chunk)`` returns the messages that chunk completes."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> List[bytes]:
+        buffer = self._buffer
+        buffer += data
+        out: List[bytes] = []
+        while len(buffer) >= RAW_PREFIX:
+            end = RAW_PREFIX + int.from_bytes(buffer[:RAW_PREFIX], "big")
+            if len(buffer) < end:
+                break
+            out.append(bytes(buffer[RAW_PREFIX:end]))
+            del buffer[:end]
+        return out
+
+
+class RawEcho(asyncio.Protocol):
+    """The floor's server: every complete message goes back as it came, prefix and all."""
+
+    def __init__(self) -> None:
+        self.messages = RawMessages()
+        self.transport: Any = None
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        for message in self.messages.feed(data):
+            self.transport.write(raw_frame(message))
+
+
+async def _raw_echo(port: int) -> None:
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(RawEcho, "127.0.0.1", port)
+    await _serve_until_signal(server.sockets[0].getsockname()[1])
+    server.close()
+    await server.wait_closed()
 
 
 def _report_count() -> None:
@@ -266,6 +319,7 @@ KINDS = {
     "grpclib-echo": _grpclib_echo,
     "grpcio-worker": _grpcio_worker,
     "h2-worker": _h2_worker,
+    "raw-echo": _raw_echo,
 }
 
 

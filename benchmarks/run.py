@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 if __package__ in (None, ""):  # run as ``python benchmarks/run.py``
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -35,13 +35,20 @@ DOCS_FILE = REPO_DIR / "docs" / "benchmarks.md"
 ECHO_METHOD = "/bench.Echo/Echo"
 
 CLIENTS = ("wove_h2grpc", "grpc.aio", "grpclib")
+# Our client run by the PyPy interpreter given with --pypy, in the scenarios that set a
+# ``pypy_warmup``; a column of the client tables like the others.
+PYPY_CLIENT = "wove_h2grpc (PyPy)"
+# The floor: a raw asyncio TCP echo (plain Protocols, length-prefixed 100 B messages), run by
+# each interpreter in the rounds of the first server, beside the 100 B sequential scenario.
+FLOOR_SCENARIO = "seq_100b"
+FLOOR_TITLE = "raw asyncio TCP echo, 100 B sequential"
 SERVERS = {"grpcio": "grpcio-echo", "h2": "h2-echo"}
 SERVER_TITLES = {"grpcio": "grpcio aio echo server", "h2": "wove_h2grpc.Server echo server"}
 
 
 STREAM_KINDS = ("bidi", "server_stream", "slow_consumer")
 #: The sections ``--skip`` can leave out.
-SECTIONS = ("clients", "imports", "wove", "load")
+SECTIONS = ("clients", "floor", "imports", "wove", "load")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +59,8 @@ class Scenario:
     server stream (``server_stream``, ``slow_consumer``), and ``warmup`` is the length of
     the warm-up exchange. ``window`` asks each client for that stream receive window;
     the slow consumer waits ``stall_s`` after its first message, then sleeps ``pause_s``
-    after every ``pause_every`` messages.
+    after every ``pause_every`` messages. ``pypy_warmup``: the warm-up of our client under
+    PyPy (whose JIT needs more calls to compile the hot paths); ``None``: no PyPy row.
     """
 
     key: str
@@ -67,6 +75,7 @@ class Scenario:
     stall_s: float = 0.2
     pause_every: int = 8
     pause_s: float = 0.001
+    pypy_warmup: Optional[int] = None
 
     @property
     def streaming(self) -> bool:
@@ -84,10 +93,14 @@ class Scenario:
 
 KIB, MIB = 1024, 1024 * 1024
 SCENARIOS = (
-    Scenario("seq_100b", "100 B sequential", "sequential", 100, 3000, 60, 200),
-    Scenario("conc64_100b", "100 B, 64 in flight", "concurrent", 100, 10000, 256, 640),
-    Scenario("seq_64kib", "64 KiB sequential", "sequential", 64 * KIB, 1000, 20, 50),
-    Scenario("seq_1mib", "1 MiB sequential", "sequential", MIB, 150, 6, 10),
+    Scenario("seq_100b", "100 B sequential", "sequential", 100, 3000, 60, 200, pypy_warmup=2000),
+    Scenario(
+        "conc64_100b", "100 B, 64 in flight", "concurrent", 100, 10000, 256, 640, pypy_warmup=4000
+    ),
+    Scenario(
+        "seq_64kib", "64 KiB sequential", "sequential", 64 * KIB, 1000, 20, 50, pypy_warmup=500
+    ),
+    Scenario("seq_1mib", "1 MiB sequential", "sequential", MIB, 150, 6, 10, pypy_warmup=100),
     Scenario("burst_10k", "10,000-call burst (100 B)", "burst", 100, 10000, 500, 640),
     Scenario("bidi_pingpong_100b", "bidi ping-pong, 100 B", "bidi", 100, 3000, 200, 200),
     Scenario(
@@ -290,15 +303,42 @@ def client_spec(
     return spec
 
 
-def run_child(
-    script: str, spec: Dict[str, Any], timeout: float, *, tree: Optional[Path] = None
+def pypy_spec(scenario: Scenario, port: int, *, quick: bool = False) -> Dict[str, Any]:
+    """The spec of our client's PyPy measurement: ``client_spec`` with the PyPy warm-up."""
+    spec = client_spec(scenario, "wove_h2grpc", port, quick=quick)
+    warmup = scenario.pypy_warmup or scenario.warmup
+    spec["warmup"] = min(warmup, 64) if quick else warmup
+    return spec
+
+
+def floor_spec(
+    scenario: Scenario, port: int, *, quick: bool = False, pypy: bool = False
 ) -> Dict[str, Any]:
-    """Run one measurement process (importing ``tree``'s package if given); its last
-    stdout line is the JSON result."""
+    """The spec of one floor measurement (the raw echo), warmed up like our client on the
+    same interpreter."""
+    spec = (
+        pypy_spec(scenario, port, quick=quick)
+        if pypy
+        else client_spec(scenario, "raw", port, quick=quick)
+    )
+    spec["client"] = "raw"
+    return spec
+
+
+def run_child(
+    script: str,
+    spec: Dict[str, Any],
+    timeout: float,
+    *,
+    tree: Optional[Path] = None,
+    python: Optional[str] = None,
+) -> Dict[str, Any]:
+    """Run one measurement process (importing ``tree``'s package if given) with ``python``
+    (default: this interpreter); its last stdout line is the JSON result."""
     started = time.perf_counter()
     try:
         proc = subprocess.run(
-            [sys.executable, str(BENCH_DIR / script), json.dumps(spec)],
+            [python or sys.executable, str(BENCH_DIR / script), json.dumps(spec)],
             capture_output=True,
             text=True,
             env=child_env(tree),
@@ -346,6 +386,43 @@ def available_clients(requested: Sequence[str]) -> Dict[str, Optional[str]]:
     return out
 
 
+def probe_pypy(python: Optional[str]) -> Tuple[Optional[str], Optional[str]]:
+    """``(version, None)`` if ``python`` is a PyPy that imports the client (this tree's
+    package first, as every child does), else ``(None, why not)``."""
+    if not python:
+        return None, (
+            "no --pypy PYTHON given (a PyPy venv with the package's dependencies: "
+            ".ci/install-pypy.sh DIR, then --pypy DIR/bin/python)"
+        )
+    probe = (
+        "import platform, sys, wove_h2grpc.client; "
+        "print(sys.implementation.name, platform.python_version(), "
+        "'.'.join(map(str, sys.pypy_version_info[:3])) if hasattr(sys, 'pypy_version_info') "
+        "else '')"
+    )
+    try:
+        proc = subprocess.run(
+            [python, "-c", probe],
+            capture_output=True,
+            text=True,
+            env=child_env(),
+            cwd=str(REPO_DIR),
+            timeout=60,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return None, f"{python} did not run: {exc}"
+    words = proc.stdout.split()
+    if proc.returncode != 0 or len(words) < 2:
+        lines = (proc.stderr or "").strip().splitlines()
+        return None, f"{python} cannot import wove_h2grpc.client: " + (
+            lines[-1] if lines else f"exit status {proc.returncode}"
+        )
+    if words[0] != "pypy":
+        return None, f"{python} is {words[0]}, not PyPy"
+    return f"PyPy {words[2]} (Python {words[1]})" if len(words) > 2 else f"PyPy {words[1]}", None
+
+
 def server_available(server: str) -> Optional[str]:
     """``None`` if the server kind can run, else why not."""
     module = {"grpcio": "grpc", "h2": "wove_h2grpc.server", "grpclib": "grpclib.server"}[server]
@@ -358,12 +435,30 @@ def server_available(server: str) -> Optional[str]:
     return None
 
 
+def scenario_clients(scenario: Scenario, clients: Sequence[str], pypy: bool) -> List[str]:
+    """The columns measured in a scenario: the clients, plus ours on PyPy where the
+    scenario has a PyPy warm-up and a PyPy interpreter was found."""
+    out = list(clients)
+    if pypy and scenario.pypy_warmup is not None:
+        out.insert(out.index("wove_h2grpc") + 1 if "wove_h2grpc" in out else 0, PYPY_CLIENT)
+    return out
+
+
 def bench_clients(
-    args: argparse.Namespace, clients: Sequence[str], skipped: List[str]
+    args: argparse.Namespace,
+    clients: Sequence[str],
+    skipped: List[str],
+    floor: Optional[Dict[str, List[Dict[str, Any]]]] = None,
 ) -> Dict[str, Any]:
-    """Every scenario, every client, every round, against each selected server."""
+    """Every scenario, every client, every round, against each selected server.
+
+    ``floor``, if given, maps each interpreter (``"CPython"``, and ``"PyPy"`` with
+    ``--pypy``) to a list that gets one raw-echo measurement per round of the first server,
+    run right after the clients of the 100 B sequential scenario.
+    """
     servers = ["grpcio", "h2"] if args.server == "both" else [args.server]
     scenarios = [s for s in SCENARIOS if not args.scenarios or s.key in args.scenarios]
+    timeout = 60 if args.quick else 600
     out: Dict[str, Any] = {}
     for server in servers:
         reason = server_available(server)
@@ -373,25 +468,57 @@ def bench_clients(
             continue
         proc = ServerProcess(SERVERS[server])
         log(f"server {server} ({SERVERS[server]}) on port {proc.port}")
+        raw: Optional[ServerProcess] = None
+        if floor is not None and any(s.key == FLOOR_SCENARIO for s in scenarios):
+            raw = ServerProcess("raw-echo")
+            log(f"floor: raw echo server on port {raw.port}")
         here = list(scenarios)
+        columns = {s.key: scenario_clients(s, clients, bool(args.pypy)) for s in here}
         runs: Dict[str, Dict[str, List[Dict[str, Any]]]] = {
-            s.key: {c: [] for c in clients} for s in here
+            s.key: {c: [] for c in columns[s.key]} for s in here
         }
         try:
             for round_no in range(args.rounds):
                 for scenario in here:
-                    for client in clients:
-                        spec = client_spec(
-                            scenario, client, proc.port, quick=args.quick, server_pid=proc.proc.pid
-                        )
-                        result = run_child("_client.py", spec, timeout=60 if args.quick else 600)
+                    for client in columns[scenario.key]:
+                        python: Optional[str] = None
+                        if client == PYPY_CLIENT:
+                            spec = pypy_spec(scenario, proc.port, quick=args.quick)
+                            python = args.pypy
+                        else:
+                            spec = client_spec(
+                                scenario,
+                                client,
+                                proc.port,
+                                quick=args.quick,
+                                server_pid=proc.proc.pid,
+                            )
+                        result = run_child("_client.py", spec, timeout=timeout, python=python)
                         runs[scenario.key][client].append(result)
                         log(
                             f"  [{server} r{round_no + 1}] {scenario.key:12} {client:12} "
                             + report.one_line(result)
                         )
+                    if raw is not None and floor is not None and scenario.key == FLOOR_SCENARIO:
+                        for name, runs_of in floor.items():
+                            pypy = name == "PyPy"
+                            spec = floor_spec(scenario, raw.port, quick=args.quick, pypy=pypy)
+                            result = run_child(
+                                "_client.py",
+                                spec,
+                                timeout=timeout,
+                                python=args.pypy if pypy else None,
+                            )
+                            runs_of.append(result)
+                            log(
+                                f"  [{server} r{round_no + 1}] {'floor':12} {name:12} "
+                                + report.one_line(result)
+                            )
         finally:
             proc.stop()
+            if raw is not None:
+                raw.stop()
+        floor = None  # measured in the first server's rounds only
         out[server] = {
             "title": SERVER_TITLES[server],
             "scenarios": {
@@ -403,7 +530,7 @@ def bench_clients(
                     "unit": s.unit,
                     "clients": {
                         c: {"median": median_of(runs[s.key][c]), "rounds": runs[s.key][c]}
-                        for c in clients
+                        for c in columns[s.key]
                     },
                 }
                 for s in here
@@ -643,6 +770,14 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
         help="comma-separated sections to skip: " + ", ".join(SECTIONS),
     )
     parser.add_argument(
+        "--pypy",
+        metavar="PYTHON",
+        default=None,
+        help="a PyPy interpreter whose environment has the package's dependencies "
+        "(.ci/install-pypy.sh DIR makes one: DIR/bin/python): adds our client on PyPy "
+        "to the client tables and the PyPy floor",
+    )
+    parser.add_argument(
         "--profile",
         action="store_true",
         help="also cProfile our client (writes .prof and top-20 text)",
@@ -689,8 +824,36 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "clients": clients,
         "skipped": skipped,
     }
+    if "clients" in args.skip:
+        args.pypy = None
+    else:
+        pypy_version, reason = probe_pypy(args.pypy)
+        if reason:
+            args.pypy = None
+            skipped.append(f"client {PYPY_CLIENT} and the PyPy floor: {reason}")
+            log(f"skip PyPy: {reason}")
+        else:
+            results["machine"]["pypy"] = pypy_version
+            results["clients"] = [*clients, PYPY_CLIENT]
+            log(f"PyPy: {args.pypy} ({pypy_version})")
     if "clients" not in args.skip and clients:
-        results["servers"] = bench_clients(args, clients, skipped)
+        floor: Optional[Dict[str, List[Dict[str, Any]]]] = None
+        if "floor" not in args.skip:
+            floor = {"CPython": []}
+            if args.pypy:
+                floor["PyPy"] = []
+        results["servers"] = bench_clients(args, clients, skipped, floor)
+        if floor and any(floor.values()):
+            scenario = next(s for s in SCENARIOS if s.key == FLOOR_SCENARIO)
+            results["floor"] = {
+                "title": FLOOR_TITLE,
+                "server": next(iter(results["servers"]), None),
+                "calls": scenario.quick_calls if args.quick else scenario.calls,
+                "unit": "round trips",
+                "clients": {
+                    name: {"median": median_of(r), "rounds": r} for name, r in floor.items()
+                },
+            }
     if "imports" not in args.skip:
         log("import cost and installed size")
         # Import cost needs only the package, not a working client, so every requested

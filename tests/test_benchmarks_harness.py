@@ -696,3 +696,173 @@ def test_load_section_without_h2load_is_skipped_with_its_reason(
     text = report.render(results)
     assert "Server load" not in text  # no table, no verdict rows: nothing was measured
     assert "Skipped in this run: server load: h2load is not installed" in text
+
+
+# ------------------------------------------------------------- PyPy rows and the floor
+
+
+def _pypy_results(
+    pypy_cpu: Dict[str, float], floor_cpu: Dict[str, float], ours_cpu: float = 90.0
+) -> Dict[str, Any]:
+    """``_results`` (grpc.aio at 100 µs/call) plus our client on PyPy in the scenarios of
+    ``pypy_cpu`` and a floor per interpreter of ``floor_cpu``."""
+    results = _results(ours_cpu, 100.0, 200.0)
+    scenarios = results["servers"]["grpcio"]["scenarios"]
+    for key, cpu in pypy_cpu.items():
+        scenarios[key]["clients"][report.PYPY_CLIENT] = {
+            "median": _figures(cpu),
+            "rounds": [_figures(cpu)],
+        }
+    results["clients"].append(report.PYPY_CLIENT)
+    results["machine"]["pypy"] = "PyPy 7.3.11 (Python 3.9.16)"
+    if floor_cpu:
+        results["floor"] = {
+            "title": run.FLOOR_TITLE,
+            "server": "grpcio",
+            "calls": 100,
+            "unit": "round trips",
+            "clients": {
+                name: {"median": _figures(cpu), "rounds": [_figures(cpu)]}
+                for name, cpu in floor_cpu.items()
+            },
+        }
+    return results
+
+
+def test_pypy_column_sits_beside_ours_with_its_ratio_to_grpc_aio() -> None:
+    text = report.render(_pypy_results({"seq_100b": 55.0, "seq_1mib": 160.0}, {}))
+    assert "| scenario | figure | wove_h2grpc | wove_h2grpc (PyPy) | grpc.aio | grpclib |" in text
+    assert "|  | client CPU µs/call | 90 (0.90×) | 55 (0.55×) | 100 (1.00×) | 200 (2.00×) |" in text
+    # Not measured on PyPy in that scenario: a dash, not an error and not a crash.
+    assert "|  | client CPU µs/call | 90 (0.90×) | – | 100 (1.00×) | 200 (2.00×) |" in text
+    assert "The `wove_h2grpc (PyPy)` column: PyPy 7.3.11 (Python 3.9.16)." in text
+
+
+def test_pypy_target_verdicts() -> None:
+    rows = {t: (m, v) for t, m, v in report.targets(_pypy_results({"seq_100b": 60.0}, {}))}
+    seq = "PyPy client CPU/call ≤ 0.60× grpc.aio, 100 B sequential (grpcio server)"
+    big = "PyPy client CPU/call ≤ 1.50× grpc.aio, 1 MiB sequential (grpcio server)"
+    assert rows[seq] == ("0.60×", "PASS")  # the limit itself passes
+    assert rows[big] == ("not measured", "n.a.")
+    rows = {
+        t: (m, v)
+        for t, m, v in report.targets(_pypy_results({"seq_100b": 61.0, "seq_1mib": 151.0}, {}))
+    }
+    assert rows[seq] == ("0.61×", "FAIL")
+    assert rows[big] == ("1.51×", "FAIL")
+    # Without a PyPy run the rows say so.
+    rows = {t: (m, v) for t, m, v in report.targets(_results(90.0, 100.0, 200.0))}
+    assert rows[seq] == ("not measured", "n.a.")
+
+
+def test_floor_table_and_verdicts_compare_each_interpreter_with_its_own_floor() -> None:
+    results = _pypy_results({"seq_100b": 30.0}, {"CPython": 45.0, "PyPy": 12.0})
+    assert report.floor_ratio(results, "CPython") == pytest.approx(2.0)  # 90 / 45
+    assert report.floor_ratio(results, "PyPy") == pytest.approx(2.5)  # 30 / 12
+    text = report.render(results)
+    assert "### Floor: raw asyncio TCP echo, 100 B sequential (100 round trips)" in text
+    assert "| figure | CPython | PyPy |" in text
+    assert "| client CPU µs/round trip | 45 | 12 |" in text
+    assert "| our 100 B sequential CPU/call (grpcio server) ÷ the floor's | 2.00× | 2.50× |" in text
+    rows = {t: (m, v) for t, m, v in report.targets(results)}
+    title = "CPU/call{} ≤ 2× the floor (raw asyncio TCP echo, {}), 100 B sequential (grpcio server)"
+    assert rows[title.format("", "CPython")] == ("2.00×", "PASS")
+    assert rows[title.format(" on PyPy", "PyPy")] == ("2.50×", "FAIL")
+    # A floor without our PyPy figure: not measured; no floor at all: no floor rows.
+    results = _pypy_results({}, {"CPython": 30.0, "PyPy": 12.0})
+    rows = {t: (m, v) for t, m, v in report.targets(results)}
+    assert rows[title.format("", "CPython")] == ("3.00×", "FAIL")
+    assert rows[title.format(" on PyPy", "PyPy")] == ("not measured", "n.a.")
+    titles = [t for t, _, _ in report.targets(_results(90.0, 100.0, 200.0))]
+    assert not [t for t in titles if "floor" in t]
+    assert "### Floor" not in report.render(_results(90.0, 100.0, 200.0))
+
+
+def test_pypy_and_floor_specs() -> None:
+    by_key = {s.key: s for s in run.SCENARIOS}
+    with_pypy = [s.key for s in run.SCENARIOS if s.pypy_warmup is not None]
+    assert {"seq_100b", "conc64_100b", "seq_1mib"} <= set(with_pypy)
+    assert all(not by_key[k].streaming for k in with_pypy)
+    clients = ["wove_h2grpc", "grpc.aio", "grpclib"]
+    assert run.scenario_clients(by_key["seq_100b"], clients, pypy=True) == [
+        "wove_h2grpc",
+        run.PYPY_CLIENT,
+        "grpc.aio",
+        "grpclib",
+    ]
+    assert run.scenario_clients(by_key["seq_100b"], clients, pypy=False) == clients
+    assert run.scenario_clients(by_key["burst_10k"], clients, pypy=True) == clients
+    assert run.scenario_clients(by_key["seq_1mib"], ["grpc.aio"], pypy=True) == [
+        run.PYPY_CLIENT,
+        "grpc.aio",
+    ]
+    # PyPy warms up longer: its JIT compiles the hot paths during the warm-up.
+    spec = run.pypy_spec(by_key["seq_100b"], 7)
+    assert spec["client"] == "wove_h2grpc" and spec["warmup"] == 2000 and spec["calls"] == 3000
+    assert run.pypy_spec(by_key["seq_1mib"], 7)["warmup"] == 100
+    assert run.pypy_spec(by_key["seq_100b"], 7, quick=True)["warmup"] == 64
+    floor = run.floor_spec(by_key["seq_100b"], 8)
+    assert floor["client"] == "raw" and floor["warmup"] == 200 and floor["size"] == 100
+    assert run.floor_spec(by_key["seq_100b"], 8, pypy=True)["warmup"] == 2000
+
+
+def test_pypy_probe_refuses_what_is_not_a_pypy() -> None:
+    version, reason = run.probe_pypy(None)
+    assert version is None and reason is not None and "--pypy" in reason
+    if sys.implementation.name != "pypy":  # this interpreter imports the client
+        version, reason = run.probe_pypy(sys.executable)
+        name = sys.implementation.name
+        assert version is None and reason == f"{sys.executable} is {name}, not PyPy"
+    version, reason = run.probe_pypy("/nonexistent/pypy3")
+    assert version is None and reason is not None and "did not run" in reason
+    args = run.parse_args(["--pypy", "/opt/pypy/bin/python"])
+    assert args.pypy == "/opt/pypy/bin/python" and run.parse_args([]).pypy is None
+
+
+class _Transport:
+    def __init__(self) -> None:
+        self.written: list = []
+
+    def write(self, data: bytes) -> None:
+        self.written.append(bytes(data))
+
+
+def test_raw_echo_framing_across_chunk_boundaries() -> None:
+    stream = b"".join(_servers.raw_frame(m) for m in (b"a" * 100, b"", b"xyz"))
+    assert stream[:4] == (100).to_bytes(4, "big")
+    for step in (1, 3, 7, len(stream)):
+        messages = _servers.RawMessages()
+        got = []
+        for pos in range(0, len(stream), step):
+            got += messages.feed(stream[pos : pos + step])
+        assert got == [b"a" * 100, b"", b"xyz"]
+
+
+def test_raw_echo_server_and_client_protocols() -> None:
+    import asyncio
+
+    server = _servers.RawEcho()
+    server.connection_made(_Transport())
+    frame = _servers.raw_frame(b"p" * 100)
+    server.data_received(frame[:50])
+    assert server.transport.written == []  # half a message: nothing to echo yet
+    server.data_received(frame[50:] + frame)
+    assert server.transport.written == [frame, frame]
+
+    async def exchange() -> None:
+        loop = asyncio.get_running_loop()
+        client = _client.RawClient(loop)
+        client.connection_made(_Transport())
+        first = asyncio.ensure_future(client.call(b"one"))
+        second = asyncio.ensure_future(client.call(b"two"))
+        await asyncio.sleep(0)
+        assert client.transport.written == [_servers.raw_frame(b"one"), _servers.raw_frame(b"two")]
+        client.data_received(b"".join(client.transport.written))  # replies answer in order
+        assert await first == b"one" and await second == b"two"
+        third = asyncio.ensure_future(client.call(b"three"))
+        await asyncio.sleep(0)
+        client.connection_lost(None)
+        with pytest.raises(ConnectionError):
+            await third
+
+    asyncio.run(exchange())

@@ -102,6 +102,8 @@ EVERY_PATCH = frozenset(
         "prepare_for_sending_without_copies",
         "data_to_send_handover",
         "view_frame_buffer",
+        "chunk_frame_buffer",
+        "output_parts",
         "early_frame_header_check",
         "cached_hpack",
         "server_settings_at_once",
@@ -112,27 +114,35 @@ EVERY_PATCH = frozenset(
 # h2 4.1.0's H2Stream sends headers as given (utf8_encode_headers came in 4.2.0).
 NEEDS_H2_4_2 = frozenset({"bytes_headers_as_given"})
 NEEDS_HPACK = frozenset({"cached_hpack"})
-NEEDS_HYPERFRAME = frozenset({"prepare_for_sending_without_copies", "view_frame_buffer"})
+NEEDS_HYPERFRAME = frozenset(
+    {
+        "prepare_for_sending_without_copies",
+        "view_frame_buffer",
+        "chunk_frame_buffer",
+        "output_parts",
+    }
+)
 CPYTHON_ONLY = frozenset({"view_frame_buffer"})
+NOT_CPYTHON = frozenset({"chunk_frame_buffer", "output_parts"})
+ON_CPYTHON = EVERY_PATCH - NOT_CPYTHON
 
 # (h2, hpack, hyperframe, implementation) -> the patches that must apply there.
 GATE_ROWS: List[Tuple[Tuple[str, str, str, str], FrozenSet[str]]] = [
     # the floors of pyproject.toml
-    (("4.1.0", "4.0.0", "6.0.0", "cpython"), EVERY_PATCH - NEEDS_H2_4_2),
-    (("4.1.0", "4.1.0", "6.0.1", "cpython"), EVERY_PATCH - NEEDS_H2_4_2),
-    (("4.2.0", "4.1.0", "6.1.0", "cpython"), EVERY_PATCH),
-    (("4.3.0", "4.2.0", "6.1.0", "cpython"), EVERY_PATCH),
-    (("4.4.0", "4.2.0", "6.1.0", "cpython"), EVERY_PATCH),
-    (("4.4.1", "4.2.0", "6.1.0", "cpython"), EVERY_PATCH),
-    (("4.4.1", "4.2.0", "6.1.0", "pypy"), EVERY_PATCH - {"view_frame_buffer"}),
+    (("4.1.0", "4.0.0", "6.0.0", "cpython"), ON_CPYTHON - NEEDS_H2_4_2),
+    (("4.1.0", "4.1.0", "6.0.1", "cpython"), ON_CPYTHON - NEEDS_H2_4_2),
+    (("4.2.0", "4.1.0", "6.1.0", "cpython"), ON_CPYTHON),
+    (("4.3.0", "4.2.0", "6.1.0", "cpython"), ON_CPYTHON),
+    (("4.4.0", "4.2.0", "6.1.0", "cpython"), ON_CPYTHON),
+    (("4.4.1", "4.2.0", "6.1.0", "cpython"), ON_CPYTHON),
+    (("4.4.1", "4.2.0", "6.1.0", "pypy"), EVERY_PATCH - CPYTHON_ONLY),
+    (("4.3.0", "4.1.0", "6.1.0", "pypy"), EVERY_PATCH - CPYTHON_ONLY),
+    (("4.3.0", "4.1.0", "6.2.0", "pypy"), EVERY_PATCH - NEEDS_HYPERFRAME),
     (("4.0.0", "4.0.0", "6.0.0", "cpython"), frozenset()),  # every patch touches h2
     (("4.4.2", "4.2.0", "6.1.0", "cpython"), frozenset()),  # a release nobody has read
     (("5.0.0", "4.2.0", "6.1.0", "cpython"), frozenset()),
-    (("4.4.1", "4.3.0", "6.1.0", "cpython"), EVERY_PATCH - {"cached_hpack"}),
-    (
-        ("4.4.1", "4.2.0", "6.2.0", "cpython"),
-        EVERY_PATCH - {"prepare_for_sending_without_copies", "view_frame_buffer"},
-    ),
+    (("4.4.1", "4.3.0", "6.1.0", "cpython"), ON_CPYTHON - {"cached_hpack"}),
+    (("4.4.1", "4.2.0", "6.2.0", "cpython"), ON_CPYTHON - NEEDS_HYPERFRAME),
     (("unknown", "unknown", "unknown", "cpython"), frozenset()),
 ]
 
@@ -158,6 +168,8 @@ def test_the_installed_releases_get_the_patches_read_for_them() -> None:
         expected -= NEEDS_HYPERFRAME
     if platform.python_implementation() != "CPython":
         expected -= CPYTHON_ONLY
+    else:
+        expected -= NOT_CPYTHON
     assert expected == _h2compat.APPLIED
     assert {patch.name for patch in _h2compat.PATCHES} == EVERY_PATCH
     assert all(patch.reason for patch in _h2compat.PATCHES)
@@ -192,6 +204,9 @@ def test_connections_carry_the_patched_parts_that_apply() -> None:
     assert isinstance(client.decoder, _h2fast.CachingDecoder) is cached
     view = "view_frame_buffer" in _h2compat.APPLIED
     assert isinstance(client.incoming_buffer, _h2fast.ViewFrameBuffer) is view
+    chunks = "chunk_frame_buffer" in _h2compat.APPLIED
+    assert isinstance(client.incoming_buffer, _h2fast.ChunkFrameBuffer) is chunks
+    assert not (view and chunks)
     assert isinstance(client.incoming_buffer, h2.frame_buffer.FrameBuffer)
 
 
@@ -643,11 +658,80 @@ def test_data_to_send_hands_over_its_buffer_without_aliasing() -> None:
     client.initiate_connection()
     first = client.data_to_send()
     assert first.startswith(b"PRI * HTTP/2.0")
-    first[:3] = b"XXX"  # the caller owns what it got; h2's next buffer is unaffected
+    if "output_parts" in _h2compat.APPLIED:
+        assert type(first) is bytes  # joined parts: nothing to alias
+    else:
+        first[:3] = b"XXX"  # the caller owns what it got; h2's next buffer is unaffected
     client.ping(b"12345678")
     second = client.data_to_send()
     assert bytes(second[3:4]) == b"\x06"  # a PING frame, not the mutated preface
     assert client.data_to_send() == b""
+
+
+def _with_output_parts(conn: Any) -> Any:
+    """``conn`` with the ``output_parts`` sending path bound, whether or not it applies here."""
+    import types
+
+    conn._out_parts = []
+    conn._prepare_for_sending = types.MethodType(_h2compat._prepare_for_sending_as_parts, conn)
+    return conn
+
+
+def test_output_parts_are_h2s_bytes_with_large_payloads_as_given() -> None:
+    payload = os.urandom(200 * 1024)
+    tail = payload[100000:]
+    mutable = bytearray(b"m" * 70000)
+    ours = _with_output_parts(_h2compat.make_h2_connection(client_side=True))
+    plain = _h2compat.make_h2_connection(client_side=True)  # the same, writing as it applies
+    streams = []
+    for conn in (ours, plain):
+        server = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+        server.initiate_connection()
+        server.update_settings(
+            {SettingCodes.INITIAL_WINDOW_SIZE: 1 << 22, SettingCodes.MAX_FRAME_SIZE: 1 << 20}
+        )
+        server.increment_flow_control_window(1 << 22)
+        # (ours: its class's data_to_send may not know the parts, bound here by hand)
+        sent = (lambda c: b"".join(_h2compat._take_parts(c))) if conn is ours else None
+        out = sent or (lambda c: c.data_to_send())
+        conn.initiate_connection()  # h2 writes the preface itself, into its own buffer
+        server.receive_data(out(conn))
+        conn.receive_data(server.data_to_send())
+        server.receive_data(out(conn))
+        conn.send_headers(1, REQUEST_HEADERS)
+        conn.send_data(1, b"\x00\x00\x03\x20\x00")
+        conn.send_data(1, memoryview(payload)[:100000])
+        conn.send_data(1, tail)
+        conn.send_data(1, mutable)
+        conn.send_data(1, b"", end_stream=True)
+        conn.ping(b"12345678")
+        streams.append(conn)
+    parts = _h2compat._take_parts(ours)
+    mutable[:] = b"X" * len(mutable)  # written already: the parts kept a copy of it
+    assert b"".join(parts) == plain.data_to_send()
+    # Small neighbours joined; each payload of 64 KiB or more on its own, the caller's own
+    # bytes (or a view of them) where they cannot change, a copy where they could.
+    big = [p for p in parts if len(p) >= 64 * 1024]
+    assert len(big) == 3 and len(parts) == 7
+    assert bytes(big[0]) == payload[:100000] and big[1] is tail
+    assert type(big[2]) is bytes and big[2] == b"m" * 70000
+    assert _h2compat._take_parts(ours) == []
+    ours.ping(b"abcdefgh")
+    ours.clear_outbound_data_buffer()
+    ours._out_parts = []  # (h2's clear only knows its bytearray; ours clears both)
+    assert _h2compat._take_parts(ours) == []
+
+
+def test_take_output_is_the_whole_output_in_order() -> None:
+    client = _h2compat.make_h2_connection(client_side=True)
+    client.initiate_connection()
+    client.send_headers(1, REQUEST_HEADERS, end_stream=True)
+    plain = _h2compat.make_h2_connection(client_side=True)
+    plain.initiate_connection()
+    plain.send_headers(1, REQUEST_HEADERS, end_stream=True)
+    parts = _h2compat.take_output(client)
+    assert b"".join(parts) == plain.data_to_send() and len(parts) == 1
+    assert _h2compat.take_output(client) == []
 
 
 # -- receive buffer: frame bodies parsed from a view ----------------------------------------
@@ -687,8 +771,12 @@ def _frames_out(buffer: Any, chunks: List[bytes]) -> List[Any]:
     return out
 
 
+FRAME_BUFFERS = [_h2fast.ViewFrameBuffer, _h2fast.ChunkFrameBuffer]
+
+
+@pytest.mark.parametrize("cls", FRAME_BUFFERS)
 @pytest.mark.parametrize("seed", [1, 2, 3])
-def test_frame_buffer_yields_what_h2s_yields(seed: int) -> None:
+def test_frame_buffer_yields_what_h2s_yields(seed: int, cls: Any) -> None:
     import random
 
     import h2.frame_buffer
@@ -700,15 +788,18 @@ def test_frame_buffer_yields_what_h2s_yields(seed: int) -> None:
         step = rng.choice([1, 9, 10, 100, 4096, 70000])
         chunks.append(stream[pos : pos + step])
         pos += step
-    ours, plain = _h2fast.ViewFrameBuffer(), h2.frame_buffer.FrameBuffer()
+    ours, plain = cls(), h2.frame_buffer.FrameBuffer()
     ours.max_frame_size = plain.max_frame_size = 1 << 20
     mine = _frames_out(ours, chunks)
     assert mine == _frames_out(plain, chunks)
     assert len(mine) > 50
     assert ours._data == bytearray()
+    if cls is _h2fast.ChunkFrameBuffer:
+        assert ours.pending == 0 and not ours._chunks
 
 
-def test_frame_buffer_errors_match_h2() -> None:
+@pytest.mark.parametrize("cls", FRAME_BUFFERS)
+def test_frame_buffer_errors_match_h2(cls: Any) -> None:
     import h2.frame_buffer
     from hyperframe import frame as hf
 
@@ -728,15 +819,33 @@ def test_frame_buffer_errors_match_h2() -> None:
     head = hf.HeadersFrame(1, data=b"\x82").serialize()
     for data in (big, bytes(bad_padding), head + big[:20], head + lone_continuation):
         for server in (False,):
-            assert outcome(_h2fast.ViewFrameBuffer(server), data) == outcome(
-                h2.frame_buffer.FrameBuffer(server), data
-            )
+            assert outcome(cls(server), data) == outcome(h2.frame_buffer.FrameBuffer(server), data)
     preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
     for data in (preface[:10], preface + head, b"GET / HTTP/1.1\r\n\r\n"):
-        assert outcome(_h2fast.ViewFrameBuffer(True), data) == outcome(
-            h2.frame_buffer.FrameBuffer(True), data
-        )
-    assert outcome(_h2fast.ViewFrameBuffer(True), b"GET / HTTP/1.1\r\n\r\n") == "ProtocolError"
+        assert outcome(cls(True), data) == outcome(h2.frame_buffer.FrameBuffer(True), data)
+    assert outcome(cls(True), b"GET / HTTP/1.1\r\n\r\n") == "ProtocolError"
+
+
+def test_chunk_frame_buffer_tells_what_waits_and_keeps_data_as_bytes() -> None:
+    from hyperframe import frame as hf
+
+    payload = os.urandom(50000)
+    stream = hf.DataFrame(1, data=payload).serialize() + hf.PingFrame(0, b"12345678").serialize()
+    buffer = _h2fast.ChunkFrameBuffer()
+    buffer.max_frame_size = 1 << 20
+    assert buffer.head() == b"" and buffer.pending == 0
+    frames: List[Any] = []
+    for start in range(0, 30000, 3):  # three bytes a read: a header spans chunks
+        buffer.add_data(stream[start : start + 3])
+        frames += list(buffer)
+        assert buffer.head() == stream[:9][: buffer.pending]
+    assert buffer.pending == 30000 and frames == []
+    buffer.add_data(memoryview(stream)[30000:])
+    frames = list(buffer)
+    assert [type(f).__name__ for f in frames] == ["DataFrame", "PingFrame"]
+    assert type(frames[0].data) is bytes and frames[0].data == payload
+    assert frames[0].flow_controlled_length == 50000 and frames[0].body_len == 50000
+    assert buffer.pending == 0 and buffer.head() == b""
 
 
 def test_frame_buffer_survives_a_frame_that_keeps_a_view(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -3,7 +3,8 @@
 Every patch of a library's internals is a row of ``PATCHES``: the releases whose source it
 was read against (side by side with the code here), and why it exists. A patch applies only
 when each package it names is installed at one of those releases (and, for the frame buffer
-that parses from views, on CPython); with any other release h2's and hpack's own code runs.
+that parses from views, on CPython; for the chunk-list frame buffer and the output kept as
+parts, on any other interpreter); with any other release h2's and hpack's own code runs.
 ``APPLIED`` is the set of patches in force. The rest of the package reaches h2 only through
 the public ``H2Connection`` API and the constructors at the bottom of this module.
 """
@@ -32,7 +33,7 @@ from h2.exceptions import (
 from h2.settings import SettingCodes
 from hyperframe.frame import DataFrame, RstStreamFrame
 
-from ._h2fast import CachingDecoder, CachingEncoder, ViewFrameBuffer
+from ._h2fast import CachingDecoder, CachingEncoder, ChunkFrameBuffer, ViewFrameBuffer
 
 __all__ = [
     "APPLIED",
@@ -46,6 +47,7 @@ __all__ = [
     "make_server_h2_connection",
     "pending_frame_problem",
     "pending_input",
+    "take_output",
 ]
 
 # ``__version__`` rather than importlib.metadata: the latter costs ~15 ms of import time.
@@ -82,6 +84,8 @@ class Patch:
     """``(package, releases)`` pairs: the patch applies when every package is at one of them."""
     reason: str
     cpython_only: bool = False
+    not_cpython: bool = False
+    """Applies on every interpreter but CPython (where another patch does the same better)."""
 
 
 PATCHES: Tuple[Patch, ...] = (
@@ -154,6 +158,32 @@ PATCHES: Tuple[Patch, ...] = (
         cpython_only=True,
     ),
     Patch(
+        "chunk_frame_buffer",
+        (_H2, _HYPERFRAME),
+        "Off CPython, ChunkFrameBuffer replaces h2's FrameBuffer: on PyPy a bytearray is a "
+        "resizable list of characters, so FrameBuffer's appends (about 2.7 ms per MiB), slices "
+        "and the copy of the rest per frame cost far more than a copy of bytes, and every "
+        "temporary buffer is fresh memory until a major collection (page faults: most of the "
+        "client's CPU at 1 MiB). Reads are kept as bytes chunks, a body spanning them is "
+        "joined once, and an unpadded DATA frame gets it as its data (hyperframe's "
+        "DataFrame.parse_body copies it again; without padding it sets data and body_len "
+        "only, in each release read); h2's own validation (_validate_frame_length, "
+        "_update_header_buffer, the preface check) is kept.",
+        not_cpython=True,
+    ),
+    Patch(
+        "output_parts",
+        (_H2, _HYPERFRAME),
+        "Off CPython, with prepare_for_sending_without_copies, the frames to send are kept as "
+        "a list of parts (each DATA payload as it was given) instead of appended to h2's "
+        "bytearray _data_to_send, and the driver writes a large payload to the transport as "
+        "it is (take_output): on PyPy the bytearray append is slow and every grown buffer is "
+        "fresh memory. h2 writes _data_to_send itself only in initiate_connection and "
+        "initiate_upgrade_connection (each release read); that is moved to the parts in "
+        "order, and data_to_send and clear_outbound_data_buffer see the parts too.",
+        not_cpython=True,
+    ),
+    Patch(
         "early_frame_header_check",
         (("h2", tuple(_PENDING_ATTRIBUTE)),),
         "h2 checks a frame's length only once its whole body is buffered; pending_frame_problem "
@@ -206,10 +236,12 @@ def applied_patches(installed: Mapping[str, str], implementation: str) -> Frozen
 
     ``implementation`` is ``sys.implementation.name`` (``"cpython"``, ``"pypy"``, ...).
     """
+    cpython = implementation == "cpython"
     return frozenset(
         patch.name
         for patch in PATCHES
-        if (implementation == "cpython" or not patch.cpython_only)
+        if (cpython or not patch.cpython_only)
+        and not (cpython and patch.not_cpython)
         and all(installed.get(package) in releases for package, releases in patch.versions)
     )
 
@@ -312,6 +344,86 @@ def _prepare_for_sending_without_copies(
         assert frame.body_len <= limit
 
 
+# A part of the output at least this large is written to the transport as it is; smaller
+# neighbours are joined into one write.
+_DIRECT_WRITE = 64 * 1024
+
+
+def _prepare_for_sending_as_parts(self: Any, frames: List[Any]) -> None:
+    """``_prepare_for_sending_without_copies`` into the list ``_out_parts``: an unpadded DATA
+    frame is its 9-byte header and its payload as given (a view of the caller's immutable
+    bytes stays a view; anything mutable is copied), every other frame h2's serialization."""
+    if not frames:
+        return
+    parts = self._out_parts
+    if self._data_to_send:  # written by h2 itself (initiate_connection): it goes first
+        parts.append(bytes(self._data_to_send))
+        self._data_to_send = bytearray()
+    limit = self.max_outbound_frame_size
+    for frame in frames:
+        if type(frame) is DataFrame and "PADDED" not in frame.flags:
+            data: Any = frame.data
+            size = len(data)
+            frame.body_len = size
+            parts.append(
+                _FRAME_HEADER.pack(
+                    (size >> 8) & 0xFFFF,
+                    size & 0xFF,
+                    0x0,  # DATA
+                    0x1 if "END_STREAM" in frame.flags else 0x0,
+                    frame.stream_id & 0x7FFFFFFF,
+                )
+            )
+            if size:
+                if type(data) is not bytes and not (
+                    type(data) is memoryview and type(data.obj) is bytes
+                ):
+                    data = bytes(data)  # the caller may change it before it is written
+                parts.append(data)
+        else:
+            parts.append(frame.serialize())
+        assert frame.body_len <= limit
+
+
+def _take_parts(conn: Any) -> List[Any]:
+    """The output kept as parts, in order, for one write each: runs of small parts joined,
+    a part of ``_DIRECT_WRITE`` bytes or more on its own. Empties the output."""
+    parts: List[Any] = conn._out_parts
+    if conn._data_to_send:  # written by h2 itself after the last frame: it goes last
+        parts.append(bytes(conn._data_to_send))
+        conn._data_to_send = bytearray()
+    if len(parts) <= 1:
+        if parts:
+            conn._out_parts = []
+        return parts
+    conn._out_parts = []
+    out: List[Any] = []
+    small: List[Any] = []
+    for part in parts:
+        if len(part) >= _DIRECT_WRITE:
+            if small:
+                out.append(small[0] if len(small) == 1 else b"".join(small))
+                small = []
+            out.append(part)
+        else:
+            small.append(part)
+    if small:
+        out.append(small[0] if len(small) == 1 else b"".join(small))
+    return out
+
+
+def take_output(conn: h2.connection.H2Connection) -> List[Any]:
+    """Everything queued to send, as the buffers to write in order (empty: nothing).
+
+    With ``output_parts``, a large DATA payload is its own buffer, as the caller gave it;
+    otherwise the whole output is one buffer (``data_to_send()``).
+    """
+    if "output_parts" in APPLIED and isinstance(conn, GrpcH2Connection):
+        return _take_parts(conn)
+    data = conn.data_to_send()
+    return [data] if data else []
+
+
 class GrpcH2Connection(h2.connection.H2Connection):
     """``H2Connection`` with the patches of ``PATCHES`` that apply to the installed h2.
 
@@ -352,10 +464,31 @@ class GrpcH2Connection(h2.connection.H2Connection):
     if "receive_frame_without_repr" in APPLIED:
         _receive_frame = _receive_frame_without_repr
 
-    if "prepare_for_sending_without_copies" in APPLIED:
+    if "output_parts" in APPLIED and "prepare_for_sending_without_copies" in APPLIED:
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            self._out_parts: List[Any] = []
+            super().__init__(*args, **kwargs)
+
+        _prepare_for_sending = _prepare_for_sending_as_parts
+
+        def data_to_send(self, amount: Any = None) -> Any:
+            """h2's ``data_to_send`` over the output kept as parts (joined)."""
+            data = b"".join(_take_parts(self))
+            if amount is None:
+                return data
+            self._data_to_send = bytearray(data)
+            return super().data_to_send(amount)
+
+        def clear_outbound_data_buffer(self) -> None:
+            """h2's, for the output kept as parts too."""
+            self._out_parts = []
+            super().clear_outbound_data_buffer()
+
+    elif "prepare_for_sending_without_copies" in APPLIED:
         _prepare_for_sending = _prepare_for_sending_without_copies
 
-    if "data_to_send_handover" in APPLIED:
+    if "data_to_send_handover" in APPLIED and "output_parts" not in APPLIED:
 
         def data_to_send(self, amount: Any = None) -> Any:
             """h2's ``data_to_send``; with no ``amount``, hands over the buffer without a copy.
@@ -446,8 +579,12 @@ def _new_connection(cls: type, *, client_side: bool) -> h2.connection.H2Connecti
         # Fresh connection, nothing encoded or decoded yet: swapping the HPACK contexts is safe.
         connection.encoder = CachingEncoder()
         connection.decoder = CachingDecoder(connection.decoder.max_header_list_size)
+    frames: Any = None
     if "view_frame_buffer" in APPLIED:
         frames = ViewFrameBuffer(server=not client_side)
+    elif "chunk_frame_buffer" in APPLIED:
+        frames = ChunkFrameBuffer(server=not client_side)
+    if frames is not None:
         frames.max_frame_size = connection.incoming_buffer.max_frame_size
         connection.incoming_buffer = frames
     return connection
@@ -521,9 +658,10 @@ def make_server_h2_connection(
     return conn
 
 
-def pending_input(conn: h2.connection.H2Connection) -> Optional[Tuple[int, Any]]:
+def pending_input(conn: h2.connection.H2Connection) -> Optional[Tuple[int, bytes, int]]:
     """What h2 holds of the input it has not parsed yet: (bytes of the client preface it
-    still expects, the buffered start of an incomplete frame); None where unknown.
+    still expects, the first (up to) 9 bytes of an incomplete frame, how many bytes of it
+    are buffered); None where unknown.
 
     The next received byte is therefore that far into the preface, or into a frame, which
     tells where frames start in it without parsing them.
@@ -531,16 +669,21 @@ def pending_input(conn: h2.connection.H2Connection) -> Optional[Tuple[int, Any]]
     if "early_frame_header_check" not in APPLIED:
         return None
     buffer = conn.incoming_buffer
+    preface: int = getattr(buffer, "_preamble_len", 0)
+    if type(buffer) is ChunkFrameBuffer:
+        return preface, buffer.head(), buffer.pending
     if type(buffer) is ViewFrameBuffer:
         raw: Any = buffer._data
     else:
         raw = getattr(buffer, _PENDING_ATTRIBUTE[INSTALLED["h2"]], b"")
-    return getattr(buffer, "_preamble_len", 0), raw
+    return preface, bytes(memoryview(raw)[:9]) if raw else b"", len(raw)
 
 
 def _pending_frame_header(conn: h2.connection.H2Connection) -> bytes:
     """The first (up to) 9 bytes waiting in h2's input buffer, never a copy of all of it."""
     buffer = conn.incoming_buffer
+    if type(buffer) is ChunkFrameBuffer:
+        return buffer.head()
     if type(buffer) is ViewFrameBuffer:
         raw: Any = buffer._data
     else:

@@ -1,14 +1,15 @@
-"""Hot-path replacements for h2 and hpack internals: the view-parsing frame buffer and the
-caching HPACK encoder and decoder.
+"""Hot-path replacements for h2 and hpack internals: the view-parsing frame buffer (CPython),
+the chunk-list frame buffer (other interpreters) and the caching HPACK encoder and decoder.
 
 Each is a drop-in for the library's own class, with the same results; whether one is used is
-decided by the gated ``PATCHES`` table of ``_h2compat`` (the rows ``view_frame_buffer`` and
-``cached_hpack``), never here.
+decided by the gated ``PATCHES`` table of ``_h2compat`` (the rows ``view_frame_buffer``,
+``chunk_frame_buffer`` and ``cached_hpack``), never here.
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Set, Tuple
+from collections import deque
+from typing import Any, Deque, Dict, List, Set, Tuple
 
 import h2.frame_buffer
 import hpack
@@ -16,9 +17,9 @@ from h2.exceptions import FrameDataMissingError, ProtocolError
 from hpack.hpack import encode_integer
 from hpack.table import HeaderTable
 from hyperframe.exceptions import InvalidDataError, InvalidFrameError
-from hyperframe.frame import Frame
+from hyperframe.frame import DataFrame, Frame
 
-__all__ = ["CachingDecoder", "CachingEncoder", "ViewFrameBuffer"]
+__all__ = ["CachingDecoder", "CachingEncoder", "ChunkFrameBuffer", "ViewFrameBuffer"]
 
 
 class ViewFrameBuffer(h2.frame_buffer.FrameBuffer):
@@ -73,6 +74,113 @@ class ViewFrameBuffer(h2.frame_buffer.FrameBuffer):
             del data[: 9 + length]
         except BufferError:  # a frame kept a view of the buffer: leave that buffer to it
             self._data = data[9 + length :]
+        new_frame = self._update_header_buffer(frame)
+        return new_frame if new_frame is not None else self.__next__()
+
+
+class ChunkFrameBuffer(h2.frame_buffer.FrameBuffer):
+    """h2's ``FrameBuffer`` that keeps received bytes as a list of chunks, not a bytearray.
+
+    For interpreters where growing, slicing and deleting from a ``bytearray`` costs far more
+    than a copy (PyPy, whose bytearray is a resizable list of characters, and whose garbage
+    collector frees a large buffer only at a major collection, so that every temporary
+    buffer is fresh memory). Each read is kept as one ``bytes`` (its only copy while it
+    waits); a frame body within one chunk is a slice of it, one spanning chunks is joined
+    once. An unpadded DATA frame gets that body as its data, where hyperframe's
+    ``parse_body`` would copy it once more; every other frame is parsed by hyperframe.
+    Validation, CONTINUATION handling and errors are h2's own. ``data`` / ``_data`` stay
+    empty: ``head()`` and ``pending`` tell what is waiting.
+    """
+
+    def __init__(self, server: bool = False) -> None:
+        super().__init__(server=server)
+        self._chunks: Deque[bytes] = deque()
+        self._offset = 0  # bytes of _chunks[0] already parsed
+        self.pending = 0  # bytes received and not yet parsed
+
+    def add_data(self, data: Any) -> None:
+        """Append received bytes, checking the client preface first (server side)."""
+        view = memoryview(data)
+        if self._preamble_len:
+            size = min(self._preamble_len, len(view))
+            if self._preamble[:size] != view[:size]:
+                raise ProtocolError("Invalid HTTP/2 preamble.")
+            view = view[size:]
+            self._preamble_len -= size
+            self._preamble = self._preamble[size:]
+        if len(view):
+            self._chunks.append(view.tobytes())
+            self.pending += len(view)
+
+    def head(self) -> bytes:
+        """The first (up to) 9 bytes waiting: the next frame's header once there are 9."""
+        chunks = self._chunks
+        if not chunks:
+            return b""
+        start = self._offset
+        first = chunks[0]
+        if len(first) - start >= 9:
+            return first[start : start + 9]
+        out = first[start:]
+        for chunk in list(chunks)[1:]:
+            out += chunk[: 9 - len(out)]
+            if len(out) >= 9:
+                break
+        return out
+
+    def _take(self, size: int) -> bytes:
+        """The next ``size`` waiting bytes (``pending >= size > 0``), consumed."""
+        chunks = self._chunks
+        first = chunks[0]
+        start = self._offset
+        left = len(first) - start
+        self.pending -= size
+        if left > size:
+            self._offset = start + size
+            return first[start : start + size]
+        if left == size:
+            chunks.popleft()
+            self._offset = 0
+            return first[start:] if start else first
+        parts: List[Any] = [memoryview(first)[start:]]
+        chunks.popleft()
+        got = left
+        while got < size:
+            chunk = chunks[0]
+            need = size - got
+            if len(chunk) > need:
+                parts.append(memoryview(chunk)[:need])
+                self._offset = need
+                break
+            parts.append(chunk)
+            chunks.popleft()
+            got += len(chunk)
+            self._offset = 0
+        return b"".join(parts)
+
+    def __next__(self) -> Any:
+        if self.pending < 9:
+            raise StopIteration
+        try:
+            frame, length = Frame.parse_frame_header(memoryview(self.head()))
+        except (InvalidDataError, InvalidFrameError) as err:  # pragma: no cover - as h2
+            raise ProtocolError(f"Received frame with invalid header: {err!s}") from err
+        if self.pending < length + 9:
+            raise StopIteration
+        self._validate_frame_length(length)
+        self._take(9)
+        body = self._take(length) if length else b""
+        if type(frame) is DataFrame and "PADDED" not in frame.flags:
+            # hyperframe's DataFrame.parse_body without padding: data is the body, as bytes.
+            frame.data = body
+            frame.body_len = length
+        else:
+            try:
+                frame.parse_body(memoryview(body))
+            except InvalidDataError as err:
+                raise ProtocolError("Received frame with non-compliant data") from err
+            except InvalidFrameError as err:
+                raise FrameDataMissingError("Frame data missing or invalid") from err
         new_frame = self._update_header_buffer(frame)
         return new_frame if new_frame is not None else self.__next__()
 

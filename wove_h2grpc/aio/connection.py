@@ -42,6 +42,7 @@ MAX_FRAME_SIZE = 1024 * 1024
 MAX_HEADER_LIST_SIZE = 64 * 1024
 # Framed request bytes that trigger an immediate write (see _send_body).
 _FLUSH_THRESHOLD = 256 * 1024
+_JOIN_LIMIT = 64 * 1024
 # A response stream's unread messages up to this many bytes do not hold back the window.
 _READ_LOW_WATER = 64 * 1024
 # Concurrent streams per connection when the server advertises no limit: grpcio servers
@@ -268,6 +269,8 @@ class ClientConnection(H2Driver):
                 if window <= 0:
                     break
                 size = min(total - pos, window, h2c.max_outbound_frame_size)
+                if pos < head and size > _JOIN_LIMIT:
+                    size = head - pos  # the prefix alone: a large body is never copied
                 end = pos + size
                 if pos < head:
                     # The frame with the prefix: copies at most one frame of the message.

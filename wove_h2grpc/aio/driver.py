@@ -22,7 +22,13 @@ import h2.events
 import h2.exceptions
 from h2.errors import ErrorCodes
 
-from ._h2compat import header_block_problem, pending_frame_problem, pending_input
+from ._h2compat import (
+    APPLIED,
+    header_block_problem,
+    pending_frame_problem,
+    pending_input,
+    take_output,
+)
 
 __all__ = ["H2Driver"]
 
@@ -39,6 +45,8 @@ CLOSE_ABORT_DELAY = 5.0
 # induced frames (GRPC_ARG_HTTP2_MAX_PENDING_INDUCED_FRAMES) and Go's maxQueuedControlFrames.
 MAX_ANSWERS_WHILE_BLOCKED = 10_000
 _ANSWERED_EVENTS = (h2.events.PingReceived, h2.events.RemoteSettingsChanged)
+# The output comes as parts (a large DATA payload written as it is) where that patch applies.
+_OUTPUT_PARTS = "output_parts" in APPLIED
 
 
 class H2Driver(asyncio.BufferedProtocol):
@@ -148,11 +156,11 @@ class H2Driver(asyncio.BufferedProtocol):
         state = pending_input(self.h2)
         if state is None:
             return None
-        preface, held = state
+        preface, head, got = state
         pos: int = preface
-        if not preface and held:
-            got = len(held)
-            head = bytes(held[:9]) if got >= 9 else bytes(held) + bytes(data[: 9 - got])
+        if not preface and got:
+            if got < 9:
+                head += bytes(data[: 9 - got])
             if len(head) < 9:
                 return None
             pos = 9 + (head[0] << 16 | head[1] << 8 | head[2]) - got
@@ -323,8 +331,13 @@ class H2Driver(asyncio.BufferedProtocol):
         """Write whatever h2 has queued, in one write (the only place that writes frames)."""
         self._flush_scheduled = False
         self.unflushed = 0
-        data = self.h2.data_to_send()
         transport = self.transport
+        if _OUTPUT_PARTS:
+            for part in take_output(self.h2):
+                if transport is not None:
+                    transport.write(part)
+            return
+        data = self.h2.data_to_send()
         if data and transport is not None:
             # A closing transport still sends what it buffered (our GOAWAY included);
             # after connection_lost there is no transport.
