@@ -210,7 +210,9 @@ async def test_deadline_cancels_handler(client: RawClient, rec: Recorder) -> Non
     resp = await client.call("/test.S/Sleep", b"30", grpc_timeout="200m")
     assert resp.status == StatusCode.DEADLINE_EXCEEDED
     assert time.monotonic() - start < 5
-    assert 0 < rec.seen["time_remaining"] <= 0.2
+    # uvloop's clock moves once per loop turn: read in the turn the request arrived, the
+    # remaining time is the whole 0.2 s, give or take a float rounding.
+    assert 0 < rec.seen["time_remaining"] <= 0.2 + 1e-9
     await asyncio.sleep(0.05)
     assert rec.cancelled == ["sleep"]
     assert rec.seen["cancelled_flag"] is True
