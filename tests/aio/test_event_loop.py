@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
-from conftest import TEST_LOOP
+# As tests/conftest.py reads it.
+TEST_LOOP = os.environ.get("WOVE_H2GRPC_TEST_LOOP", "").strip().lower() or "asyncio"
 
 
 def _loop_module(loop: asyncio.AbstractEventLoop) -> str:
