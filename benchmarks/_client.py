@@ -15,7 +15,10 @@ messages for the two server streams), ``concurrency``, ``warmup``, optional ``pr
 ``window`` (the stream receive window to ask the client for, bytes; absent = the client's
 default), ``server_pid`` (whose RSS the slow consumer samples too), and for
 ``slow_consumer`` ``stall_s`` (seconds it waits after the first message), ``pause_every``
-and ``pause_s`` (it sleeps ``pause_s`` after every ``pause_every`` messages).
+and ``pause_s`` (it sleeps ``pause_s`` after every ``pause_every`` messages). Any scenario
+takes ``loop`` (``asyncio``, the default, or ``uvloop``: the event loop the client runs on);
+the unary ones take ``server_pid`` too, whose CPU time over the measured section gives
+``server_cpu_us_per_call``.
 """
 
 from __future__ import annotations
@@ -52,6 +55,27 @@ def _cpu_seconds() -> float:
 
 def _sys_seconds() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_stime
+
+
+def proc_cpu_seconds(pid: int) -> Optional[float]:
+    """CPU time (user + system) process ``pid`` has used so far (Linux /proc), or None."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_on_loop(loop: str, main: Callable[[], Any]) -> Any:
+    """``asyncio.run(main())`` on asyncio's loop, or on uvloop's (``loop="uvloop"``)."""
+    if loop == "asyncio":
+        return asyncio.run(main())
+    if loop != "uvloop":
+        raise SystemExit(f"unknown loop {loop!r}")
+    import uvloop
+
+    return uvloop.run(main())
 
 
 async def _open_client(
@@ -263,6 +287,8 @@ async def _measure(spec: Dict[str, Any]) -> Dict[str, Any]:
 
             # CPU time, not wall time: waiting in epoll is not a hot spot.
             profiler = cProfile.Profile(time.process_time)
+        server_pid = spec.get("server_pid")
+        server0 = proc_cpu_seconds(server_pid) if server_pid else None
         cpu0 = _cpu_seconds()
         sys0 = _sys_seconds()
         wall0 = time.perf_counter()
@@ -281,6 +307,7 @@ async def _measure(spec: Dict[str, Any]) -> Dict[str, Any]:
         wall = time.perf_counter() - wall0
         cpu = _cpu_seconds() - cpu0
         system = _sys_seconds() - sys0
+        server1 = proc_cpu_seconds(server_pid) if server_pid else None
     finally:
         await close()
 
@@ -289,7 +316,12 @@ async def _measure(spec: Dict[str, Any]) -> Dict[str, Any]:
     if not latencies:
         return {"error": f"every call failed: {failures}"}
     latencies.sort()
+    extra: Dict[str, Any] = {}
+    if server0 is not None and server1 is not None:
+        # The server's CPU over the same section (its clock ticks are 10 ms: long runs).
+        extra["server_cpu_us_per_call"] = (server1 - server0) * 1e6 / calls
     return {
+        **extra,
         "calls": len(latencies),
         "failed_calls": sum(failures.values()),
         "failures": failures,
@@ -649,7 +681,7 @@ def main() -> None:
     spec = json.loads(sys.argv[1])
     measure = _measure_stream if spec.get("scenario") in STREAM_SCENARIOS else _measure
     try:
-        result = asyncio.run(measure(spec))
+        result = run_on_loop(spec.get("loop", "asyncio"), lambda: measure(spec))
     except Exception as exc:
         result = {"error": _describe_error(exc)}
     sys.stdout.write(json.dumps(result) + "\n")

@@ -1,4 +1,5 @@
-"""Benchmark servers, each run as its own process: ``python _servers.py KIND [--port N]``.
+"""Benchmark servers, each run as its own process:
+``python _servers.py KIND [--port N] [--loop asyncio|uvloop]``.
 
 Kinds: ``grpcio-echo`` (grpc.aio generic echo handler), ``grpcio-load-echo`` (the same with
 grpcio's pending-call limits raised for the load section), ``h2-echo`` (``wove_h2grpc.Server``),
@@ -327,11 +328,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("kind", choices=sorted(KINDS))
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
     args = parser.parse_args()
     global _kind
     _kind = args.kind
     os.environ.setdefault(SECRET_ENV, "bench-secret")
-    asyncio.run(KINDS[args.kind](args.port))
+    if args.loop == "uvloop":
+        import uvloop
+
+        uvloop.run(KINDS[args.kind](args.port))
+    else:
+        asyncio.run(KINDS[args.kind](args.port))
 
 
 if __name__ == "__main__":

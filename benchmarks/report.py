@@ -425,6 +425,62 @@ def load_rows(results: Dict[str, Any]) -> List[Tuple[str, str, str]]:
     return rows
 
 
+#: The event-loop comparison's two parts: (results key, heading, figures shown).
+LOOP_PARTS = (
+    (
+        "client",
+        "our client on each loop, against the grpcio aio echo server",
+        (
+            ("calls_per_s", "calls/s", "{:,.0f}"),
+            ("p50_us", "p50 µs", "{:,.0f}"),
+            ("cpu_us_per_call", "client CPU µs/call", "{:,.0f}"),
+        ),
+    ),
+    (
+        "server",
+        "our Server on each loop, our client on asyncio's",
+        (
+            ("calls_per_s", "calls/s", "{:,.0f}"),
+            ("p50_us", "p50 µs", "{:,.0f}"),
+            ("server_cpu_us_per_call", "server CPU µs/call", "{:,.0f}"),
+        ),
+    ),
+)
+
+
+def loop_table(results: Dict[str, Any]) -> List[str]:
+    """asyncio against uvloop, one column each (uvloop's with its ratio to asyncio's)."""
+    loops = results.get("loops") or {}
+    parts = [part for part in LOOP_PARTS if loops.get(part[0])]
+    if not parts:
+        return []
+    lines = [
+        "",
+        f"### Event loop: asyncio against uvloop {loops.get('uvloop', '')}".rstrip(),
+        "",
+        "| scenario | figure | asyncio | uvloop |",
+        "| --- | --- | ---: | ---: |",
+    ]
+    for key, heading, figures in parts:
+        for scenario in loops[key].values():
+            variants = scenario["variants"]
+            asyncio_median = variants.get("asyncio", {}).get("median", {"error": ""})
+            uvloop_median = variants.get("uvloop", {}).get("median", {"error": ""})
+            first = True
+            for figure, title, fmt in figures:
+                base = _value(figure, asyncio_median)
+                cells = [
+                    _cell(fmt, base, None, asyncio_median.get("error", "")),
+                    _cell(fmt, _value(figure, uvloop_median), base, uvloop_median.get("error", "")),
+                ]
+                label = (
+                    f"{scenario['title']} ({scenario['calls']:,} calls), {heading}" if first else ""
+                )
+                lines.append(f"| {label} | {title} | " + " | ".join(cells) + " |")
+                first = False
+    return lines
+
+
 def _cpu(results: Dict[str, Any], server: str, scenario: str, client: str) -> Optional[float]:
     try:
         median = results["servers"][server]["scenarios"][scenario]["clients"][client]["median"]
@@ -592,6 +648,8 @@ def render(results: Dict[str, Any]) -> str:
     lines += import_table(results)
     lines += wove_table(results)
     lines += load_table(results)
+
+    lines += loop_table(results)
     lines += targets_table(results)
     if results.get("skipped"):
         lines += ["", "Skipped in this run: " + "; ".join(results["skipped"]) + "."]

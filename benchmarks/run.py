@@ -48,7 +48,7 @@ SERVER_TITLES = {"grpcio": "grpcio aio echo server", "h2": "wove_h2grpc.Server e
 
 STREAM_KINDS = ("bidi", "server_stream", "slow_consumer")
 #: The sections ``--skip`` can leave out.
-SECTIONS = ("clients", "floor", "imports", "wove", "load")
+SECTIONS = ("clients", "floor", "imports", "wove", "load", "loops")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,6 +151,11 @@ WOVE_CASES = (
 )
 WOVE_SIZES = (("small", 100), ("1mib", 1024 * 1024))
 
+# The event-loop comparison: these scenarios, with our client on each loop against the grpcio
+# echo server, and with our Server on each loop (our client on asyncio's) as the echo server.
+LOOPS = ("asyncio", "uvloop")
+LOOP_SCENARIOS = ("seq_100b", "conc64_100b", "seq_1mib")
+
 
 def wove_case_key(transport: str, codec: str, delivery: str = "unary") -> str:
     """A Wove row's key: ``"h2/json"`` for unary delivery, ``"h2/json stream"`` streamed."""
@@ -205,13 +210,22 @@ class ServerProcess:
     ``tree`` runs another checkout's server script on that checkout's package (the
     comparison of two trees' servers)."""
 
-    def __init__(self, kind: str, timeout: float = 30.0, *, tree: Optional[Path] = None) -> None:
+    def __init__(
+        self,
+        kind: str,
+        timeout: float = 30.0,
+        *,
+        tree: Optional[Path] = None,
+        loop: str = "asyncio",
+    ) -> None:
         self.kind = kind
         self.lines: List[str] = []
         self._counts: queue.Queue[str] = queue.Queue()
         script = (tree / "benchmarks" if tree is not None else BENCH_DIR) / "_servers.py"
+        # --loop only when it is not the default: another tree's script may not know it.
+        on_loop = [] if loop == "asyncio" else ["--loop", loop]
         self.proc = subprocess.Popen(
-            [sys.executable, str(script), kind],
+            [sys.executable, str(script), kind, *on_loop],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -536,6 +550,100 @@ def bench_clients(
                 for s in here
             },
         }
+    return out
+
+
+def uvloop_available() -> Optional[str]:
+    """``None`` if uvloop imports here (the children use this interpreter), else why not."""
+    try:
+        import uvloop
+    except ImportError as exc:
+        return f"uvloop is not installed ({exc}; pip install 'wove_h2grpc[speed]')"
+    return None if hasattr(uvloop, "run") else "uvloop has no uvloop.run (older than 0.18)"
+
+
+def loop_spec(
+    scenario: Scenario, port: int, *, loop: str, server_pid: int, quick: bool = False
+) -> Dict[str, Any]:
+    """The spec of one event-loop measurement: our client on ``loop``, the server's CPU
+    counted over the measured section."""
+    spec = client_spec(scenario, "wove_h2grpc", port, quick=quick)
+    spec.update(loop=loop, server_pid=server_pid)
+    return spec
+
+
+def _loop_variants(
+    args: argparse.Namespace,
+    scenarios: Sequence[Scenario],
+    variants: Dict[str, Tuple[ServerProcess, str]],
+    label: str,
+) -> Dict[str, Any]:
+    """Every scenario on every variant (name -> (server, client loop)), round by round."""
+    runs: Dict[str, Dict[str, List[Dict[str, Any]]]] = {
+        s.key: {v: [] for v in variants} for s in scenarios
+    }
+    for round_no in range(args.rounds):
+        for scenario in scenarios:
+            for name, (proc, loop) in variants.items():
+                spec = loop_spec(
+                    scenario, proc.port, loop=loop, server_pid=proc.proc.pid, quick=args.quick
+                )
+                result = run_child("_client.py", spec, timeout=60 if args.quick else 600)
+                runs[scenario.key][name].append(result)
+                log(
+                    f"  [{label} r{round_no + 1}] {scenario.key:12} {name:8} "
+                    + report.one_line(result)
+                )
+    return {
+        s.key: {
+            "title": s.title,
+            "calls": s.quick_calls if args.quick else s.calls,
+            "variants": {
+                v: {"median": median_of(runs[s.key][v]), "rounds": runs[s.key][v]} for v in variants
+            },
+        }
+        for s in scenarios
+    }
+
+
+def bench_loops(args: argparse.Namespace, skipped: List[str]) -> Dict[str, Any]:
+    """asyncio's event loop against uvloop: our client on each (grpcio echo server), and our
+    Server on each (our client on asyncio). Skipped, with the reason, without uvloop."""
+    reason = uvloop_available()
+    if reason:
+        skipped.append(f"event loops (asyncio vs uvloop): {reason}")
+        log(f"skip event loops: {reason}")
+        return {}
+    import uvloop
+
+    scenarios = [
+        s
+        for s in SCENARIOS
+        if s.key in LOOP_SCENARIOS and (not args.scenarios or s.key in args.scenarios)
+    ]
+    out: Dict[str, Any] = {"uvloop": getattr(uvloop, "__version__", "?")}
+    reason = server_available("grpcio")
+    if reason:
+        skipped.append(f"event loops, our client: server grpcio: {reason}")
+    else:
+        proc = ServerProcess(SERVERS["grpcio"])
+        log(f"event loops: our client against the grpcio echo server on port {proc.port}")
+        try:
+            variants = {loop: (proc, loop) for loop in LOOPS}
+            out["client"] = _loop_variants(args, scenarios, variants, "client loop")
+        finally:
+            proc.stop()
+    procs = [ServerProcess(SERVERS["h2"], loop=loop) for loop in LOOPS]
+    log(
+        "event loops: our Server on "
+        + ", ".join(f"{loop} (port {p.port})" for loop, p in zip(LOOPS, procs))
+    )
+    try:
+        variants = {loop: (p, "asyncio") for loop, p in zip(LOOPS, procs)}
+        out["server"] = _loop_variants(args, scenarios, variants, "server loop")
+    finally:
+        for p in procs:
+            p.stop()
     return out
 
 
@@ -865,6 +973,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if "load" not in args.skip:
         log("server load (h2load)")
         results["load"] = bench_load(args, skipped)
+    if "loops" not in args.skip:
+        results["loops"] = bench_loops(args, skipped)
     args.results_dir.mkdir(parents=True, exist_ok=True)
     if args.profile and "wove_h2grpc" in clients:
         results["profiles"] = profile_h2(args, args.results_dir)

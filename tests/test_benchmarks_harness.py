@@ -10,6 +10,7 @@ writes, without starting anything and without importing grpc.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any, Dict, List
@@ -866,3 +867,105 @@ def test_raw_echo_server_and_client_protocols() -> None:
             await third
 
     asyncio.run(exchange())
+
+
+# ------------------------------------------------------------------ event loops
+
+
+def _loop_results(client: Dict[str, Any], server: Dict[str, Any]) -> Dict[str, Any]:
+    def part(variants: Dict[str, Any]) -> Dict[str, Any]:
+        return {
+            "seq_100b": {
+                "title": "100 B sequential",
+                "calls": 100,
+                "variants": {v: {"median": m, "rounds": [m]} for v, m in variants.items()},
+            }
+        }
+
+    results = _results(100.0, 100.0, 100.0)
+    results["loops"] = {"uvloop": "0.23.0", "client": part(client), "server": part(server)}
+    return results
+
+
+def test_loop_spec_runs_our_client_on_the_loop_and_counts_the_server() -> None:
+    by_key = {s.key: s for s in run.SCENARIOS}
+    spec = run.loop_spec(by_key["seq_1mib"], 4321, loop="uvloop", server_pid=77, quick=True)
+    assert spec["client"] == "wove_h2grpc" and spec["port"] == 4321
+    assert spec["loop"] == "uvloop" and spec["server_pid"] == 77
+    assert spec["scenario"] == "sequential" and spec["size"] == 1024 * 1024
+    assert spec["calls"] == by_key["seq_1mib"].quick_calls
+    assert set(run.LOOP_SCENARIOS) <= set(by_key) and run.LOOPS == ("asyncio", "uvloop")
+    assert not any(by_key[k].streaming for k in run.LOOP_SCENARIOS)
+
+
+def test_loop_table_puts_uvloop_beside_asyncio_with_its_ratio() -> None:
+    fast = dict(_figures(80.0, rate=1500.0), server_cpu_us_per_call=60.0)
+    slow = dict(_figures(100.0, rate=1000.0), server_cpu_us_per_call=120.0)
+    text = report.render(_loop_results({"asyncio": slow, "uvloop": fast}, {"asyncio": slow}))
+    assert "### Event loop: asyncio against uvloop 0.23.0" in text
+    rows = [line for line in text.splitlines() if line.startswith("| ")]
+    client_rows = [r for r in rows if "client CPU µs/call | 100 | 80 (0.80×)" in r]
+    assert len(client_rows) == 1
+    assert any("| calls/s | 1,000 | 1,500 (1.50×) |" in r for r in rows)
+    # A variant that was not measured is a dash, never a ratio against nothing.
+    assert any("| server CPU µs/call | 120 | – |" in r for r in rows)
+
+
+def test_loop_table_shows_a_failed_variant_as_an_error_and_is_absent_when_skipped() -> None:
+    ok = _figures(100.0)
+    text = report.render(_loop_results({"asyncio": ok, "uvloop": {"error": "boom"}}, {}))
+    assert "| client CPU µs/call | 100 | error |" in text
+    results = _results(100.0, 100.0, 100.0)
+    results["loops"] = {}
+    assert "Event loop" not in report.render(results)
+
+
+def test_loops_are_skipped_with_the_reason_when_uvloop_is_missing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # import uvloop raises ImportError
+    reason = run.uvloop_available()
+    assert reason is not None and "uvloop is not installed" in reason
+    skipped: list = []
+    assert run.bench_loops(run.parse_args(["--quick"]), skipped) == {}
+    assert skipped == [f"event loops (asyncio vs uvloop): {reason}"]
+    results = _results(100.0, 100.0, 100.0)
+    results["skipped"] = skipped
+    assert "Skipped in this run: event loops (asyncio vs uvloop): uvloop is not" in (
+        report.render(results)
+    )
+    assert run.parse_args(["--skip", "loops,wove"]).skip == {"loops", "wove"}
+
+
+def test_run_on_loop_and_process_cpu() -> None:
+    async def which() -> bool:
+        import asyncio
+
+        return "uvloop" in repr(type(asyncio.get_running_loop()).__mro__)
+
+    # asyncio.run(): asyncio's loop in a benchmark child (uvloop's in the uvloop test lane).
+    assert _client.run_on_loop("asyncio", which) is (
+        os.environ.get("WOVE_H2GRPC_TEST_LOOP") == "uvloop"
+    )
+    if run.uvloop_available() is None:
+        assert _client.run_on_loop("uvloop", which) is True
+    with pytest.raises(SystemExit):
+        _client.run_on_loop("trio", which)
+    mine = _client.proc_cpu_seconds(os.getpid())
+    assert mine is not None and mine > 0
+    assert _client.proc_cpu_seconds(2**22 + 12345) is None  # above Linux's pid_max
+
+
+@pytest.mark.skipif(run.uvloop_available() is not None, reason="uvloop is not installed")
+def test_our_server_and_client_on_uvloop_measure_each_other() -> None:
+    by_key = {s.key: s for s in run.SCENARIOS}
+    proc = run.ServerProcess("h2-echo", loop="uvloop")
+    try:
+        spec = run.loop_spec(
+            by_key["seq_100b"], proc.port, loop="uvloop", server_pid=proc.proc.pid, quick=True
+        )
+        result = run.run_child("_client.py", spec, timeout=60)
+    finally:
+        proc.stop()
+    assert "error" not in result, result
+    assert result["calls"] == spec["calls"] and result["server_cpu_us_per_call"] >= 0

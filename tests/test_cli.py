@@ -4,6 +4,7 @@ SIGTERM), demo (exits 0 with correct results), --help everywhere, one-line error
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import os
 import re
@@ -703,3 +704,82 @@ def test_demo_gives_up_at_its_timeout() -> None:
     assert result.stderr.strip().splitlines()[-1] == (
         "wove-h2grpc demo: error: the demo weave did not finish within 0.05 s"
     )
+
+
+# -- --loop uvloop -----------------------------------------------------------------------
+
+_HAS_UVLOOP = importlib.util.find_spec("uvloop") is not None
+needs_uvloop = pytest.mark.skipif(not _HAS_UVLOOP, reason="uvloop is not installed")
+
+
+@needs_uvloop
+def test_demo_on_uvloop_says_so_in_its_timing_line() -> None:
+    result = _run_cli(["demo", "--loop", "uvloop", "--tasks", "3"])
+    assert result.returncode == 0, result.stderr
+    assert re.search(
+        r"timing: 4 tasks in [0-9.]+ ms over h2 .*codec json, on uvloop\)", result.stdout
+    )
+    assert result.stdout.rstrip().endswith("demo OK")
+
+
+@needs_uvloop
+def test_serve_on_uvloop_answers_and_stops_on_sigterm(processes: List[CliProcess]) -> None:
+    cli = CliProcess(
+        [
+            "serve",
+            "--loop",
+            "uvloop",
+            "--bind",
+            "127.0.0.1:0",
+            "--security",
+            "env:WOVE_CLI_TEST_SECRET",
+        ],
+        env={"WOVE_CLI_TEST_SECRET": SECRET},
+    )
+    processes.append(cli)
+    port = cli.wait_for_port()
+    events = decode_events(
+        asyncio.run(_signed_call(port, _run_frame("uv1", pow, {"base": 2, "exp": 5})))
+    )
+    assert events[-1]["result"] == 32
+    cli.proc.send_signal(signal.SIGTERM)  # uvloop's own signal handling stops it
+    assert cli.wait(timeout=15) == 0
+    assert cli.lines[-1] == "wove-h2grpc: stopped"
+
+
+@pytest.mark.parametrize("command", [["demo"], ["serve", "--bind", "127.0.0.1:0"]])
+def test_loop_uvloop_without_uvloop_is_a_one_line_error(command: List[str], tmp_path: Path) -> None:
+    hidden = tmp_path / "hide"
+    (hidden / "uvloop").mkdir(parents=True)
+    (hidden / "uvloop" / "__init__.py").write_text("raise ImportError('hidden by the test')\n")
+    result = _run_cli([*command, "--loop", "uvloop"], env_extra={"PYTHONPATH": str(hidden)})
+    assert result.returncode == 1
+    assert result.stdout == ""  # nothing started
+    assert result.stderr == (
+        f"wove-h2grpc {command[0]}: error: --loop uvloop: uvloop is not installed (hidden by "
+        "the test); pip install 'wove_h2grpc[speed]' (CPython on Linux or macOS)\n"
+    )
+
+
+def test_loop_choices_are_checked(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["demo", "--loop", "trio"])
+    assert info.value.code == 2
+    assert "invalid choice: 'trio'" in capsys.readouterr().err
+    assert build_parser().parse_args(["demo"]).loop == "asyncio"
+
+
+def test_nothing_imports_uvloop_unless_asked() -> None:
+    code = (
+        "import sys\n"
+        "import wove_h2grpc, wove_h2grpc.server, wove_h2grpc.worker, wove_h2grpc.health\n"
+        "from wove_h2grpc.cli import main\n"
+        "assert main(['demo', '--tasks', '2']) == 0\n"
+        "assert 'uvloop' not in sys.modules, 'uvloop was imported'\n"
+    )
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_DIR), env.get("PYTHONPATH", "")) if p)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert result.returncode == 0, result.stderr

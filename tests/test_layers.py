@@ -78,6 +78,7 @@ LAYERS: Dict[str, int] = {
     "cli.serve": CLI,
     "cli.demo": CLI,
     "cli.health": CLI,
+    "cli.loops": CLI,
     "__main__": CLI,
 }
 # The IO-free layer: stdlib (minus IO), h2's events/errors and hpack only; never awaits.

@@ -181,9 +181,21 @@ class Server:
 
         if target.kind in ("unix", "unix-abstract"):
             path = target.path
-            server = await loop.create_unix_server(
-                factory, path, ssl=ssl_context, ssl_handshake_timeout=handshake
-            )
+            if path.startswith("\0"):
+                # An abstract name (Linux): bound here, as uvloop (libuv) cannot bind one
+                # from its name; asyncio's loop takes the bound socket alike.
+                sock = _bound_abstract(path)
+                try:
+                    server = await loop.create_unix_server(
+                        factory, sock=sock, ssl=ssl_context, ssl_handshake_timeout=handshake
+                    )
+                except BaseException:
+                    sock.close()
+                    raise
+            else:
+                server = await loop.create_unix_server(
+                    factory, path, ssl=ssl_context, ssl_handshake_timeout=handshake
+                )
             owned = None if path.startswith("\0") else path
             self._listeners.append(_Listener(server, owned))
             logger.info("serving gRPC on unix:%s%s", path.lstrip("\0"), " (TLS)" if tls else "")
@@ -270,6 +282,18 @@ class Server:
     async def wait_closed(self) -> None:
         """Wait until ``stop()`` has finished."""
         await self._closed_event().wait()
+
+
+def _bound_abstract(path: str) -> socket.socket:
+    """A non-blocking unix socket bound to the abstract name ``path`` (starting with NUL)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(path)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 def _unlink_socket(path: str) -> None:

@@ -106,7 +106,7 @@ class Network:
         answer = self.behaviour.get(address)
         if answer == HANG:
             await asyncio.sleep(3600)
-        if isinstance(answer, GrpcError):
+        if isinstance(answer, Exception):
             raise answer
         conn = FakeConn(address, loop)
         self.conns.append(conn)
@@ -283,6 +283,25 @@ async def test_fail_fast_call_fails_at_the_first_failed_attempt() -> None:
     assert info.value.code() is StatusCode.UNAVAILABLE
     assert "last connect error" in info.value.details()
     assert info.value.request_sent is False
+    await pool.close()
+
+
+async def test_an_unexpected_error_while_connecting_is_a_failed_attempt(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The connect loop survives a bug of ours: the waiting call fails at once, the error
+    is logged, and the next attempt is made as after any failure."""
+    net = Network()
+    net.behaviour[None] = ValueError("negative file descriptor")
+    pool = pick_first(net)
+    with pytest.raises(GrpcError) as info:
+        await bounded(pool.assign(in_(5.0), fail_fast=True))
+    assert info.value.code() is StatusCode.UNAVAILABLE
+    assert "internal error: ValueError: negative file descriptor" in info.value.details()
+    assert "internal error while connecting to svc:1" in caplog.text
+    del net.behaviour[None]
+    conn = await bounded(pool.assign(in_(5.0)))
+    assert conn is net.conns[0] and len(net.attempts) >= 2
     await pool.close()
 
 

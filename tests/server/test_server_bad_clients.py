@@ -76,6 +76,9 @@ async def read_until_eof(reader: asyncio.StreamReader, timeout: float) -> Tuple[
         try:
             chunk = await asyncio.wait_for(reader.read(65536), timeout)
         except ConnectionResetError:
+            # A reset makes read() raise at once, even over bytes that arrived before it
+            # (uvloop hands both over in one turn): keep those too.
+            chunks.append(bytes(reader._buffer))
             break
         if not chunk:
             break

@@ -387,13 +387,13 @@ async def fuzz_connection(
     sent = bytearray()
     try:
         for _, chunk in writes:
-            if reading.done():
-                break  # the server closed the connection
+            if reading.done() or writer.is_closing():
+                break  # the server closed the connection (uvloop raises on writing then)
             writer.write(chunk)
             sent += chunk
             # One loop turn per write, so that the server tends to read them one by one.
             await asyncio.sleep(0)
-        if not reading.done():
+        if not reading.done() and not writer.is_closing():
             # Complete what the server is waiting for (the preface, the last frame's announced
             # length), then PING: the server must answer it or close the connection.
             pad, oversized = completion(bytes(sent), preface=True, max_frame=MAX_FRAME_SIZE)

@@ -119,6 +119,14 @@ async def dial(
                 ssl=ssl_context,
                 server_hostname=hostname if ssl_context is not None else None,
             )
+        elif target.path.startswith("\0"):
+            coro = _connect_abstract(
+                loop,
+                protocol_factory,
+                target.path,
+                ssl_context=ssl_context,
+                server_hostname=hostname if ssl_context is not None else None,
+            )
         else:
             coro = loop.create_unix_connection(
                 protocol_factory,
@@ -148,7 +156,34 @@ async def dial(
                 permanent=True,
             )
     sock = transport.get_extra_info("socket")
-    if sock is not None and target.kind == "tcp":
-        with contextlib.suppress(OSError):
+    if sock is not None and target.kind == "tcp" and not transport.is_closing():
+        # ValueError: uvloop's stand-in for the socket of a transport its peer has already
+        # closed has no file descriptor (-1); the connection's own close reports that.
+        with contextlib.suppress(OSError, ValueError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return transport, protocol
+
+
+async def _connect_abstract(
+    loop: asyncio.AbstractEventLoop,
+    protocol_factory: Callable[[], asyncio.BaseProtocol],
+    path: str,
+    *,
+    ssl_context: Optional[ssl.SSLContext],
+    server_hostname: Optional[str],
+) -> Tuple[asyncio.Transport, asyncio.BaseProtocol]:
+    """A Linux abstract-namespace unix socket (``path`` starts with NUL), connected here.
+
+    Given the name, uvloop (libuv) cuts it at its leading NUL and fails with EINVAL; a
+    socket connected by ``sock_connect`` works on every loop.
+    """
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        await loop.sock_connect(sock, path)
+        return await loop.create_unix_connection(
+            protocol_factory, sock=sock, ssl=ssl_context, server_hostname=server_hostname
+        )
+    except BaseException:
+        sock.close()
+        raise

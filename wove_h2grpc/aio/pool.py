@@ -182,7 +182,19 @@ class Subchannel(Generic[C]):
                 await asyncio.sleep(delay)
             self.state = SubchannelState.CONNECTING
             try:
-                conn = await pool._connect(self.addresses)
+                try:
+                    conn = await pool._connect(self.addresses)
+                except (GrpcError, asyncio.CancelledError):
+                    raise
+                except Exception as exc:
+                    # A bug of ours (or of the event loop's transports) must cost this
+                    # attempt only, and be visible; the calls waiting for a connection must
+                    # not wait out their deadlines on a connect loop that died.
+                    logger.exception("internal error while connecting to %s", pool._target)
+                    raise ConnectError(
+                        f"failed to connect to {pool._target}: internal error: "
+                        f"{type(exc).__name__}: {exc}"
+                    ) from None
             except GrpcError as exc:
                 self.last_error = exc
                 delay = self._count_failure()

@@ -119,9 +119,12 @@ async def _run_demo(
     out(f"total: {total} (expected {sum(expected)})")
     tasks_run = args.tasks + 1
     over = "h2 with TLS" if tls else "h2"
+    # The loop is named only when it is not asyncio's own (--loop uvloop).
+    loop = getattr(args, "loop", "asyncio")
+    on = "" if loop == "asyncio" else f", on {loop}"
     out(
         f"timing: {tasks_run} tasks in {elapsed * 1000:.1f} ms over {over} "
-        f"({tasks_run / elapsed:.0f} tasks/s, {calls} gRPC calls served, codec {args.codec})"
+        f"({tasks_run / elapsed:.0f} tasks/s, {calls} gRPC calls served, codec {args.codec}{on})"
     )
     if squares != expected or total != sum(expected):
         raise CliError("demo results are wrong")

@@ -9,6 +9,7 @@ from typing import Any, Callable, NoReturn, TypeVar
 
 from .._version import __version__
 from .console import EXIT_USAGE, PROG
+from .loops import LOOPS
 
 __all__ = ["DEFAULT_LOG_LEVEL", "LOG_LEVELS", "build_parser"]
 
@@ -189,6 +190,7 @@ def _add_serve(commands: Any) -> None:
         metavar="SECONDS",
         help="log a summary of the runs at INFO this often; 0 turns it off (default: 60)",
     )
+    _add_loop_option(serve)
     _add_logging_options(serve, top_level=False)
 
 
@@ -232,6 +234,7 @@ def _add_demo(commands: Any) -> None:
         metavar="SECONDS",
         help="give up (exit 1) if the weave has not finished by then (default: 300)",
     )
+    _add_loop_option(demo)
     _add_logging_options(demo, top_level=False)
 
 
@@ -286,6 +289,18 @@ def _add_health(commands: Any) -> None:
         "target's host)",
     )
     _add_logging_options(health, top_level=False)
+
+
+def _add_loop_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--loop",
+        choices=LOOPS,
+        default="asyncio",
+        help=(
+            "event loop to run on: asyncio's own, or uvloop (faster; an optional install: "
+            "pip install 'wove_h2grpc[speed]') (default: asyncio)"
+        ),
+    )
 
 
 def _add_logging_options(parser: argparse.ArgumentParser, *, top_level: bool) -> None:
