@@ -126,6 +126,17 @@ def test_target_verdicts() -> None:
     assert rows["CPU/call ≤ 1.5× grpc.aio, 1 MiB sequential (grpcio server)"] == "PASS"
 
 
+def test_the_half_of_grpc_aio_goals_have_their_own_limits() -> None:
+    goal = "Goal: CPU/call ≤ {}× grpc.aio, {} (grpcio server)"
+    rows = {t: (m, v) for t, m, v in report.targets(_results(50.0, 100.0, 200.0))}
+    assert rows[goal.format("0.60", "100 B sequential")] == ("0.50×", "PASS")
+    assert rows[goal.format("0.45", "100 B, 64 in flight")] == ("0.50×", "FAIL")
+    assert rows[goal.format("1.00", "1 MiB sequential")] == ("0.50×", "PASS")
+    rows = {t: (m, v) for t, m, v in report.targets(_results(90.0, 100.0, 200.0))}
+    assert rows[goal.format("0.60", "100 B sequential")] == ("0.90×", "FAIL")
+    assert rows["CPU/call ≤ 1.0× grpc.aio, 100 B sequential (grpcio server)"] == ("0.90×", "PASS")
+
+
 def test_wove_verdicts_read_throughput_as_at_least() -> None:
     results = _results(90.0, 100.0, 200.0)
 
