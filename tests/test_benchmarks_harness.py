@@ -10,6 +10,7 @@ writes, without starting anything and without importing grpc.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -665,12 +666,14 @@ def test_quick_run_produces_load_rows(tmp_path: Path) -> None:
     import json
     import subprocess
 
-    for module in ("grpc", "grpclib", "wove_h2grpc.server"):
-        pytest.importorskip(module)
+    for module in ("grpc", "grpclib"):
+        # Found, not imported: other tests check that this process never imports grpc.
+        if importlib.util.find_spec(module) is None:
+            pytest.skip(f"{module} is not installed")
     out = subprocess.run(
         [
             *(sys.executable, "-m", "benchmarks", "--quick"),
-            *("--skip", "clients,imports,wove", "--results-dir", str(tmp_path)),
+            *("--skip", "clients,imports,wove,loops", "--results-dir", str(tmp_path)),
         ],
         capture_output=True,
         text=True,
