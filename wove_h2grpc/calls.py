@@ -720,16 +720,24 @@ class UnaryStreamCall(_ResponseStream):
         For a consumer that handles every message at once (the Wove executor): no reader
         wake-up per message and no task of the call's own. Returns when the stream ended
         OK; raises its ``GrpcError``, or ``CancelledError`` once ``cancel()`` ended it. The
-        sink runs inside the connection's read path, so it must be quick and must not
-        raise; calling ``cancel()`` from it stops the delivery.
+        sink runs inside the connection's read path, so it must be quick; calling
+        ``cancel()`` from it stops the delivery. A sink (or deserializer) that raises ends
+        this call with INTERNAL, never the connection the other calls share.
         """
         if self._started:
             raise RuntimeError("the call runs already; build it with _prepare()")
         deserializer = self._rpc._deserializer
-        if deserializer is not None:
-            self._sink = lambda message: sink(deserializer(message))
-        else:
-            self._sink = sink
+
+        def deliver(message: bytes) -> None:
+            try:
+                sink(deserializer(message) if deserializer is not None else message)
+            except Exception as exc:
+                self._stop(
+                    StatusCode.INTERNAL,
+                    f"the response message's consumer failed: {type(exc).__name__}: {exc}",
+                )
+
+        self._sink = deliver
         self._started = True
         await _Attempts(self)
         self._raise_if_failed()

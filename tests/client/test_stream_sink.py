@@ -172,3 +172,33 @@ async def test_a_started_call_cannot_take_a_sink(target: str) -> None:
         with pytest.raises(RuntimeError, match="_prepare"):
             await call._deliver_to(lambda message: None)
         assert [reply async for reply in call] == [b"00000000", b"00000001"]
+
+
+async def test_a_failing_consumer_ends_its_call_not_the_connection(target: str) -> None:
+    async with Channel(target) as channel:
+
+        def broken(message: bytes) -> int:
+            raise ValueError("cannot parse")
+
+        rpc = channel.unary_stream("/s.S/Count", response_deserializer=broken)
+        with pytest.raises(GrpcError) as caught:
+            await asyncio.wait_for(rpc._prepare(b"3 8")._deliver_to(lambda m: None), T)
+        assert caught.value.code() is StatusCode.INTERNAL
+        assert "ValueError: cannot parse" in caught.value.details()
+        got: List[bytes] = []
+
+        def picky(message: bytes) -> None:
+            got.append(message)
+            if len(got) == 2:
+                raise RuntimeError("enough")
+
+        call = channel.unary_stream("/s.S/Count")._prepare(b"5 8")
+        with pytest.raises(GrpcError) as caught:
+            await asyncio.wait_for(call._deliver_to(picky), T)
+        assert caught.value.code() is StatusCode.INTERNAL and len(got) == 2
+        # The connection the failed calls used still carries the next one.
+        again: List[bytes] = []
+        await asyncio.wait_for(
+            channel.unary_stream("/s.S/Count")._prepare(b"2 8")._deliver_to(again.append), T
+        )
+        assert again == [b"00000000", b"00000001"]
