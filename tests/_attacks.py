@@ -26,6 +26,7 @@ from typing import Awaitable, Callable, Counter, Dict, List, Optional, Sequence,
 
 import hpack
 from _attack_report import AttackRow, rss_mib
+from _frames import frame
 from _support import HelperProcess, start_helper
 from h2.errors import ErrorCodes
 
@@ -38,16 +39,6 @@ PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = 0x5, 0x6, 0x7, 0x8, 0x
 END_STREAM, ACK, END_HEADERS, PADDED, PRIORITY_FLAG = 0x1, 0x1, 0x4, 0x8, 0x20
 SETTINGS_INITIAL_WINDOW_SIZE, SETTINGS_MAX_FRAME_SIZE = 0x4, 0x5
 MAX_WINDOW = (1 << 31) - 1
-
-
-def frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
-    """One HTTP/2 frame's bytes."""
-    return (
-        struct.pack(">I", len(payload))[1:]
-        + bytes([kind, flags])
-        + struct.pack(">I", stream_id & 0x7FFFFFFF)
-        + payload
-    )
 
 
 def settings_payload(settings: Dict[int, int]) -> bytes:

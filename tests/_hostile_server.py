@@ -3,12 +3,12 @@ that misbehaves on purpose.
 
 It listens on 127.0.0.1 only. The first ``hostile_connections`` connections hand their
 first request to an *attack* (``async attack(conn, stream_id)``), which may use h2 for the
-normal parts (``conn.h2``, ``conn.flush()``) and ``conn.write(frame(...))`` for hand-built
-frames that h2 would never send; every later request, and every later connection, is
-answered as a healthy server would (``b"ok"``, grpc-status 0). Every frame the client
-sends is parsed by hand as well and kept in ``conn.received`` (PING and SETTINGS ACKs are
-only counted, in ``conn.acks``: a flood's answers would fill the test's memory), so tests
-can tell what the client did back (GOAWAY, RST_STREAM, ACKs) even after h2 gave up on the
+normal parts (``conn.h2``, ``conn.flush()``) and ``conn.write(frame(...))`` (``_frames``)
+for hand-built frames that h2 would never send; every later request, and every later
+connection, is answered as a healthy server would (``b"ok"``, grpc-status 0). Every frame
+the client sends is parsed by hand as well and kept in ``conn.received`` (PING and SETTINGS
+ACKs are only counted, in ``conn.acks``: a flood's answers would fill the test's memory), so
+tests can tell what the client did back (GOAWAY, RST_STREAM, ACKs) even after h2 gave up on the
 connection.
 Every wait is bounded.
 """
@@ -41,16 +41,6 @@ Attack = Callable[["HostileConnection", int], Awaitable[None]]
 
 RESPONSE_HEADERS: Headers = [(b":status", b"200"), (b"content-type", b"application/grpc")]
 OK_TRAILERS: Headers = [(b"grpc-status", b"0")]
-
-
-def frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
-    """One HTTP/2 frame (RFC 9113 section 4.1), whatever its contents."""
-    return (
-        struct.pack(">I", len(payload))[1:]
-        + bytes([kind, flags])
-        + struct.pack(">I", stream_id & 0x7FFFFFFF)
-        + payload
-    )
 
 
 def grpc_message(payload: bytes) -> bytes:

@@ -15,6 +15,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import h2.config
 import h2.connection
 import h2.events
+from _frames import frame
 from h2.errors import ErrorCodes
 
 from wove_h2grpc.aio import driver as driver_module
@@ -22,15 +23,6 @@ from wove_h2grpc.aio.driver import H2Driver
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 LIMIT = driver_module.MAX_ANSWERS_WHILE_BLOCKED
-
-
-def frame(kind: int, flags: int, stream_id: int, payload: bytes) -> bytes:
-    return (
-        struct.pack(">I", len(payload))[1:]
-        + bytes([kind, flags])
-        + struct.pack(">I", stream_id)
-        + payload
-    )
 
 
 def pings(count: int) -> bytes:

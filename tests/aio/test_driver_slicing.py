@@ -14,21 +14,13 @@ from typing import Any, Callable, Dict, List, Optional
 import h2.config
 import h2.connection
 import h2.events
+from _frames import frame
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from wove_h2grpc.aio.driver import H2Driver
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-
-
-def frame(kind: int, flags: int, stream_id: int, payload: bytes) -> bytes:
-    return (
-        struct.pack(">I", len(payload))[1:]
-        + bytes([kind, flags])
-        + struct.pack(">I", stream_id)
-        + payload
-    )
 
 
 def ping(i: int) -> bytes:

@@ -21,6 +21,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Dict, List, Optional
 
 import pytest
 from _attack_report import AttackRow, record, rss_mib
+from _frames import frame
 from _hostile_server import (
     CONTINUATION,
     DATA,
@@ -39,7 +40,6 @@ from _hostile_server import (
     HostileConnection,
     HostileServer,
     code_name,
-    frame,
     grpc_message,
 )
 from h2.errors import ErrorCodes

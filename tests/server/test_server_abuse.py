@@ -11,21 +11,13 @@ from typing import AsyncIterator, List, Tuple
 
 import _attacks
 import pytest
+from _frames import frame
 from h2.errors import ErrorCodes
 
 from wove_h2grpc import Channel, Server, ServicerContext
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 SETTINGS, PING, GOAWAY, PRIORITY, DATA, WINDOW_UPDATE = 0x4, 0x6, 0x7, 0x2, 0x0, 0x8
-
-
-def frame(kind: int, flags: int, stream_id: int, payload: bytes) -> bytes:
-    return (
-        struct.pack(">I", len(payload))[1:]
-        + bytes([kind, flags])
-        + struct.pack(">I", stream_id)
-        + payload
-    )
 
 
 def goaways(data: bytes) -> List[Tuple[int, bytes]]:
@@ -124,7 +116,7 @@ async def test_window_updates_for_received_data_are_not_a_flood() -> None:
         peer = await _attacks.Peer.connect(many_port)
         peer.ack_data = True
         peer.open_stream(1, peer.headers_block(_attacks.request_headers("/t.S/Many")))
-        peer.send(_attacks.frame(DATA, 0x1, 1, _attacks.grpc_message(b"")))
+        peer.send(frame(DATA, 0x1, 1, _attacks.grpc_message(b"")))
         deadline = time.monotonic() + 30
         while not peer.observed.grpc_statuses and time.monotonic() < deadline:
             if await peer.wait_closed(0.05):
@@ -203,7 +195,7 @@ async def test_slow_reader_holds_one_slice_in_the_transport_buffer() -> None:
         )
         peer.send(frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", _attacks.MAX_WINDOW - 65535)))
         peer.open_stream(1, peer.headers_block(_attacks.request_headers("/t.S/Big")))
-        peer.send(_attacks.frame(DATA, 0x1, 1, _attacks.grpc_message(b"")))
+        peer.send(frame(DATA, 0x1, 1, _attacks.grpc_message(b"")))
         largest = 0
         for _ in range(50):
             await asyncio.sleep(0.02)
