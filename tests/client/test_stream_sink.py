@@ -24,6 +24,7 @@ class Seen:
     """What the handlers saw."""
 
     def __init__(self) -> None:
+        self.started = asyncio.Event()
         self.closed = asyncio.Event()
         self.yielded = 0
 
@@ -55,6 +56,7 @@ async def target(seen: Seen) -> AsyncIterator[str]:
             seen.closed.set()
 
     async def silent(request: bytes, context: Any) -> AsyncIterator[bytes]:
+        seen.started.set()
         try:
             await asyncio.sleep(60)
             yield b"never"
@@ -69,6 +71,14 @@ async def target(seen: Seen) -> AsyncIterator[str]:
     port = await server.start("127.0.0.1:0")
     yield f"127.0.0.1:{port}"
     await server.stop(grace=1.0)
+
+
+async def _started_by(waiting: asyncio.Future[None]) -> None:
+    """Let the task just made for ``_deliver_to`` take its first step, so that it, not a
+    later ``wait_for_connection()``, starts the call (``asyncio.wait_for`` runs a coroutine
+    in the calling task from Python 3.12 on, ahead of tasks already scheduled)."""
+    await asyncio.sleep(0)
+    assert not waiting.done(), waiting
 
 
 async def test_every_message_reaches_the_sink_in_order(target: str) -> None:
@@ -130,7 +140,10 @@ async def test_cancel_from_elsewhere_ends_the_wait(target: str, seen: Seen) -> N
     async with Channel(target) as channel:
         call = channel.unary_stream("/s.S/Silent")._prepare(b"")
         waiting = asyncio.ensure_future(call._deliver_to(lambda message: None))
+        await _started_by(waiting)
         await asyncio.wait_for(call.wait_for_connection(), T)
+        # A reset that reaches the server with the request would leave the handler unrun.
+        await asyncio.wait_for(seen.started.wait(), T)
         assert call.cancel()
         with pytest.raises(asyncio.CancelledError):
             await asyncio.wait_for(waiting, T)
@@ -141,7 +154,10 @@ async def test_cancelling_the_awaiting_task_resets_the_stream(target: str, seen:
     async with Channel(target) as channel:
         call = channel.unary_stream("/s.S/Silent")._prepare(b"")
         waiting = asyncio.ensure_future(call._deliver_to(lambda message: None))
+        await _started_by(waiting)
         await asyncio.wait_for(call.wait_for_connection(), T)
+        # A reset that reaches the server with the request would leave the handler unrun.
+        await asyncio.wait_for(seen.started.wait(), T)
         waiting.cancel()
         with pytest.raises(asyncio.CancelledError):
             await asyncio.wait_for(waiting, T)
