@@ -150,7 +150,9 @@ async def count(request: bytes, context: grpc.aio.ServicerContext) -> Any:
             if delay and i:
                 await asyncio.sleep(delay)
             yield str(i).zfill(8).encode().ljust(size, b"x")
-    except asyncio.CancelledError:
+    except (asyncio.CancelledError, GeneratorExit):
+        # grpc.aio ends a reset stream's handler either way: by cancelling its task, or by
+        # closing the generator when the next write finds the stream gone.
         COUNTS["count_cancelled"] += 1
         _say("COUNT-CANCELLED")
         raise
