@@ -79,10 +79,15 @@ def one_line(result: Dict[str, Any]) -> str:
             f"p99 {result['p99_us']:8,.0f} µs  cpu {result['cpu_us_per_call']:7,.0f} µs/call  "
             f"rss {result['peak_rss_kib'] / 1024:6.1f} MiB"
         )
-    return (
+    line = (
         f"{result['tasks_per_s']:9,.1f} tasks/s  cpu {result['cpu_us_per_task']:9,.0f} µs/task  "
         f"rss {result['peak_rss_kib'] / 1024:6.1f} MiB"
     )
+    if "reads_per_task" in result:
+        line += f"  reads {result['reads_per_task']:5.2f}/task"
+    if "turns_per_task" in result:
+        line += f"  loop turns {result['turns_per_task']:5.2f}/task"
+    return line
 
 
 def _value(key: str, median: Dict[str, Any]) -> Optional[float]:

@@ -439,6 +439,83 @@ def test_progress_line_of_stream_results() -> None:
     assert "150 MiB/s" in line and "rss growth   16.2 MiB (server 0.1 MiB)" in line
 
 
+def test_progress_line_of_wove_results_shows_reads_and_turns_when_counted() -> None:
+    figures = {"tasks_per_s": 1800.0, "cpu_us_per_task": 250.0, "peak_rss_kib": 40960}
+    line = report.one_line(figures)
+    assert "1,800.0 tasks/s" in line and "250 µs/task" in line
+    assert "reads" not in line and "turns" not in line
+    line = report.one_line({**figures, "reads_per_task": 1.72, "turns_per_task": 3.41})
+    assert "reads  1.72/task" in line and "loop turns  3.41/task" in line
+
+
+def test_io_counts_count_our_client_reads_and_loop_turns_only_while_counting() -> None:
+    """With our Server in the same process, only the client side's reads count."""
+    import asyncio
+
+    from benchmarks._wove_client import IoCounts
+    from wove_h2grpc import Channel, Server
+    from wove_h2grpc.aio.connection import ClientConnection
+
+    async def echo(request: bytes, context: Any) -> bytes:
+        return request
+
+    async def main() -> None:
+        server = Server()
+        server.add_method("/bench.Echo/Echo", echo)
+        port = await server.start("127.0.0.1:0")
+        counts = IoCounts()
+        try:
+            async with Channel(f"127.0.0.1:{port}") as channel:
+                call = channel.unary_unary("/bench.Echo/Echo")
+                assert await asyncio.wait_for(call(b"warm"), 10) == b"warm"
+                counts.install(asyncio.get_running_loop())
+                for _ in range(3):
+                    await asyncio.wait_for(call(b"not counted"), 10)
+                counts.start()
+                for _ in range(20):
+                    assert await asyncio.wait_for(call(b"x" * 100), 10) == b"x" * 100
+                counts.stop()
+                reads, turns = counts.reads, counts.turns
+                await asyncio.wait_for(call(b"after"), 10)
+                assert (counts.reads, counts.turns) == (reads, turns)
+        finally:
+            counts.uninstall()
+            await server.stop()
+        # Each sequential call's answer takes at least one read of the client's socket, and
+        # its own loop turn; the server's reads (as many) are not counted.
+        assert 20 <= reads <= 40, reads
+        assert turns >= reads, (turns, reads)
+        assert counts.per_task(20, reads=True) == {
+            "turns_per_task": turns / 20,
+            "reads_per_task": reads / 20,
+        }
+        assert "reads_per_task" not in counts.per_task(20, reads=False)
+        assert "data_received" not in vars(ClientConnection)  # the driver's own again
+
+    asyncio.run(main())
+
+
+def test_wove_measurement_reports_reads_for_our_transport_only() -> None:
+    """One small Wove measurement per transport against our worker: the counts are there
+    (reads only where our client made the connections), and the tasks all ran."""
+    pytest.importorskip("wove_h2grpc.worker")
+    proc = run.ServerProcess("h2-worker")
+    try:
+        ours = run.run_child(
+            "_wove_client.py", run.wove_spec(proc.port, "h2", "json", "stream", 100, 24), 120
+        )
+        theirs = run.run_child(
+            "_wove_client.py", run.wove_spec(proc.port, "grpcio", "json", "unary", 100, 24), 120
+        )
+    finally:
+        proc.stop()
+    assert "error" not in ours and "error" not in theirs, (ours, theirs)
+    assert ours["tasks"] == theirs["tasks"] == 24 and ours["delivery"] == "stream"
+    # Every streamed task's events reach the client: at least one read between them all.
+    assert ours["reads_per_task"] * 24 >= 1 and ours["turns_per_task"] > 0
+    assert "reads_per_task" not in theirs and theirs["turns_per_task"] > 0
+
+
 def test_instruction_counts_import_the_tree_they_measure(tmp_path: Path) -> None:
     """The counting processes import the given tree's package, not the venv's editable one."""
     import subprocess
